@@ -1,0 +1,18 @@
+"""caffe-lite: Caffe in Python, with pruning masks built into its Blobs.
+
+    import caffe_lite as caffe
+    net = caffe.Net("deploy.prototxt", caffe.TEST, weights="model.caffemodel")
+    net.forward(data=images)
+    net.params["conv1"][0].mask      # 1 where a weight is live, 0 where pruned
+"""
+__version__ = "0.1.0"
+
+from .proto import caffe_pb2  # noqa: E402
+from .backend import (set_mode_cpu, set_mode_gpu, set_device, set_random_seed,  # noqa: E402
+                      gpu_available)
+from .blob import Blob  # noqa: E402
+from .errors import CaffeLiteError  # noqa: E402
+from .layers import Layer, layer_type_list  # noqa: E402
+
+TRAIN = caffe_pb2.TRAIN
+TEST = caffe_pb2.TEST

@@ -1,0 +1,53 @@
+"""The process-wide state Caffe keeps in its `Caffe` singleton: mode, device and RNG."""
+import numpy as np
+
+CPU = "CPU"
+GPU = "GPU"
+
+_state = {"mode": CPU, "device": 0, "rng": np.random.default_rng()}
+
+
+def mode():
+    return _state["mode"]
+
+
+def set_mode_cpu():
+    _state["mode"] = CPU
+
+
+def gpu_available():
+    """(True, '') when PyCUDA imports and a device is present, else (False, reason)."""
+    from . import gpu
+    return gpu.available()
+
+
+def set_mode_gpu():
+    from . import gpu
+    gpu.require(_state["device"])
+    _state["mode"] = GPU
+
+
+def set_device(device_id):
+    device_id = int(device_id)
+    if _state["mode"] == GPU:
+        from . import gpu
+        gpu.require(device_id)
+    _state["device"] = device_id
+
+
+def device_id():
+    return _state["device"]
+
+
+def set_random_seed(seed):
+    """Seed every random draw caffe-lite makes (fillers, dropout, data shuffling, cropping).
+
+    Caffe's streams come from boost's mt19937 and cannot be reproduced bit for bit in numpy;
+    what is kept is Caffe's contract: the same seed gives the same run."""
+    _state["rng"] = np.random.default_rng(int(seed))
+    from . import gpu
+    gpu.on_seed(int(seed))
+
+
+def rng():
+    return _state["rng"]

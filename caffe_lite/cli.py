@@ -1,0 +1,68 @@
+"""The `caffe-lite` command: Caffe's verbs and flags (single-dash long flags work, as Caffe's
+do), plus caffe-lite's own.  User errors print one line and exit non-zero."""
+import argparse
+import logging
+import sys
+
+from . import __version__
+from .errors import CaffeLiteError
+
+COMMANDS = {}
+
+
+def command(name, help):
+    """Register `fn(args)` as a subcommand; `fn.configure(parser)` adds its flags."""
+    def deco(fn):
+        COMMANDS[name] = (fn, help)
+        return fn
+    return deco
+
+
+def flag(parser, name, **kw):
+    """Add a Caffe-style flag usable as -name or --name."""
+    parser.add_argument(f"-{name}", f"--{name}", dest=name.replace("-", "_"), **kw)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="caffe-lite",
+        description="Caffe in Python with pruning masks. Commands take Caffe's flags "
+                    "(-solver, -weights, -model, ...).")
+    p.add_argument("--version", "-version", action="version",
+                   version=f"caffe-lite {__version__}")
+    p.add_argument("--log-level", "-log_level", default="INFO",
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging verbosity")
+    sub = p.add_subparsers(dest="command", metavar="<command>")
+    for name, (fn, help_text) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        if hasattr(fn, "configure"):
+            fn.configure(sp)
+        sp.set_defaults(func=fn)
+    return p
+
+
+def _load_commands():
+    from . import commands  # noqa: F401  (registers the verbs)
+
+
+def main(argv=None):
+    _load_commands()
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=getattr(logging, args.log_level), format="%(message)s",
+                        stream=sys.stderr)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args) or 0
+    except CaffeLiteError as exc:
+        print(f"caffe-lite {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"caffe-lite {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,2 @@
+"""CLI verbs, one module per family; importing registers them with caffe_lite.cli."""
+from . import info  # noqa: F401

@@ -1,0 +1,9 @@
+"""`caffe-lite layers` and `caffe-lite device_query`."""
+from ..cli import command
+
+
+@command("layers", "list the supported layer types")
+def layers_cmd(args):
+    from ..layers import layer_type_list
+    for t in layer_type_list():
+        print(t)

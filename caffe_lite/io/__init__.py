@@ -1,0 +1,20 @@
+"""File formats: prototxt, caffemodel (binary and HDF5), BlobProto, and pycaffe's io helpers."""
+from .blobproto import array_to_proto, proto_to_array, proto_shape
+from .caffemodel import load_weights, read_net_binary, write_net_binary
+from .prototxt import load_message, parse_text, read_text, to_text, write_text
+from .upgrade import upgrade_net
+
+
+def array_to_blobproto(arr, diff=None):
+    """pycaffe's name: an N-d array as a BlobProto (shape form)."""
+    return array_to_proto(arr, diff=diff)
+
+
+def blobproto_to_array(blob, return_diff=False):
+    """pycaffe's name: a BlobProto's data (or diff) as an array in its declared shape."""
+    return proto_to_array(blob, what="diff" if return_diff else "data")
+
+
+__all__ = ["array_to_proto", "proto_to_array", "proto_shape", "load_weights",
+           "read_net_binary", "write_net_binary", "load_message", "parse_text", "read_text",
+           "to_text", "write_text", "upgrade_net", "array_to_blobproto", "blobproto_to_array"]

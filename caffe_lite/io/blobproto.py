@@ -1,0 +1,85 @@
+"""BlobProto <-> Blob / numpy, including Caffe's legacy 4-D (num, channels, height, width) form."""
+import numpy as np
+
+from ..errors import ModelFileError, ShapeMismatchError
+from ..proto import caffe_pb2
+
+_LEGACY = ("num", "channels", "height", "width")
+
+
+def proto_shape(proto):
+    """The shape a BlobProto declares: `shape.dim`, or the legacy 4-D fields when set.
+
+    Raises ModelFileError for a blob that declares no shape at all but holds values."""
+    if any(proto.HasField(f) for f in _LEGACY):
+        return tuple(int(getattr(proto, f)) for f in _LEGACY)
+    if proto.HasField("shape"):
+        return tuple(int(d) for d in proto.shape.dim)
+    n = len(proto.data) or len(proto.double_data)
+    if n:
+        raise ModelFileError(f"a BlobProto holds {n} values but declares no shape "
+                             "(neither shape.dim nor num/channels/height/width)")
+    return (0,)
+
+
+def proto_values(proto, source="", what="data"):
+    """The values of a BlobProto as a float32 array (double_data converted)."""
+    dbl = proto.double_diff if what == "diff" else proto.double_data
+    flt = proto.diff if what == "diff" else proto.data
+    if len(dbl):
+        return np.asarray(dbl, dtype=np.float64).astype(np.float32)
+    return np.asarray(flt, dtype=np.float32)
+
+
+def proto_to_array(proto, source="", what="data"):
+    shape = proto_shape(proto)
+    values = proto_values(proto, source, what)
+    count = int(np.prod(shape, dtype=np.int64))
+    if values.size != count:
+        where = f"{source}: " if source else ""
+        raise ModelFileError(f"{where}blob of shape {shape} needs {count} values but holds "
+                             f"{values.size}: the file is truncated or corrupt")
+    return values.reshape(shape)
+
+
+def array_to_proto(array, proto=None, diff=None):
+    """A BlobProto with `shape` (N-d form) and float data (and diff when given)."""
+    proto = caffe_pb2.BlobProto() if proto is None else proto
+    array = np.asarray(array, dtype=np.float32)
+    proto.ClearField("shape")
+    proto.shape.dim.extend(array.shape)
+    proto.ClearField("data")
+    proto.data.extend(array.ravel().tolist())
+    if diff is not None:
+        proto.ClearField("diff")
+        proto.diff.extend(np.asarray(diff, dtype=np.float32).ravel().tolist())
+    return proto
+
+
+def blob_to_proto(blob, proto=None, write_diff=False):
+    return array_to_proto(blob.cpu_data, proto, blob.cpu_diff if write_diff else None)
+
+
+def shapes_equal(proto, shape):
+    """Caffe's Blob::ShapeEquals: a legacy 4-D proto matches an N-d shape (N <= 4) when the
+    shape, left-padded with 1s, equals (num, channels, height, width)."""
+    if any(proto.HasField(f) for f in _LEGACY):
+        if len(shape) > 4:
+            return False
+        padded = (1,) * (4 - len(shape)) + tuple(shape)
+        return padded == tuple(int(getattr(proto, f)) for f in _LEGACY)
+    return tuple(int(d) for d in proto.shape.dim) == tuple(shape)
+
+
+def blob_from_proto(blob, proto, reshape=True, source=""):
+    if reshape:
+        arr = proto_to_array(proto, source)
+        blob.reshape(arr.shape)
+    else:
+        if not shapes_equal(proto, blob.shape):
+            raise ShapeMismatchError(f"{source}: blob shape {proto_shape(proto)} does not match "
+                                     f"the target shape {blob.shape}")
+        arr = proto_to_array(proto, source).reshape(blob.shape)
+    blob.data[...] = arr
+    if len(proto.diff) or len(proto.double_diff):
+        blob.diff[...] = proto_to_array(proto, source, "diff").reshape(blob.shape)

@@ -1,0 +1,11 @@
+"""Layers: one module per family, each class registered under its Caffe type string."""
+from .base import Layer, LossLayer, NeuronLayer
+from .registry import LAYERS, create_layer, layer_type_list, register
+
+# Importing the family modules registers their layers.
+from . import (input, conv, depthwise, inner_product, pooling, neuron,  # noqa: E402,F401
+               normalization, scale_bias, eltwise, concat_slice, reshaping, softmax, loss,
+               accuracy, data_layers)
+
+__all__ = ["Layer", "LossLayer", "NeuronLayer", "LAYERS", "create_layer", "layer_type_list",
+           "register"]

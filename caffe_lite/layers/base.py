@@ -1,0 +1,195 @@
+"""Layer: Caffe's layer contract (setup / reshape / forward / backward) in Python.
+
+A layer subclass implements `layer_setup` (read parameters, create `self.blobs`), `reshape`
+(shape the tops from the bottoms), `forward_cpu` and `backward_cpu`, and optionally
+`forward_gpu` / `backward_gpu` beside them.  Without a GPU version the CPU one runs, as in
+Caffe: the blobs move their data to the host on demand.
+
+Conventions that every layer follows, because the Net and the solvers depend on them:
+  * parameter gradients ACCUMULATE (`blob.diff += ...`): the solver zeroes them once per
+    iteration, which is what makes iter_size and shared parameters work;
+  * bottom gradients are OVERWRITTEN, and only computed where propagate_down[i] is true;
+  * reads go through `cpu_data` / `cpu_diff`, writes through `data` / `diff`.
+"""
+import numpy as np
+
+from ..backend import state as _mode
+from ..blob import Blob
+from ..errors import LayerSetupError
+from ..proto import caffe_pb2
+
+
+class Layer:
+    type = None            # Caffe type string (set by @register)
+    prunable = False       # True: blobs[0] is a weight that carries a pruning mask
+
+    # Blob-count constraints, as Caffe's ExactNumBottomBlobs() & co.; -1 means unchecked.
+    exact_num_bottom = -1
+    min_bottom = -1
+    max_bottom = -1
+    exact_num_top = -1
+    min_top = -1
+    max_top = -1
+    equal_num_bottom_top = False
+    auto_top_blobs = False  # Net may create anonymous tops up to min_top / exact_num_top
+
+    def __init__(self, layer_param):
+        self.layer_param = caffe_pb2.LayerParameter()
+        self.layer_param.CopyFrom(layer_param)
+        self.phase = self.layer_param.phase
+        self.blobs = []
+        for i, bp in enumerate(self.layer_param.blobs):
+            b = Blob(name=f"{self.name}[{i}]")
+            b.from_proto(bp, source=f"layer '{self.name}' blob {i}")
+            self.blobs.append(b)
+        self.layer_param.ClearField("blobs")  # loaded; don't keep a second copy
+        self.param_propagate_down = []
+        self.loss_weights = []
+
+    # --- identity --------------------------------------------------------------------------
+    @property
+    def name(self):
+        return self.layer_param.name
+
+    def __repr__(self):
+        return f"<{type(self).__name__} '{self.name}'>"
+
+    def error(self, detail):
+        return LayerSetupError(self, detail)
+
+    # --- setup -----------------------------------------------------------------------------
+    def setup(self, bottom, top):
+        self.check_blob_counts(bottom, top)
+        self.layer_setup(bottom, top)
+        if self.prunable and self.blobs and not self.blobs[0].has_mask:
+            self.blobs[0].init_mask()
+        while len(self.param_propagate_down) < len(self.blobs):
+            self.param_propagate_down.append(True)
+        self.reshape(bottom, top)
+        self.set_loss_weights(top)
+
+    def layer_setup(self, bottom, top):
+        pass
+
+    def reshape(self, bottom, top):
+        raise NotImplementedError
+
+    def check_blob_counts(self, bottom, top):
+        nb, nt = len(bottom), len(top)
+
+        def bad(what, n, rule):
+            return self.error(f"takes {rule} {what} blob(s), got {n}")
+        if self.exact_num_bottom >= 0 and nb != self.exact_num_bottom:
+            raise bad("bottom", nb, f"exactly {self.exact_num_bottom}")
+        if self.min_bottom >= 0 and nb < self.min_bottom:
+            raise bad("bottom", nb, f"at least {self.min_bottom}")
+        if self.max_bottom >= 0 and nb > self.max_bottom:
+            raise bad("bottom", nb, f"at most {self.max_bottom}")
+        if self.exact_num_top >= 0 and nt != self.exact_num_top:
+            raise bad("top", nt, f"exactly {self.exact_num_top}")
+        if self.min_top >= 0 and nt < self.min_top:
+            raise bad("top", nt, f"at least {self.min_top}")
+        if self.max_top >= 0 and nt > self.max_top:
+            raise bad("top", nt, f"at most {self.max_top}")
+        if self.equal_num_bottom_top and nb != nt:
+            raise self.error(f"needs as many tops as bottoms, got {nb} bottom(s), {nt} top(s)")
+
+    def set_loss_weights(self, top):
+        """Caffe's SetLossWeights: a top with a nonzero loss weight gets its diff filled with
+        that weight; forward then returns sum(weight * top) as the layer's loss."""
+        lw = list(self.layer_param.loss_weight)
+        if lw and len(lw) != len(top):
+            raise self.error(f"has {len(lw)} loss_weight value(s) for {len(top)} top(s)")
+        self.loss_weights = lw + [0.0] * (len(top) - len(lw))
+        for w, t in zip(self.loss_weights, top):
+            if w != 0:
+                t.diff[...] = w
+
+    def loss(self, top_index):
+        return self.loss_weights[top_index] if top_index < len(self.loss_weights) else 0.0
+
+    def allow_force_backward(self, bottom_index):
+        """False for bottoms no gradient can be computed for (labels, say)."""
+        return True
+
+    # --- forward / backward ----------------------------------------------------------------
+    def forward(self, bottom, top):
+        self.reshape(bottom, top)  # as Caffe's Layer::Forward: inputs may have changed shape
+        if _mode.mode() == _mode.GPU:
+            self.forward_gpu(bottom, top)
+        else:
+            self.forward_cpu(bottom, top)
+        loss = 0.0
+        for w, t in zip(self.loss_weights, top):
+            if w != 0:
+                loss += float(np.dot(t.cpu_data.ravel().astype(np.float64),
+                                     t.cpu_diff.ravel()))
+        return loss
+
+    def backward(self, top, propagate_down, bottom):
+        if _mode.mode() == _mode.GPU:
+            self.backward_gpu(top, propagate_down, bottom)
+        else:
+            self.backward_cpu(top, propagate_down, bottom)
+        # Pruned weights receive no gradient.  Applied here, once, for every prunable layer.
+        for b in self.blobs:
+            if b.has_mask:
+                b.mask_diff()
+
+    def forward_cpu(self, bottom, top):
+        raise NotImplementedError
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        if any(propagate_down):
+            raise self.error("has no backward pass")
+
+    def forward_gpu(self, bottom, top):
+        self.forward_cpu(bottom, top)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        self.backward_cpu(top, propagate_down, bottom)
+
+    # --- helpers for subclasses ------------------------------------------------------------
+    def param_blob(self, shape, filler=None, name_suffix=None):
+        """A new parameter Blob of `shape`, filled by `filler` (a FillerParameter)."""
+        from ..fillers import fill
+        b = Blob(shape, name=f"{self.name}[{len(self.blobs) if name_suffix is None else name_suffix}]")
+        if filler is not None:
+            fill(b, filler)
+        return b
+
+    def check_loaded_blobs(self, shapes):
+        """When the prototxt carried blobs, they must have the shapes this layer needs."""
+        for i, (b, s) in enumerate(zip(self.blobs, shapes)):
+            if tuple(b.shape) != tuple(s):
+                raise self.error(f"blob {i} has shape {b.shape} but the layer needs {tuple(s)}")
+
+
+class NeuronLayer(Layer):
+    """One bottom, one top of the same shape; may run in place."""
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def reshape(self, bottom, top):
+        top[0].reshape_like(bottom[0])
+
+
+class LossLayer(Layer):
+    """Two bottoms (prediction, target); a scalar top whose loss weight defaults to 1."""
+    exact_num_bottom = 2
+    exact_num_top = 1
+    auto_top_blobs = True
+
+    def setup(self, bottom, top):
+        if not self.layer_param.loss_weight:
+            self.layer_param.loss_weight.append(1.0)
+        super().setup(bottom, top)
+
+    def reshape(self, bottom, top):
+        if bottom[0].shape[:1] != bottom[1].shape[:1]:
+            raise self.error(f"the data and label should have the same first dimension, "
+                             f"got {bottom[0].shape} and {bottom[1].shape}")
+        top[0].reshape(())
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index != 1

@@ -1,0 +1,187 @@
+"""Convolution and Deconvolution: Caffe's BaseConvolutionLayer family, N-d, grouped.
+
+The arithmetic lives in engines (im2col.GemmEngine, depthwise.DepthwiseEngine); this module
+reads convolution_param exactly as Caffe does, shapes blobs, and wires the engines to
+bottoms and tops.  Deconvolution is the same engine with bottom and top exchanged: its
+forward is the convolution's backward-data, its backward-data the convolution's forward."""
+import numpy as np
+
+from .base import Layer
+from .im2col import ConvGeometry, GemmEngine
+from .registry import register
+
+
+def _spatial_param(layer, p, name, h_name, w_name, nsp, default, must_be_positive, what):
+    """One value per spatial axis from a repeated field or its _h/_w pair (Caffe's rules)."""
+    values = list(getattr(p, name))
+    if h_name and (p.HasField(h_name) or p.HasField(w_name)):
+        if nsp != 2:
+            raise layer.error(f"{h_name} & {w_name} can only be used for 2-D convolution "
+                              f"(the input has {nsp} spatial axes)")
+        if values:
+            raise layer.error(f"either {name} or {h_name}/{w_name} should be specified, not "
+                              f"both (got {name}: {values}, {h_name}: {getattr(p, h_name)}, "
+                              f"{w_name}: {getattr(p, w_name)})")
+        result = [getattr(p, h_name), getattr(p, w_name)]
+    else:
+        allowed = (1, nsp) if default is None else (0, 1, nsp)
+        if len(values) not in allowed:
+            raise layer.error(f"{name} must be specified once, or once per spatial dimension "
+                              f"({name} specified {len(values)} times; {nsp} spatial dims)")
+        if not values:
+            result = [default] * nsp
+        else:
+            result = [values[0] if len(values) == 1 else values[i] for i in range(nsp)]
+    if must_be_positive and any(v <= 0 for v in result):
+        raise layer.error(f"{what} dimensions must be nonzero, got {result}")
+    return tuple(result)
+
+
+class BaseConvolution(Layer):
+    """Caffe's BaseConvolutionLayer: parameters, blob shapes, and the bottom/top loop."""
+    prunable = True
+    min_bottom = 1
+    min_top = 1
+    equal_num_bottom_top = True
+    reverse_dimensions = False   # Deconvolution: the convolution runs from top to bottom
+
+    # --- setup -----------------------------------------------------------------------------
+    def layer_setup(self, bottom, top):
+        p = self.layer_param.convolution_param
+        self.channel_axis = bottom[0].canonical_axis_index(p.axis)
+        nsp = bottom[0].num_axes - self.channel_axis - 1
+        self.num_spatial_axes = nsp
+        kernel = _spatial_param(self, p, "kernel_size", "kernel_h", "kernel_w", nsp, None,
+                                True, "filter")
+        stride = _spatial_param(self, p, "stride", "stride_h", "stride_w", nsp, 1, True,
+                                "stride")
+        pad = _spatial_param(self, p, "pad", "pad_h", "pad_w", nsp, 0, False, "pad")
+        dilation = _spatial_param(self, p, "dilation", None, None, nsp, 1, False, "dilation")
+        self.geom = ConvGeometry(kernel, stride, pad, dilation)
+
+        self.channels = bottom[0].shape[self.channel_axis]
+        self.num_output = p.num_output
+        self.group = p.group
+        if self.num_output <= 0:
+            raise self.error(f"num_output must be positive, got {self.num_output}")
+        if self.group <= 0 or self.channels % self.group:
+            raise self.error(f"the number of input channels ({self.channels}) must be a "
+                             f"multiple of group ({self.group})")
+        if self.num_output % self.group:
+            raise self.error(f"num_output ({self.num_output}) must be a multiple of group "
+                             f"({self.group})")
+        if self.reverse_dimensions:
+            self.conv_in, self.conv_out = self.num_output, self.channels
+        else:
+            self.conv_in, self.conv_out = self.channels, self.num_output
+        self.bias_term = p.bias_term
+        weight_shape = (self.conv_out, self.conv_in // self.group) + kernel
+        bias_shape = (self.num_output,)
+        if self.blobs:
+            if len(self.blobs) != 1 + int(self.bias_term):
+                raise self.error(f"incorrect number of weight blobs: {len(self.blobs)}, "
+                                 f"expected {1 + int(self.bias_term)} (bias_term: "
+                                 f"{str(self.bias_term).lower()})")
+            self.check_loaded_blobs([weight_shape, bias_shape][:len(self.blobs)])
+        else:
+            # An unset weight_filler is the proto default: constant 0, as in Caffe.
+            self.blobs.append(self.param_blob(weight_shape, p.weight_filler))
+            if self.bias_term:
+                self.blobs.append(self.param_blob(bias_shape, p.bias_filler))
+        self.engine = self.make_engine()
+
+    def make_engine(self):
+        if self.group > 1 and self.group == self.conv_in:
+            # Depthwise (group == channels of the convolution's input): the dedicated kernel.
+            from .depthwise import DepthwiseEngine
+            return DepthwiseEngine(self.geom, self.conv_in, self.conv_out // self.conv_in)
+        return GemmEngine(self.geom, self.conv_in, self.conv_out, self.group)
+
+    # --- shapes ----------------------------------------------------------------------------
+    def output_spatial(self, in_spatial):
+        return self.geom.conv_output(in_spatial)
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        ax = self.channel_axis
+        if len(shape) != ax + 1 + self.num_spatial_axes:
+            raise self.error(f"bottom num_axes may not change: set up with "
+                             f"{ax + 1 + self.num_spatial_axes}, got shape {shape}")
+        if shape[ax] != self.channels:
+            raise self.error(f"input size incompatible with convolution kernel: the bottom has "
+                             f"{shape[ax]} channels (shape {shape}), set up with {self.channels}")
+        for i, b in enumerate(bottom[1:], 1):
+            if b.shape != shape:
+                raise self.error(f"all bottoms must have the same shape: bottom[0] is {shape}, "
+                                 f"bottom[{i}] is {b.shape}")
+        in_spatial = shape[ax + 1:]
+        out_spatial = self.output_spatial(in_spatial)
+        if any(o < 0 for o in out_spatial):
+            raise self.error(f"input spatial shape {in_spatial} gives a negative output shape "
+                             f"{out_spatial} (kernel {self.geom.kernel}, stride "
+                             f"{self.geom.stride}, pad {self.geom.pad}, dilation "
+                             f"{self.geom.dilation})")
+        self.num = int(np.prod(shape[:ax], dtype=np.int64))
+        top_shape = shape[:ax] + (self.num_output,) + out_spatial
+        for t in top:
+            t.reshape(top_shape)
+        self.bottom_shape = (self.num, self.channels) + tuple(in_spatial)
+        self.top_shape = (self.num, self.num_output) + tuple(out_spatial)
+        if self.reverse_dimensions:
+            self.engine.reshape(self.num, out_spatial, in_spatial)
+        else:
+            self.engine.reshape(self.num, in_spatial, out_spatial)
+
+    # --- forward / backward ----------------------------------------------------------------
+    def _bias(self):
+        return self.blobs[1].cpu_data if self.bias_term else None
+
+    def forward_cpu(self, bottom, top):
+        w = self.blobs[0].cpu_data
+        for b, t in zip(bottom, top):
+            x = b.cpu_data.reshape(self.bottom_shape)
+            y = t.data.reshape(self.top_shape)
+            if self.reverse_dimensions:
+                self.engine.backward_data(x, w, y)
+                if self.bias_term:
+                    y3 = y.reshape(self.num, self.num_output, -1)
+                    np.add(y3, self._bias().reshape(-1, 1), out=y3)
+            else:
+                self.engine.forward(x, w, self._bias(), y)
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        w = self.blobs[0].cpu_data
+        for i, (t, b) in enumerate(zip(top, bottom)):
+            dy = t.cpu_diff.reshape(self.top_shape)
+            if self.bias_term and self.param_propagate_down[1]:
+                db = self.blobs[1].diff
+                np.add(db, dy.reshape(self.num, self.num_output, -1).sum(axis=2).sum(axis=0),
+                       out=db)
+            if self.param_propagate_down[0]:
+                x = b.cpu_data.reshape(self.bottom_shape)
+                dw = self.blobs[0].diff
+                if self.reverse_dimensions:
+                    self.engine.backward_weight(dy, x, dw)
+                else:
+                    self.engine.backward_weight(x, dy, dw)
+            if propagate_down[i]:
+                dx = b.diff.reshape(self.bottom_shape)
+                if self.reverse_dimensions:
+                    self.engine.forward(dy, w, None, dx)
+                else:
+                    self.engine.backward_data(dy, w, dx)
+
+
+@register("Convolution")
+class Convolution(BaseConvolution):
+    """Caffe's ConvolutionLayer.  group == channels (> 1) runs on the depthwise kernel."""
+
+
+@register("Deconvolution")
+class Deconvolution(BaseConvolution):
+    """Caffe's DeconvolutionLayer: the transpose of Convolution.  Weight shape
+    (channels, num_output / group, *kernel); output stride*(in-1) + extent - 2*pad."""
+    reverse_dimensions = True
+
+    def output_spatial(self, in_spatial):
+        return self.geom.deconv_output(in_spatial)

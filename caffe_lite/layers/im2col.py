@@ -1,0 +1,323 @@
+"""Convolution machinery shared by Convolution, Deconvolution and DepthwiseConvolution:
+the spatial geometry, row-block parallelism, im2col / col2im and the GEMM engine.
+
+Arrays are handled as "rows": an input (num, channels, *spatial) is seen as (num*channels,
+*spatial), so work can be split into blocks of rows that fit the cache and run on a few
+threads (numpy releases the GIL inside its loops).  Every block is a whole-array numpy
+operation; the block loop exists for cache locality and the CPU's cores, not per image.
+
+An engine computes the three products a convolution needs, for x (num, conv_in, *in),
+w (conv_out, conv_in / group, *kernel) and y (num, conv_out, *out):
+    forward(x, w, b, y)          y  = conv(x, w) (+ b)          overwrite
+    backward_data(dy, w, dx)     dx = conv_transpose(dy, w)     overwrite
+    backward_weight(x, dy, dw)   dw += d(sum y*dy)/dw           accumulate
+Deconvolution uses the same three with the roles of its bottom and top swapped."""
+import itertools
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+# Elements of scratch / output per row block: small enough to stay in L2, large enough that
+# Python overhead per numpy call is negligible.
+BLOCK_ELEMENTS = 1 << 17
+# Upper bound (elements) of a GEMM column buffer; larger batches are processed in image chunks
+# (Caffe itself keeps one image's columns at a time).
+COL_BUFFER_ELEMENTS = 1 << 24
+
+_pool = None
+_pool_size = 0
+
+
+def num_threads():
+    """Threads used by the convolution kernels: CAFFE_LITE_NUM_THREADS, else the usable CPUs."""
+    env = os.environ.get("CAFFE_LITE_NUM_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def run_blocks(rows, row_elements, fn):
+    """Call fn(start, stop, slot) over consecutive row blocks covering range(rows).
+
+    Blocks are dealt round-robin to `num_threads()` workers (the caller is worker 0); `slot`
+    is the worker's index, for per-worker scratch buffers.  Blocks must touch disjoint rows."""
+    global _pool, _pool_size
+    if rows <= 0:
+        return
+    threads = num_threads()
+    per_block = max(1, min(-(-rows // threads), BLOCK_ELEMENTS // max(1, row_elements)))
+    blocks = [(r, min(r + per_block, rows)) for r in range(0, rows, per_block)]
+    threads = min(threads, len(blocks))
+    if threads == 1:
+        for a, b in blocks:
+            fn(a, b, 0)
+        return
+    if _pool is None or _pool_size < threads - 1:
+        _pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="caffe-lite-conv")
+        _pool_size = threads - 1
+
+    def work(slot):
+        for a, b in blocks[slot::threads]:
+            fn(a, b, slot)
+    futures = [_pool.submit(work, s) for s in range(1, threads)]
+    try:
+        work(0)
+    finally:
+        for f in futures:
+            f.result()
+
+
+class Scratch:
+    """Grow-only float32 buffers, reused across calls: scratch.get(key, shape)."""
+
+    def __init__(self):
+        self._bufs = {}
+
+    def get(self, key, shape, zero=False):
+        n = math.prod(shape)
+        buf = self._bufs.get(key)
+        if buf is None or buf.size < n:
+            buf = np.zeros(n, np.float32) if zero else np.empty(n, np.float32)
+            self._bufs[key] = buf
+        elif zero:
+            buf[:n] = 0
+        return buf[:n].reshape(shape)
+
+
+def c_div(a, b):
+    """Integer division truncating toward zero, as C++ does (Caffe's output-size formula)."""
+    q = abs(a) // b
+    return q if a >= 0 else -q
+
+
+class ConvGeometry:
+    """Kernel, stride, pad and dilation per spatial axis, and the index arithmetic on them."""
+
+    def __init__(self, kernel, stride, pad, dilation):
+        self.kernel = tuple(kernel)
+        self.stride = tuple(stride)
+        self.pad = tuple(pad)
+        self.dilation = tuple(dilation)
+        self.extent = tuple(d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilation))
+        self.kernel_count = int(np.prod(self.kernel, dtype=np.int64))
+        # Caffe's is_1x1_: im2col is the identity (dilation is irrelevant for a 1-tap kernel).
+        self.is_1x1 = all(k == 1 and s == 1 and p == 0
+                          for k, s, p in zip(self.kernel, self.stride, self.pad))
+
+    def conv_output(self, in_spatial):
+        """(in + 2 pad - extent) / stride + 1 per axis.  C's truncating division: an input
+        a little smaller than the kernel still gives one output (Caffe's im2col reads zeros
+        beyond the edge); more negative sizes are an error the caller reports."""
+        return tuple(c_div(i + 2 * p - e, s) + 1
+                     for i, p, e, s in zip(in_spatial, self.pad, self.extent, self.stride))
+
+    def deconv_output(self, in_spatial):
+        return tuple(s * (i - 1) + e - 2 * p
+                     for i, p, e, s in zip(in_spatial, self.pad, self.extent, self.stride))
+
+    def taps(self):
+        return list(itertools.product(*(range(k) for k in self.kernel)))
+
+    def padded_shape(self, in_spatial, out_spatial):
+        """Spatial shape of a zero-padded input that every tap's strided view fits in."""
+        return tuple(max(i + 2 * p, (o - 1) * s + e) if o > 0 else i + 2 * p
+                     for i, o, p, s, e in zip(in_spatial, out_spatial, self.pad, self.stride,
+                                              self.extent))
+
+    def padded_tap_slices(self, out_spatial):
+        """Per tap: the slices of the padded input that the tap reads for every output."""
+        return [tuple(slice(t * d, t * d + s * (o - 1) + 1, s)
+                      for t, d, s, o in zip(tap, self.dilation, self.stride, out_spatial))
+                for tap in self.taps()]
+
+    def clipped_tap_slices(self, in_spatial, out_spatial):
+        """Per tap (index, in_slices, out_slices): the outputs whose input position for that
+        tap lies inside the unpadded input, and those input positions.  Taps reading only
+        padding are left out."""
+        result = []
+        for index, tap in enumerate(self.taps()):
+            ins, outs = [], []
+            for t, d, s, p, i, o in zip(tap, self.dilation, self.stride, self.pad,
+                                        in_spatial, out_spatial):
+                off = t * d - p                     # input position read by output 0
+                lo = max(0, -(off // s))            # first o with o*s + off >= 0
+                hi = min(o - 1, (i - 1 - off) // s)  # last o with o*s + off <= i - 1
+                if hi < lo:
+                    break
+                start = lo * s + off
+                ins.append(slice(start, start + (hi - lo) * s + 1, s))
+                outs.append(slice(lo, hi + 1))
+            else:
+                result.append((index, tuple(ins), tuple(outs)))
+        return result
+
+
+def strided_columns(xp, geom, out_spatial):
+    """Read-only view (rows, *kernel, *out) of padded rows xp (rows, *padded): im2col without
+    copying."""
+    nsp = len(out_spatial)
+    sp = xp.strides[1:]
+    shape = (xp.shape[0],) + geom.kernel + tuple(out_spatial)
+    strides = ((xp.strides[0],) + tuple(st * d for st, d in zip(sp, geom.dilation))
+               + tuple(st * s for st, s in zip(sp, geom.stride)))
+    assert len(strides) == 1 + 2 * nsp
+    return as_strided(xp, shape, strides, writeable=False)
+
+
+class PaddedRows:
+    """A zero-bordered copy of input rows, kept across calls: the border is written once, each
+    call copies only the interior.  Without padding the input itself is used."""
+
+    def __init__(self):
+        self.buf = None
+        self.interior = None
+
+    def reshape(self, rows, in_spatial, padded_spatial, pad):
+        self.needed = tuple(padded_spatial) != tuple(in_spatial)
+        if not self.needed:
+            self.buf = None
+            return
+        shape = (rows,) + tuple(padded_spatial)
+        if self.buf is None or self.buf.shape != shape:
+            self.buf = np.zeros(shape, np.float32)
+        self.interior = (slice(None),) + tuple(slice(p, p + i) for p, i in zip(pad, in_spatial))
+
+    def fill(self, x_rows, a, b):
+        """Rows a:b of the padded input of x_rows (rows, *in)."""
+        if not self.needed:
+            return x_rows[a:b]
+        block = self.buf[a:b]
+        block[self.interior] = x_rows[a:b]
+        return block
+
+
+def col2im_rows(col, geom, clipped, dx):
+    """dx (rows, *in) = scatter-add of col (rows, kernel_count, *out) over the kernel taps."""
+    dx[...] = 0
+    every = (slice(None),)
+    for index, ins, outs in clipped:
+        target = dx[every + ins]
+        np.add(target, col[(slice(None), index) + outs], out=target)
+
+
+def _weight_gradient(dy, col, dw, scratch):
+    """dw (G, Og, K) += sum over images and positions of dy (n, G, Og, P) x col (n, G, K, P).
+
+    Either a batch of per-image products summed afterwards, or one product per group over
+    all images at once after transposing copies; whichever moves fewer elements."""
+    n, g, og, p = dy.shape
+    k = col.shape[2]
+    if n == 1:
+        prod = np.matmul(dy[0], col[0].swapaxes(-1, -2))
+    elif og * k <= (og + k) * p:
+        prod = np.matmul(dy, col.swapaxes(-1, -2)).sum(axis=0)
+    else:
+        dyt = scratch.get("dyt", (g, og, n, p))
+        np.copyto(dyt, dy.transpose(1, 2, 0, 3))
+        colt = scratch.get("colt", (g, k, n, p))
+        np.copyto(colt, col.transpose(1, 2, 0, 3))
+        prod = np.matmul(dyt.reshape(g, og, n * p), colt.reshape(g, k, n * p).swapaxes(-1, -2))
+    np.add(dw, prod, out=dw)
+
+
+class GemmEngine:
+    """Grouped N-d convolution as im2col + batched matrix products over (image, group)."""
+
+    def __init__(self, geom, conv_in, conv_out, group):
+        self.geom = geom
+        self.conv_in, self.conv_out, self.group = conv_in, conv_out, group
+        self.padded = PaddedRows()
+        self.scratch = Scratch()
+        self.in_spatial = self.out_spatial = None
+
+    def reshape(self, num, in_spatial, out_spatial):
+        g = self.geom
+        self.num = num
+        self.in_spatial, self.out_spatial = tuple(in_spatial), tuple(out_spatial)
+        self.in_count = int(np.prod(in_spatial, dtype=np.int64))
+        self.out_count = int(np.prod(out_spatial, dtype=np.int64))
+        rows = num * self.conv_in
+        self.padded.reshape(rows, in_spatial, g.padded_shape(in_spatial, out_spatial), g.pad)
+        self.pad_taps = g.padded_tap_slices(out_spatial)
+        self.clipped = g.clipped_tap_slices(in_spatial, out_spatial)
+        per_image = self.conv_in * g.kernel_count * self.out_count
+        self.chunk = max(1, min(num, COL_BUFFER_ELEMENTS // max(1, per_image)))
+
+    # --- shapes ----------------------------------------------------------------------------
+    def _wg(self, w):
+        """(G, Og, Cg*K) weight matrices."""
+        return w.reshape(self.group, self.conv_out // self.group, -1)
+
+    def _groups(self, a, channels, spatial_count):
+        return a.reshape(a.shape[0], self.group, channels // self.group, spatial_count)
+
+    def _chunks(self):
+        return [(n0, min(n0 + self.chunk, self.num)) for n0 in range(0, self.num, self.chunk)]
+
+    def _im2col(self, x, n0, n1):
+        """Columns (n, G, Cg*K, P) of images n0:n1 of x, in the reused column buffer."""
+        g = self.geom
+        cin = self.conv_in
+        x_rows = x.reshape(self.num * cin, *self.in_spatial)
+        n = n1 - n0
+        col = self.scratch.get("col", (n * cin, g.kernel_count, self.out_count))
+        base = n0 * cin
+        out_shape = g.kernel + self.out_spatial
+
+        def block(a, b, slot):
+            xp = self.padded.fill(x_rows, base + a, base + b)
+            np.copyto(col[a:b].reshape((b - a,) + out_shape),
+                      strided_columns(xp, g, self.out_spatial))
+        run_blocks(n * cin, g.kernel_count * self.out_count, block)
+        return col.reshape(n, self.group, -1, self.out_count)
+
+    # --- the three products ----------------------------------------------------------------
+    def forward(self, x, w, b, y):
+        wg = self._wg(w)
+        if self.geom.is_1x1:
+            np.matmul(wg, self._groups(x, self.conv_in, self.in_count),
+                      out=self._groups(y, self.conv_out, self.out_count))
+        else:
+            for n0, n1 in self._chunks():
+                col = self._im2col(x, n0, n1)
+                np.matmul(wg, col, out=self._groups(y[n0:n1], self.conv_out, self.out_count))
+        if b is not None:
+            y3 = y.reshape(self.num, self.conv_out, self.out_count)
+            np.add(y3, b.reshape(-1, 1), out=y3)
+
+    def backward_data(self, dy, w, dx):
+        wgt = self._wg(w).swapaxes(-1, -2)
+        if self.geom.is_1x1:
+            np.matmul(wgt, self._groups(dy, self.conv_out, self.out_count),
+                      out=self._groups(dx, self.conv_in, self.in_count))
+            return
+        g = self.geom
+        cin = self.conv_in
+        dx_rows = dx.reshape(self.num * cin, *self.in_spatial)
+        for n0, n1 in self._chunks():
+            n = n1 - n0
+            col = self.scratch.get("col", (n * cin, g.kernel_count) + self.out_spatial)
+            np.matmul(wgt, self._groups(dy[n0:n1], self.conv_out, self.out_count),
+                      out=col.reshape(n, self.group, -1, self.out_count))
+            base = n0 * cin
+
+            def block(a, b, slot):
+                col2im_rows(col[a:b], g, self.clipped, dx_rows[base + a:base + b])
+            run_blocks(n * cin, g.kernel_count * self.out_count, block)
+
+    def backward_weight(self, x, dy, dw):
+        dwg = self._wg(dw)
+        if self.geom.is_1x1:
+            _weight_gradient(self._groups(dy, self.conv_out, self.out_count),
+                             self._groups(x, self.conv_in, self.in_count), dwg, self.scratch)
+            return
+        for n0, n1 in self._chunks():
+            col = self._im2col(x, n0, n1)
+            _weight_gradient(self._groups(dy[n0:n1], self.conv_out, self.out_count), col, dwg,
+                             self.scratch)

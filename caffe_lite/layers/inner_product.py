@@ -1,0 +1,82 @@
+"""InnerProduct: a fully connected layer, Caffe's InnerProductLayer."""
+import numpy as np
+
+from ..errors import CaffeLiteError
+from .base import Layer
+from .registry import register
+
+
+@register("InnerProduct")
+class InnerProductLayer(Layer):
+    """top = bottom(M, K) x W^T + b, with K = count(axis:) and M = count(:axis).
+
+    W is stored (num_output, K), or (K, num_output) with `transpose: true`; the top keeps the
+    bottom's axes before `axis` and replaces the rest with num_output."""
+    exact_num_bottom = 1
+    exact_num_top = 1
+    prunable = True
+
+    def _canonical_axis(self, blob):
+        try:
+            return blob.canonical_axis_index(self.layer_param.inner_product_param.axis)
+        except CaffeLiteError as exc:
+            raise self.error(f"bad inner_product_param axis: {exc}") from None
+
+    def layer_setup(self, bottom, top):
+        p = self.layer_param.inner_product_param
+        self.num_output = int(p.num_output)
+        self.bias_term = p.bias_term
+        self.transpose = p.transpose
+        self.axis = self._canonical_axis(bottom[0])
+        self.K = bottom[0].count_range(self.axis)
+        n, k = self.num_output, self.K
+        shapes = [(k, n) if self.transpose else (n, k)]
+        if self.bias_term:
+            shapes.append((n,))
+        if self.blobs:
+            if len(self.blobs) != len(shapes):
+                raise self.error(f"has {len(self.blobs)} blob(s) but needs {len(shapes)} "
+                                 f"(bias_term: {str(self.bias_term).lower()})")
+            self.check_loaded_blobs(shapes)
+        else:
+            self.blobs = [self.param_blob(shapes[0], p.weight_filler)]
+            if self.bias_term:
+                self.blobs.append(self.param_blob(shapes[1], p.bias_filler))
+
+    def reshape(self, bottom, top):
+        axis = self._canonical_axis(bottom[0])
+        new_k = bottom[0].count_range(axis)
+        if new_k != self.K:
+            raise self.error(
+                f"input size incompatible with inner product parameters: bottom shape "
+                f"{bottom[0].shape} gives K = {new_k} (count from axis {axis}), but the "
+                f"layer was set up with K = {self.K}")
+        self.axis = axis
+        self.M = bottom[0].count_range(0, axis)
+        top[0].reshape(bottom[0].shape[:axis] + (self.num_output,))
+
+    def _weight_as_kn(self, w):
+        """The weight as a (K, N) matrix: x @ it is the forward product."""
+        return w if self.transpose else w.T
+
+    def forward_cpu(self, bottom, top):
+        x = bottom[0].cpu_data.reshape(self.M, self.K)
+        y = top[0].data.reshape(self.M, self.num_output)
+        np.matmul(x, self._weight_as_kn(self.blobs[0].cpu_data), out=y)
+        if self.bias_term:
+            y += self.blobs[1].cpu_data
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        dy = top[0].cpu_diff.reshape(self.M, self.num_output)
+        x = bottom[0].cpu_data.reshape(self.M, self.K)
+        if self.param_propagate_down[0]:
+            w_diff = self.blobs[0].diff
+            if self.transpose:
+                w_diff += x.T @ dy
+            else:
+                w_diff += dy.T @ x
+        if self.bias_term and self.param_propagate_down[1]:
+            self.blobs[1].diff += dy.sum(axis=0, dtype=np.float32)
+        if propagate_down[0]:
+            dx = bottom[0].diff.reshape(self.M, self.K)
+            np.matmul(dy, self._weight_as_kn(self.blobs[0].cpu_data).T, out=dx)

@@ -1,0 +1,287 @@
+"""Pooling: Caffe's PoolingLayer (MAX, AVE, STOCHASTIC) on 4-D (N, C, H, W) blobs.
+
+Every method runs as a loop over the kernel taps: tap (i, j) of all output windows at once is a
+strided slice of the (padded) input.  The padded copy is only made when some window reaches
+outside the input; global pooling is a plain reduction."""
+import math
+
+import numpy as np
+
+from ..backend.state import rng
+from ..proto import caffe_pb2
+from .base import Layer
+from .registry import register
+
+_P = caffe_pb2.PoolingParameter
+_FLT_MAX = np.float32(np.finfo(np.float32).max)
+_FLT_MIN = np.float32(np.finfo(np.float32).tiny)
+_NO_INDEX = -2  # input index of a tap position outside the input (such a tap is never chosen)
+
+
+def pooled_size(size, kernel, pad, stride, round_mode=_P.CEIL):
+    """ceil (or floor) of (size + 2 pad - kernel) / stride, plus one (before Caffe's padding
+    fix-up in PoolingLayer.reshape)."""
+    r = math.floor if round_mode == _P.FLOOR else math.ceil
+    return int(r((size + 2 * pad - kernel) / stride)) + 1
+
+
+@register("Pooling")
+class PoolingLayer(Layer):
+    exact_num_bottom = 1
+    min_top = 1
+    max_top = 2  # MAX only: the second top holds the argmax (h * W + w) as float
+
+    def layer_setup(self, bottom, top):
+        p = self.layer_param.pooling_param
+        has = p.HasField
+        self.pool = p.pool
+        if len(top) > 1 and self.pool != _P.MAX:
+            raise self.error(f"only MAX pooling has a second (mask) top; "
+                             f"{_P.PoolMethod.Name(self.pool)} pooling takes 1 top, got {len(top)}")
+        self.global_pooling = p.global_pooling
+        if self.global_pooling:
+            if has("kernel_size") or has("kernel_h") or has("kernel_w"):
+                raise self.error("with global_pooling: true the filter size cannot be specified "
+                                 "(remove kernel_size / kernel_h / kernel_w)")
+        else:
+            square, both = has("kernel_size"), has("kernel_h") and has("kernel_w")
+            if square and both:
+                raise self.error("filter size is kernel_size OR kernel_h and kernel_w; not both")
+            if not square and not both:
+                raise self.error("needs kernel_size, or both kernel_h and kernel_w "
+                                 "(or global_pooling: true)")
+        if not ((not has("pad") and has("pad_h") and has("pad_w"))
+                or (not has("pad_h") and not has("pad_w"))):
+            raise self.error("padding is pad OR pad_h and pad_w (both) are required")
+        if not ((not has("stride") and has("stride_h") and has("stride_w"))
+                or (not has("stride_h") and not has("stride_w"))):
+            raise self.error("stride is stride OR stride_h and stride_w (both) are required")
+
+        if self.global_pooling:
+            self.kernel_h, self.kernel_w = bottom[0].legacy_shape(2), bottom[0].legacy_shape(3)
+        elif has("kernel_size"):
+            self.kernel_h = self.kernel_w = p.kernel_size
+        else:
+            self.kernel_h, self.kernel_w = p.kernel_h, p.kernel_w
+        if self.kernel_h <= 0 or self.kernel_w <= 0:
+            raise self.error(f"filter dimensions cannot be zero, got kernel "
+                             f"{self.kernel_h}x{self.kernel_w}")
+        self.pad_h, self.pad_w = (p.pad_h, p.pad_w) if has("pad_h") else (p.pad, p.pad)
+        self.stride_h, self.stride_w = ((p.stride_h, p.stride_w) if has("stride_h")
+                                        else (p.stride, p.stride))
+        if self.stride_h <= 0 or self.stride_w <= 0:
+            raise self.error(f"stride must be positive, got {self.stride_h}x{self.stride_w}")
+        if self.global_pooling and (self.pad_h or self.pad_w or self.stride_h != 1
+                                    or self.stride_w != 1):
+            raise self.error(f"with global_pooling: true only pad = 0 and stride = 1 are "
+                             f"allowed, got pad {self.pad_h}x{self.pad_w} and stride "
+                             f"{self.stride_h}x{self.stride_w}")
+        if self.pad_h or self.pad_w:
+            if self.pool not in (_P.AVE, _P.MAX):
+                raise self.error("padding is implemented only for average and max pooling")
+            if self.pad_h >= self.kernel_h or self.pad_w >= self.kernel_w:
+                raise self.error(f"pad must be smaller than the kernel, got pad "
+                                 f"{self.pad_h}x{self.pad_w} with kernel "
+                                 f"{self.kernel_h}x{self.kernel_w}")
+        self.round_mode = p.round_mode
+        self._key = None
+
+    def reshape(self, bottom, top):
+        if bottom[0].num_axes != 4:
+            raise self.error(f"input must have 4 axes (num, channels, height, width), got shape "
+                             f"{bottom[0].shape}")
+        n, c, h, w = bottom[0].shape
+        if self.global_pooling:
+            self.kernel_h, self.kernel_w = h, w
+        kh, kw, ph, pw, sh, sw = (self.kernel_h, self.kernel_w, self.pad_h, self.pad_w,
+                                  self.stride_h, self.stride_w)
+        out_h = pooled_size(h, kh, ph, sh, self.round_mode)
+        out_w = pooled_size(w, kw, pw, sw, self.round_mode)
+        if ph or pw:
+            # The last window must start strictly inside the image, not in the padding.
+            if (out_h - 1) * sh >= h + ph:
+                out_h -= 1
+            if (out_w - 1) * sw >= w + pw:
+                out_w -= 1
+        if out_h <= 0 or out_w <= 0:
+            raise self.error(f"kernel {kh}x{kw} (pad {ph}x{pw}, stride {sh}x{sw}) gives an "
+                             f"empty output {out_h}x{out_w} for input {h}x{w}")
+        self.out_h, self.out_w = out_h, out_w
+        top[0].reshape(n, c, out_h, out_w)
+        if len(top) > 1:
+            top[1].reshape(n, c, out_h, out_w)
+
+        key = (n, c, h, w, kh, kw, ph, pw, sh, sw, out_h, out_w)
+        if key == self._key:
+            return
+        self._key = key
+        # Row r of the padded buffer is input row r - pad; it must reach the last tap.
+        buf_h = max((out_h - 1) * sh + kh, h + ph)
+        buf_w = max((out_w - 1) * sw + kw, w + pw)
+        self._padded = ph > 0 or pw > 0 or buf_h > h or buf_w > w
+        if self._padded:
+            fill = -np.inf if self.pool == _P.MAX else 0.0
+            self._buf = np.full((n, c, buf_h, buf_w), fill, np.float32)
+            self._dbuf = np.zeros((n, c, buf_h, buf_w), np.float32)
+        # Which tap won each window is kept as a tap number (NONE: no tap), and turned into
+        # the input index h * W + w (Caffe's mask) only for the second top.
+        hs = np.arange(out_h) * sh - ph
+        ws = np.arange(out_w) * sw - pw
+        self._taps = [(i, j) for i in range(kh) for j in range(kw)]
+        self._none = len(self._taps)
+        index = np.full((self._none + 1, out_h, out_w), -1, np.int32)  # last row: NONE -> -1
+        for t, (i, j) in enumerate(self._taps):
+            hh, ww = hs + i, ws + j
+            inside = ((hh >= 0) & (hh < h))[:, None] & ((ww >= 0) & (ww < w))[None, :]
+            index[t] = np.where(inside, hh[:, None] * w + ww[None, :], _NO_INDEX)
+        self._tap_index = index.reshape(self._none + 1, -1)
+        self._window_pos = np.arange(out_h * out_w).reshape(out_h, out_w)
+        # AVE divides by the window clipped to the PADDED input, before clipping to the input:
+        # border windows that overlap the padding count the padded zeros.
+        size_h = np.minimum(hs + kh, h + ph) - hs
+        size_w = np.minimum(ws + kw, w + pw) - ws
+        self._pool_size = (size_h[:, None] * size_w[None, :]).astype(np.float32)
+        # One window covering the whole input (global pooling): a plain reduction.
+        self._whole = out_h == out_w == 1 and (kh, kw) == (h, w) and not self._padded
+        self._choice = np.empty((n, c, out_h, out_w),
+                                np.int16 if self._none < 2 ** 15 - 1 else np.int32)
+        self._sel = np.empty((n, c, out_h, out_w), bool)
+        self._tmp = np.empty((n, c, out_h, out_w), np.float32)
+
+    def mask(self):
+        """Caffe's argmax mask: the input index h * W + w each output took, -1 for none."""
+        flat = self._choice.astype(np.intp) * self._window_pos.size + self._window_pos
+        return np.take(self._tap_index, flat)
+
+    def _source(self, bottom):
+        x = bottom[0].cpu_data
+        if not self._padded:
+            return x
+        h, w = x.shape[2:]
+        self._buf[:, :, self.pad_h:self.pad_h + h, self.pad_w:self.pad_w + w] = x
+        return self._buf
+
+    def _tap(self, a, i, j):
+        return a[:, :, i:i + self.stride_h * (self.out_h - 1) + 1:self.stride_h,
+                 j:j + self.stride_w * (self.out_w - 1) + 1:self.stride_w]
+
+    # --- forward -----------------------------------------------------------------------------
+    def forward_cpu(self, bottom, top):
+        src = self._source(bottom)
+        y = top[0].data
+        if self.pool == _P.MAX:
+            if self._whole:
+                self._forward_max_whole(src, y)
+            else:
+                self._forward_max(src, y)
+            if len(top) > 1:
+                top[1].data[...] = self.mask()
+        elif self.pool == _P.AVE:
+            if self._whole:
+                src.sum(axis=(2, 3), dtype=np.float32, keepdims=True, out=y)
+            else:
+                y.fill(0)
+                for i, j in self._taps:
+                    y += self._tap(src, i, j)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                y /= self._pool_size
+        elif self.phase == caffe_pb2.TRAIN:
+            self._forward_stochastic_train(src, y)
+        else:
+            self._forward_stochastic_test(src, y)
+
+    def _forward_max(self, src, y):
+        # Strict '>' in row-major tap order keeps the first maximum, as Caffe does; padding
+        # holds -inf and never wins.
+        y.fill(-_FLT_MAX)
+        choice, better = self._choice, self._sel
+        choice.fill(self._none)
+        for t, (i, j) in enumerate(self._taps):
+            v = self._tap(src, i, j)
+            np.greater(v, y, out=better)
+            np.maximum(y, v, out=y)
+            np.copyto(choice, t, where=better)
+
+    def _forward_max_whole(self, src, y):
+        x = src.reshape(src.shape[0], src.shape[1], -1)
+        first = x.argmax(axis=2)  # the first maximum in row-major order
+        self._choice[..., 0, 0] = first
+        y[..., 0, 0] = np.take_along_axis(x, first[..., None], axis=2)[..., 0]
+        # Caffe starts from -FLT_MAX with a strict '>': a window of -inf keeps -FLT_MAX, no index.
+        none = y == -np.inf
+        if none.any():
+            y[none] = -_FLT_MAX
+            self._choice[none] = self._none
+
+    def _forward_stochastic_train(self, src, y):
+        """Caffe's GPU StoPoolForwardTrain: pick one position of each window with probability
+        proportional to its activation (activations are assumed non-negative)."""
+        total = self._tmp
+        total.fill(0)
+        for i, j in self._taps:
+            total += self._tap(src, i, j)
+        u = np.float32(1) - rng().random(total.shape, dtype=np.float32)  # uniform in (0, 1]
+        thres = total * u
+        cum = np.zeros_like(total)
+        chosen = np.zeros(total.shape, bool)
+        y.fill(0)
+        choice, sel = self._choice, self._sel
+        choice.fill(self._none)
+        for t, (i, j) in enumerate(self._taps):
+            v = self._tap(src, i, j)
+            cum += v
+            np.greater_equal(cum, thres, out=sel)
+            sel &= ~chosen
+            sel &= self._tap_index[t].reshape(self.out_h, self.out_w) >= 0
+            np.copyto(y, v, where=sel)
+            np.copyto(choice, t, where=sel)
+            chosen |= sel
+
+    def _forward_stochastic_test(self, src, y):
+        """Caffe's StoPoolForwardTest: the activation-weighted average sum(x^2) / sum(x), with
+        the sum started at FLT_MIN so an all-zero window gives 0."""
+        total = self._tmp
+        total.fill(_FLT_MIN)
+        y.fill(0)
+        for i, j in self._taps:
+            v = self._tap(src, i, j)
+            total += v
+            y += v * v
+        y /= total
+        self._choice.fill(self._none)  # nothing sampled: backward in TEST passes no gradient
+
+    # --- backward ----------------------------------------------------------------------------
+    def backward_cpu(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        dy = top[0].cpu_diff
+        dx = bottom[0].diff
+        if self._whole and self.pool != _P.STOCHASTIC:
+            self._backward_whole(dy, dx)
+            return
+        acc = self._dbuf if self._padded else dx
+        acc.fill(0)
+        if self.pool == _P.AVE:
+            g = np.divide(dy, self._pool_size, out=self._tmp)
+            for i, j in self._taps:
+                v = self._tap(acc, i, j)
+                v += g
+        else:  # MAX and STOCHASTIC route each output's gradient to its chosen input
+            for t, (i, j) in enumerate(self._taps):
+                np.equal(self._choice, t, out=self._sel)
+                np.multiply(dy, self._sel, out=self._tmp)
+                v = self._tap(acc, i, j)
+                v += self._tmp
+        if self._padded:
+            h, w = dx.shape[2:]
+            dx[...] = acc[:, :, self.pad_h:self.pad_h + h, self.pad_w:self.pad_w + w]
+
+    def _backward_whole(self, dy, dx):
+        if self.pool == _P.AVE:
+            np.divide(dy, self._pool_size, out=dx)  # broadcasts over the window
+            return
+        dx.fill(0)
+        d = dx.reshape(dx.shape[0], dx.shape[1], -1)
+        choice = self._choice[..., 0, 0].astype(np.intp)
+        g = dy[..., 0, 0] * (choice != self._none)
+        np.put_along_axis(d, np.minimum(choice, d.shape[2] - 1)[..., None], g[..., None], axis=2)

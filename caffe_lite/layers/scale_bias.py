@@ -1,0 +1,189 @@
+"""Scale and Bias: multiply / add a blob broadcast along bottom[0], Caffe's ScaleLayer and
+BiasLayer.
+
+The operand (a learned parameter, or bottom[1]) has shape bottom[0].shape[axis:axis + n]; seen
+as (outer, dim, inner) bottom[0] is multiplied or added along its middle axis.  A scalar operand
+(shape ()) applies to everything.  Scale's bias_term uses the same _BiasTerm as Bias."""
+import numpy as np
+
+from ..errors import CaffeLiteError
+from ..fillers import filler_param
+from .base import Layer
+from .registry import register
+
+_F = np.float32
+
+
+def _axis(layer, blob, axis):
+    try:
+        return blob.canonical_axis_index(axis)
+    except CaffeLiteError as exc:
+        raise layer.error(str(exc)) from None
+
+
+def param_shape(layer, bottom0, axis, num_axes, what):
+    """Shape of a learned operand: num_axes dims of bottom[0] from axis (-1: all the rest)."""
+    if num_axes < -1:
+        raise layer.error(f"num_axes must be non-negative, or -1 to extend to the end of "
+                          f"bottom[0]; got {num_axes}")
+    axis = _axis(layer, bottom0, axis)
+    if num_axes >= 0 and bottom0.num_axes < axis + num_axes:
+        raise layer.error(f"{what} blob's shape extends past bottom[0]'s shape "
+                          f"{bottom0.shape} when applied starting with bottom[0] axis = {axis} "
+                          f"with num_axes = {num_axes}")
+    return bottom0.shape[axis:] if num_axes == -1 else bottom0.shape[axis:axis + num_axes]
+
+
+def broadcast_dims(layer, bottom0, operand_shape, axis, what):
+    """(outer, dim, inner) of bottom[0] for an operand of `operand_shape` applied at `axis`."""
+    n = len(operand_shape)
+    # A scalar is applied at axis 0 whatever the parameter says (Caffe does the same).
+    axis = 0 if n == 0 else _axis(layer, bottom0, axis)
+    if bottom0.num_axes < axis + n or bottom0.shape[axis:axis + n] != tuple(operand_shape):
+        raise layer.error(f"{what} shape {tuple(operand_shape)} does not match bottom[0] shape "
+                          f"{bottom0.shape} at axis {axis}: needs bottom[0].shape"
+                          f"[{axis}:{axis + n}] == {tuple(operand_shape)}")
+    return (bottom0.count_range(0, axis), int(np.prod(operand_shape, dtype=np.int64)),
+            bottom0.count_range(axis + n))
+
+
+def _view3(a, dims):
+    return a.reshape(dims)
+
+
+class _BiasTerm:
+    """top += bias along the middle of (outer, dim, inner), and the bias gradient."""
+
+    def __init__(self, layer, axis):
+        self.layer, self.axis = layer, axis
+
+    def reshape(self, bottom0, bias_shape):
+        self.dims = broadcast_dims(self.layer, bottom0, bias_shape, self.axis, "bias")
+
+    def forward(self, top_data, bias):
+        y = _view3(top_data, self.dims)
+        y += bias.reshape(1, -1, 1)
+
+    def gradient(self, top_diff, bias_diff, accumulate):
+        g = _view3(top_diff, self.dims).sum(axis=(0, 2), dtype=_F).reshape(bias_diff.shape)
+        if accumulate:
+            bias_diff += g
+        else:
+            bias_diff[...] = g
+
+
+@register("Bias")
+class BiasLayer(Layer):
+    """top = bottom[0] + bias, the bias being a learned blob or bottom[1]."""
+    min_bottom = 1
+    max_bottom = 2
+    exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.layer_param.bias_param
+        self.bias_term = _BiasTerm(self, p.axis)
+        if len(bottom) == 1 and not self.blobs:
+            shape = param_shape(self, bottom[0], p.axis, p.num_axes, "bias")
+            self.blobs = [self.param_blob(shape, filler_param(p, "filler"))]
+        elif len(bottom) == 2 and self.blobs:
+            raise self.error(f"takes its bias from bottom[1] but has {len(self.blobs)} blob(s)")
+
+    def _bias(self, bottom):
+        return bottom[1] if len(bottom) > 1 else self.blobs[0]
+
+    def reshape(self, bottom, top):
+        self.bias_term.reshape(bottom[0], self._bias(bottom).shape)
+        if top[0] is not bottom[0]:
+            top[0].reshape_like(bottom[0])
+
+    def forward_cpu(self, bottom, top):
+        if top[0] is not bottom[0]:
+            top[0].data[...] = bottom[0].cpu_data
+        self.bias_term.forward(top[0].data, self._bias(bottom).cpu_data)
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        if propagate_down[0] and top[0] is not bottom[0]:
+            bottom[0].diff[...] = top[0].cpu_diff
+        from_param = len(bottom) == 1
+        if (from_param and self.param_propagate_down[0]) or (not from_param and propagate_down[1]):
+            self.bias_term.gradient(top[0].cpu_diff, self._bias(bottom).diff,
+                                    accumulate=from_param)
+
+
+@register("Scale")
+class ScaleLayer(Layer):
+    """top = bottom[0] * scale (+ bias), the scale being a learned blob or bottom[1]."""
+    min_bottom = 1
+    max_bottom = 2
+    exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.layer_param.scale_param
+        loaded = len(self.blobs)
+        if len(bottom) == 1 and not loaded:
+            shape = param_shape(self, bottom[0], p.axis, p.num_axes, "scale")
+            self.blobs = [self.param_blob(shape, filler_param(p, "filler", type="constant",
+                                                              value=1.0))]
+        self.bias = None
+        if p.bias_term:
+            self.bias = _BiasTerm(self, p.axis)
+            # As Caffe: the bias has as many axes as the scale from bottom[1], else num_axes.
+            num_axes = bottom[1].num_axes if len(bottom) > 1 else p.num_axes
+            if len(self.blobs) + len(bottom) < 3:  # the bias was not loaded
+                shape = param_shape(self, bottom[0], p.axis, num_axes, "bias")
+                self.blobs.append(self.param_blob(shape, filler_param(p, "bias_filler")))
+            self.bias_id = len(self.blobs) - 1
+        expected = (len(bottom) == 1) + (self.bias is not None)
+        if len(self.blobs) != expected:
+            raise self.error(f"has {len(self.blobs)} blob(s) but needs {expected} (bottoms: "
+                             f"{len(bottom)}, bias_term: {str(p.bias_term).lower()})")
+        self._temp = self._prod = None
+
+    def _scale(self, bottom):
+        return bottom[1] if len(bottom) > 1 else self.blobs[0]
+
+    def reshape(self, bottom, top):
+        scale = self._scale(bottom)
+        self.dims = broadcast_dims(self, bottom[0], scale.shape,
+                                   self.layer_param.scale_param.axis, "scale")
+        if top[0] is not bottom[0]:
+            top[0].reshape_like(bottom[0])
+        shape = bottom[0].shape
+        # In place, the input is kept for the scale gradient (and the product overwrites it).
+        if top[0] is bottom[0]:
+            if self._temp is None or self._temp.shape != shape:
+                self._temp = np.empty(shape, _F)
+        elif self._prod is None or self._prod.shape != shape:
+            self._prod = np.empty(shape, _F)
+        if self.bias is not None:
+            self.bias.reshape(bottom[0], self.blobs[self.bias_id].shape)
+
+    def forward_cpu(self, bottom, top):
+        x = bottom[0].cpu_data
+        if top[0] is bottom[0]:
+            np.copyto(self._temp, x)
+        s = self._scale(bottom).cpu_data.reshape(1, -1, 1)
+        np.multiply(_view3(x, self.dims), s, out=_view3(top[0].data, self.dims))
+        if self.bias is not None:
+            self.bias.forward(top[0].data, self.blobs[self.bias_id].cpu_data)
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        dy = top[0].cpu_diff
+        if self.bias is not None and self.param_propagate_down[self.bias_id]:
+            self.bias.gradient(dy, self.blobs[self.bias_id].diff, accumulate=True)
+        from_param = len(bottom) == 1
+        scale = self._scale(bottom)
+        if (from_param and self.param_propagate_down[0]) or (not from_param and propagate_down[1]):
+            in_place = top[0] is bottom[0]
+            x = self._temp if in_place else bottom[0].cpu_data
+            prod = np.multiply(dy, x, out=self._temp if in_place else self._prod)
+            g = _view3(prod, self.dims).sum(axis=(0, 2), dtype=_F).reshape(scale.shape)
+            # Parameter gradients accumulate.  (Caffe overwrites the parameter's diff in the
+            # special case scale.count == bottom.count; accumulating is what iter_size needs.)
+            if from_param:
+                scale.diff[...] += g
+            else:
+                scale.diff[...] = g
+        if propagate_down[0]:
+            s = scale.cpu_data.reshape(1, -1, 1)
+            np.multiply(_view3(dy, self.dims), s, out=_view3(bottom[0].diff, self.dims))

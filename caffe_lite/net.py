@@ -1,0 +1,498 @@
+"""Net: Caffe's network, built from a NetParameter, with pycaffe's Python surface."""
+import collections
+import logging
+import os
+
+import numpy as np
+
+from .blob import Blob
+from .errors import CaffeLiteError, NetError, ShapeMismatchError
+from .io.blobproto import array_to_proto
+from .io.caffemodel import load_weights, write_net_binary
+from .io.prototxt import load_message
+from .io.upgrade import upgrade_net
+from .layers import create_layer
+from .net_builder import filter_net, insert_splits
+from .proto import caffe_pb2
+
+log = logging.getLogger("caffe_lite")
+
+
+def _legacy_equal(a, b):
+    """Shapes equal, or equal once left-padded to 4-D (Caffe's legacy blob dims)."""
+    a, b = tuple(a), tuple(b)
+    if a == b:
+        return True
+    if len(a) > 4 or len(b) > 4:
+        return False
+    return (1,) * (4 - len(a)) + a == (1,) * (4 - len(b)) + b
+
+
+def _prefix_error(exc, source):
+    if source and not str(exc).startswith(str(source)):
+        exc.args = (f"{source}: {exc}",) + exc.args[1:]
+    return exc
+
+
+class Net:
+    """A Caffe net.
+
+    Net(model, phase)                         pycaffe's form; model is a prototxt path,
+    Net(model, weights, phase)                a prototxt string or a NetParameter
+    Net(model, phase, weights=W, level=0, stages=())
+    """
+
+    def __init__(self, model, *args, phase=None, weights=None, level=None, stages=None):
+        for a in args:
+            if isinstance(a, (int, np.integer)) and not isinstance(a, bool):
+                phase = int(a)
+            elif isinstance(a, (str, os.PathLike)):
+                weights = a
+            else:
+                raise CaffeLiteError(f"Net(): unexpected argument {a!r}")
+        param, self.source = load_message(model, caffe_pb2.NetParameter, "net prototxt")
+        upgrade_net(param, self.source or "")
+        if phase is not None:
+            param.state.phase = phase
+        if level is not None:
+            param.state.level = level
+        if stages is not None:
+            param.state.ClearField("stage")
+            param.state.stage.extend(stages)
+        self._init(param)
+        if weights:
+            for w in ([weights] if isinstance(weights, (str, os.PathLike)) else weights):
+                self.copy_from(w)
+
+    # ------------------------------------------------------------------------------------
+    # construction (Caffe's Net::Init)
+    # ------------------------------------------------------------------------------------
+    def _init(self, in_param):
+        src = self.source or "<net>"
+        self.name = in_param.name
+        self.phase = in_param.state.phase
+        self.force_backward = in_param.force_backward
+        param = insert_splits(filter_net(in_param, src), src)
+        self._param = param  # the filtered, split net (for to_proto)
+        self._auto_split = {lp.name for lp in param.layer if lp.type == "Split"} - \
+            {lp.name for lp in in_param.layer}
+
+        self.layers = []
+        self._layer_names = []
+        self._blobs = []                    # Blob objects, in creation order
+        self._blob_names = []
+        self.bottom_vecs, self.top_vecs = [], []
+        self.bottom_ids, self.top_ids = [], []
+        self.bottom_need_backward = []
+        self.blob_need_backward = []
+        self.layer_need_backward = []
+        self.blob_loss_weights_list = []
+        self._input_ids = []
+        self.param_ids = []                 # per layer: net param indices
+        self._params = []                   # every parameter Blob (shared ones repeated)
+        self.param_owners = []
+        self.param_display_names = []
+        self._param_layer_indices = []
+        self._param_names_index = {}
+        self.learnable_params = []
+        self.learnable_param_ids = []
+        self.params_lr, self.params_weight_decay = [], []
+        self._has_lr, self._has_decay = [], []
+
+        name_to_idx = {}
+        available = set()
+        for layer_id, lp in enumerate(param.layer):
+            if not lp.HasField("phase"):
+                lp.phase = self.phase
+            if lp.propagate_down and len(lp.propagate_down) != len(lp.bottom):
+                raise NetError(f"{src}: layer '{lp.name}' gives {len(lp.propagate_down)} "
+                               f"propagate_down values for {len(lp.bottom)} bottoms; give "
+                               "none or one per bottom")
+            try:
+                layer = create_layer(lp)
+            except CaffeLiteError as exc:
+                raise _prefix_error(exc, src)
+            self.layers.append(layer)
+            self._layer_names.append(lp.name)
+            self.bottom_vecs.append([])
+            self.top_vecs.append([])
+            self.bottom_ids.append([])
+            self.top_ids.append([])
+            self.bottom_need_backward.append([])
+            self.param_ids.append([])
+
+            need_backward = False
+            for j, bname in enumerate(lp.bottom):
+                if bname not in name_to_idx:
+                    raise NetError(f"{src}: layer '{lp.name}' (bottom {j}) reads unknown blob "
+                                   f"'{bname}'")
+                if bname not in available:
+                    raise NetError(f"{src}: layer '{lp.name}' (bottom {j}) reads blob "
+                                   f"'{bname}', which an earlier layer already consumed")
+                bid = name_to_idx[bname]
+                available.discard(bname)
+                bnb = self.blob_need_backward[bid]
+                if lp.propagate_down:
+                    bnb = bool(lp.propagate_down[j])
+                self.bottom_vecs[-1].append(self._blobs[bid])
+                self.bottom_ids[-1].append(bid)
+                self.bottom_need_backward[-1].append(bnb)
+                need_backward |= self.blob_need_backward[bid]
+
+            ntop = len(lp.top)
+            if layer.auto_top_blobs:
+                ntop = max(ntop, layer.min_top, layer.exact_num_top)
+            for j in range(ntop):
+                tname = lp.top[j] if j < len(lp.top) else "(automatic)"
+                if j < len(lp.bottom) and j < len(lp.top) and tname == lp.bottom[j]:
+                    bid = name_to_idx[tname]           # in place: reuse the bottom blob
+                    self.top_vecs[-1].append(self._blobs[bid])
+                    self.top_ids[-1].append(bid)
+                    available.add(tname)
+                    continue
+                if j < len(lp.top) and tname in name_to_idx:
+                    raise NetError(f"{src}: blob '{tname}' is produced by more than one "
+                                   f"layer (again by '{lp.name}', top {j})")
+                b = Blob(name=tname)
+                bid = len(self._blobs)
+                self._blobs.append(b)
+                self._blob_names.append(tname)
+                self.blob_need_backward.append(False)
+                self.blob_loss_weights_list.append(0.0)
+                if j < len(lp.top):
+                    name_to_idx[tname] = bid
+                    available.add(tname)
+                self.top_vecs[-1].append(b)
+                self.top_ids[-1].append(bid)
+                if lp.type == "Input":
+                    self._input_ids.append(bid)
+
+            try:
+                layer.setup(self.bottom_vecs[-1], self.top_vecs[-1])
+            except CaffeLiteError as exc:
+                raise _prefix_error(exc, src)
+            for j, tid in enumerate(self.top_ids[-1]):
+                self.blob_loss_weights_list[tid] = layer.loss(j)
+            log.debug("%s -> %s", lp.name, [t.shape for t in self.top_vecs[-1]])
+
+            lp_after = layer.layer_param  # a layer may have added ParamSpecs (BatchNorm)
+            if len(lp_after.param) > len(layer.blobs):
+                raise NetError(f"{src}: layer '{lp.name}' specifies {len(lp_after.param)} "
+                               f"param entries but has only {len(layer.blobs)} parameter "
+                               "blobs")
+            for pid in range(len(layer.blobs)):
+                spec = lp_after.param[pid] if pid < len(lp_after.param) else None
+                pnb = spec is None or spec.lr_mult != 0
+                need_backward |= pnb
+                layer.param_propagate_down[pid] = pnb
+            for pid in range(len(layer.blobs)):
+                self._append_param(layer_id, pid, src)
+            self.layer_need_backward.append(need_backward)
+            if need_backward:
+                for tid in self.top_ids[-1]:
+                    self.blob_need_backward[tid] = True
+
+        self._prune_backward()
+        if self.force_backward:
+            for lid, layer in enumerate(self.layers):
+                self.layer_need_backward[lid] = True
+                for j, bid in enumerate(self.bottom_ids[lid]):
+                    nb = self.bottom_need_backward[lid][j] or layer.allow_force_backward(j)
+                    self.bottom_need_backward[lid][j] = nb
+                    self.blob_need_backward[bid] = self.blob_need_backward[bid] or nb
+                for pid in range(len(layer.blobs)):
+                    layer.param_propagate_down[pid] = True
+
+        # Caffe collects the remaining blobs in a std::set, so outputs come sorted by name.
+        self._output_ids = [name_to_idx[n] for n in sorted(available)]
+        self._share_weights()
+        self._build_views()
+
+    def _prune_backward(self):
+        """Caffe's second pass: a layer needs backward only if it contributes to a loss and
+        some consumer of its tops wants their gradient."""
+        under_loss, skip = set(), set()
+        for lid in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[lid]
+            contributes, skip_down = False, True
+            for j, tid in enumerate(self.top_ids[lid]):
+                name = self._blob_names[tid]
+                if layer.loss(j) or name in under_loss:
+                    contributes = True
+                if name not in skip:
+                    skip_down = False
+                if contributes and not skip_down:
+                    break
+            if self.layer_need_backward[lid] and skip_down:
+                self.layer_need_backward[lid] = False
+                self.bottom_need_backward[lid] = [False] * len(self.bottom_ids[lid])
+            if not contributes:
+                self.layer_need_backward[lid] = False
+            for j, bid in enumerate(self.bottom_ids[lid]):
+                name = self._blob_names[bid]
+                if contributes:
+                    under_loss.add(name)
+                else:
+                    self.bottom_need_backward[lid][j] = False
+                if not self.bottom_need_backward[lid][j]:
+                    skip.add(name)
+
+    def _append_param(self, layer_id, param_id, src):
+        layer = self.layers[layer_id]
+        lp = layer.layer_param
+        spec = lp.param[param_id] if param_id < len(lp.param) else caffe_pb2.ParamSpec()
+        pname = spec.name
+        self.param_display_names.append(pname or str(param_id))
+        net_pid = len(self._params)
+        self._params.append(layer.blobs[param_id])
+        self.param_ids[layer_id].append(net_pid)
+        self._param_layer_indices.append((layer_id, param_id))
+        if not pname or pname not in self._param_names_index:
+            self.param_owners.append(-1)
+            if pname:
+                self._param_names_index[pname] = net_pid
+            self.learnable_param_ids.append(len(self.learnable_params))
+            self.learnable_params.append(layer.blobs[param_id])
+            self._has_lr.append(spec.HasField("lr_mult"))
+            self._has_decay.append(spec.HasField("decay_mult"))
+            self.params_lr.append(spec.lr_mult)
+            self.params_weight_decay.append(spec.decay_mult)
+            return
+        owner_pid = self._param_names_index[pname]
+        self.param_owners.append(owner_pid)
+        olid, opid = self._param_layer_indices[owner_pid]
+        this, owner = layer.blobs[param_id], self.layers[olid].blobs[opid]
+        permissive = spec.share_mode == caffe_pb2.ParamSpec.PERMISSIVE
+        if (this.count != owner.count) if permissive else (this.shape != owner.shape):
+            raise ShapeMismatchError(
+                f"{src}: cannot share param '{pname}' owned by layer "
+                f"'{self._layer_names[olid]}' with layer '{lp.name}': owner shape "
+                f"{owner.shape}, sharing layer shape {this.shape}")
+        lid = self.learnable_param_ids[owner_pid]
+        self.learnable_param_ids.append(lid)
+        for has, vals, field in ((self._has_lr, self.params_lr, "lr_mult"),
+                                 (self._has_decay, self.params_weight_decay, "decay_mult")):
+            if spec.HasField(field):
+                if has[lid] and vals[lid] != getattr(spec, field):
+                    raise NetError(f"{src}: shared param '{pname}' has mismatched {field} "
+                                   f"({vals[lid]} vs {getattr(spec, field)})")
+                has[lid] = True
+                vals[lid] = getattr(spec, field)
+
+    def _share_weights(self):
+        for pid, owner in enumerate(self.param_owners):
+            if owner < 0:
+                continue
+            b, o = self._params[pid], self._params[owner]
+            b.share_data(o)
+            b.share_diff(o)
+            b.share_mask(o)
+
+    def _build_views(self):
+        self.blobs = collections.OrderedDict()
+        for name, b in zip(self._blob_names, self._blobs):
+            if name != "(automatic)":
+                self.blobs[name] = b
+        self.params = collections.OrderedDict(
+            (n, l.blobs) for n, l in zip(self._layer_names, self.layers) if l.blobs)
+        self.layer_dict = collections.OrderedDict(zip(self._layer_names, self.layers))
+        self.top_names = collections.OrderedDict(
+            (n, [self._blob_names[i] for i in ids]) for n, ids in zip(self._layer_names,
+                                                                      self.top_ids))
+        self.bottom_names = collections.OrderedDict(
+            (n, [self._blob_names[i] for i in ids]) for n, ids in zip(self._layer_names,
+                                                                      self.bottom_ids))
+        self.blob_loss_weights = collections.OrderedDict(
+            (n, w) for n, w in zip(self._blob_names, self.blob_loss_weights_list))
+
+    # ------------------------------------------------------------------------------------
+    # pycaffe surface
+    # ------------------------------------------------------------------------------------
+    @property
+    def inputs(self):
+        return [self._blob_names[i] for i in self._input_ids]
+
+    @property
+    def outputs(self):
+        return [self._blob_names[i] for i in self._output_ids]
+
+    @property
+    def layer_names(self):
+        return list(self._layer_names)
+
+    @property
+    def blob_names(self):
+        return list(self._blob_names)
+
+    def _layer_index(self, name, what):
+        try:
+            return self._layer_names.index(name)
+        except ValueError:
+            raise CaffeLiteError(f"{what}: no layer named '{name}' in net "
+                                 f"'{self.name}'") from None
+
+    def reshape(self):
+        for layer, bottom, top in zip(self.layers, self.bottom_vecs, self.top_vecs):
+            layer.reshape(bottom, top)
+
+    def forward_from_to(self, start=0, end=None):
+        end = len(self.layers) - 1 if end is None else end
+        loss = 0.0
+        for i in range(start, end + 1):
+            loss += self.layers[i].forward(self.bottom_vecs[i], self.top_vecs[i])
+        return loss
+
+    def backward_from_to(self, start=None, end=0):
+        start = len(self.layers) - 1 if start is None else start
+        for i in range(start, end - 1, -1):
+            if self.layer_need_backward[i]:
+                self.layers[i].backward(self.top_vecs[i], self.bottom_need_backward[i],
+                                        self.bottom_vecs[i])
+
+    def forward(self, blobs=None, start=None, end=None, **kwargs):
+        """Run forward; inputs may be given as keyword arrays (an input whose shape differs
+        is reshaped).  Returns {output name: data array} for the outputs (or the `end` layer's
+        tops) plus any names in `blobs`."""
+        blobs = list(blobs or [])
+        start_i = 0 if start is None else self._layer_index(start, "forward(start=)")
+        if end is None:
+            end_i, outs = len(self.layers) - 1, self.outputs + blobs
+        else:
+            end_i = self._layer_index(end, "forward(end=)")
+            outs = self.top_names[end] + blobs
+        for name, arr in kwargs.items():
+            if name not in self.blobs:
+                raise CaffeLiteError(f"forward(): '{name}' is not a blob of net '{self.name}'; "
+                                     f"inputs are {self.inputs}")
+            arr = np.asarray(arr, dtype=np.float32)
+            b = self.blobs[name]
+            if arr.shape != b.shape:
+                b.reshape(arr.shape)
+            b.data[...] = arr
+        self.forward_from_to(start_i, end_i)
+        return {o: self.blobs[o].data for o in dict.fromkeys(outs)}
+
+    def backward(self, diffs=None, start=None, end=None, **kwargs):
+        diffs = list(diffs or [])
+        start_i = len(self.layers) - 1 if start is None else \
+            self._layer_index(start, "backward(start=)")
+        if end is None:
+            end_i, outs = 0, self.inputs + diffs
+        else:
+            end_i = self._layer_index(end, "backward(end=)")
+            outs = self.bottom_names[end] + diffs
+        for name, arr in kwargs.items():
+            if name not in self.blobs:
+                raise CaffeLiteError(f"backward(): '{name}' is not a blob of net '{self.name}'")
+            self.blobs[name].diff = arr
+        self.backward_from_to(start_i, end_i)
+        return {o: self.blobs[o].diff for o in dict.fromkeys(outs)}
+
+    def forward_backward(self):
+        loss = self.forward_from_to()
+        self.backward_from_to()
+        return loss
+
+    def set_input_arrays(self, data, labels, layer=None):
+        """Feed a MemoryData layer (the first one, or the one named `layer`), as pycaffe's
+        Net.set_input_arrays does."""
+        for name, l in zip(self._layer_names, self.layers):
+            if l.type == "MemoryData" and (layer is None or name == layer):
+                l.reset(data, labels)
+                return
+        raise CaffeLiteError(f"net '{self.name}' has no MemoryData layer"
+                             + (f" named '{layer}'" if layer else ""))
+
+    def clear_param_diffs(self):
+        for p in self.learnable_params:
+            p.diff[...] = 0
+
+    def update(self):
+        for p in self.learnable_params:
+            p.update()
+
+    def share_with(self, other):
+        """Share `other`'s trained parameters (Caffe's ShareTrainedLayersWith)."""
+        for name, layer in zip(self._layer_names, self.layers):
+            src = other.layer_dict.get(name)
+            if src is None or not layer.blobs:
+                continue
+            if len(src.blobs) != len(layer.blobs):
+                raise NetError(f"layer '{name}': {len(src.blobs)} source blobs vs "
+                               f"{len(layer.blobs)} target blobs")
+            for j, (s, t) in enumerate(zip(src.blobs, layer.blobs)):
+                if s.shape != t.shape:
+                    raise ShapeMismatchError(f"layer '{name}' param {j}: source shape {s.shape} "
+                                             f"vs target shape {t.shape}")
+                t.share_data(s)
+                t.share_mask(s)
+
+    # ------------------------------------------------------------------------------------
+    # weights
+    # ------------------------------------------------------------------------------------
+    def copy_from(self, path):
+        """Copy trained weights by layer name from a caffemodel (binary or HDF5).
+
+        Every shape is checked before anything is copied, so a mismatch leaves the net as it
+        was.  Afterwards every prunable weight's mask is (weight != 0)."""
+        weights = load_weights(path)
+        plan = []
+        for lname, arrays in weights:
+            if lname not in self.layer_dict:
+                log.info("Ignoring source layer %s", lname)
+                continue
+            lid = self._layer_names.index(lname)
+            target = self.layers[lid].blobs
+            count_error = ShapeMismatchError(
+                f"{path}: layer '{lname}' has {sum(a is not None for a in arrays)} blob(s) in "
+                f"the weights file but {len(target)} in the net")
+            if len(arrays) > len(target):
+                raise count_error
+            for j, t in enumerate(target):
+                a = arrays[j] if j < len(arrays) else None
+                if a is None:
+                    # HDF5 files omit parameters a layer shares with another layer.
+                    if self.param_owners[self.param_ids[lid][j]] == -1:
+                        raise count_error
+                    continue
+                if not _legacy_equal(t.shape, a.shape):
+                    raise ShapeMismatchError(
+                        f"{path}: cannot copy param {j} of layer '{lname}': shape mismatch, "
+                        f"weights file has {a.shape}, net has {t.shape} (to learn this layer "
+                        "from scratch instead, rename it)")
+                plan.append((t, a))
+        for t, a in plan:
+            t.data[...] = a.reshape(t.shape)
+        self.init_masks_from_weights()
+        return self
+
+    def init_masks_from_weights(self):
+        """mask = (weight != 0) for every prunable layer's weight."""
+        for layer in self.layers:
+            if layer.prunable and layer.blobs:
+                layer.blobs[0].mask_from_data()
+
+    def to_proto(self, write_diff=False):
+        """The net as a NetParameter with its weights (what `save` writes)."""
+        out = caffe_pb2.NetParameter(name=self.name)
+        for lp_src, layer in zip(self._param.layer, self.layers):
+            if lp_src.name in self._auto_split:
+                continue
+            lp = out.layer.add()
+            lp.CopyFrom(layer.layer_param)
+            lp.ClearField("blobs")
+            for b in layer.blobs:
+                array_to_proto(b.cpu_data, lp.blobs.add(), b.cpu_diff if write_diff else None)
+        return out
+
+    def save(self, path, overwrite=True):
+        """Write a binary caffemodel (atomically)."""
+        write_net_binary(path, self.to_proto(), overwrite=overwrite)
+
+    def save_hdf5(self, path, write_diff=False):
+        from .io.hdf5 import save_net_hdf5
+        save_net_hdf5(self, path, write_diff)
+
+    def __repr__(self):
+        return f"<Net '{self.name}' phase={caffe_pb2.Phase.Name(self.phase)} " \
+               f"layers={len(self.layers)}>"
