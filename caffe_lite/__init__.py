@@ -13,6 +13,15 @@ from .backend import (set_mode_cpu, set_mode_gpu, set_device, set_random_seed,  
 from .blob import Blob  # noqa: E402
 from .errors import CaffeLiteError  # noqa: E402
 from .layers import Layer, layer_type_list  # noqa: E402
+from .net import Net  # noqa: E402
+from .solvers import (SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver,  # noqa: E402
+                      AdaDeltaSolver, AdamSolver, get_solver)
+from . import io  # noqa: E402
 
 TRAIN = caffe_pb2.TRAIN
 TEST = caffe_pb2.TEST
+
+__all__ = ["Net", "Blob", "Layer", "TRAIN", "TEST", "SGDSolver", "NesterovSolver",
+           "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver", "get_solver",
+           "set_mode_cpu", "set_mode_gpu", "set_device", "set_random_seed", "gpu_available",
+           "layer_type_list", "io", "caffe_pb2", "CaffeLiteError", "__version__"]

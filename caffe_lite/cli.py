@@ -49,8 +49,8 @@ def main(argv=None):
     _load_commands()
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=getattr(logging, args.log_level), format="%(message)s",
-                        stream=sys.stderr)
+    from .util.glog import install
+    install(getattr(logging, args.log_level), sys.stderr)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -434,7 +434,7 @@ class Net:
         """Copy trained weights by layer name from a caffemodel (binary or HDF5).
 
         Every shape is checked before anything is copied, so a mismatch leaves the net as it
-        was.  Afterwards every prunable weight's mask is (weight != 0)."""
+        was.  Every prunable weight copied gets mask = (weight != 0)."""
         weights = load_weights(path)
         plan = []
         for lname, arrays in weights:
@@ -460,10 +460,13 @@ class Net:
                         f"{path}: cannot copy param {j} of layer '{lname}': shape mismatch, "
                         f"weights file has {a.shape}, net has {t.shape} (to learn this layer "
                         "from scratch instead, rename it)")
-                plan.append((t, a))
-        for t, a in plan:
+                plan.append((t, a, j == 0 and self.layers[lid].prunable))
+        for t, a, prunable_weight in plan:
             t.data[...] = a.reshape(t.shape)
-        self.init_masks_from_weights()
+            if prunable_weight:
+                # Only layers whose weights came from the file: a layer learned from scratch
+                # (renamed, or absent from the file) keeps its all-ones mask.
+                t.mask_from_data()
         return self
 
     def init_masks_from_weights(self):

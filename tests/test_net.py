@@ -353,3 +353,19 @@ def test_legacy_v1_and_input_dim_upgrade():
     assert net.inputs == ["data"]
     assert net.blobs["pool"].shape == (2, 5, 1, 1)
     assert net.params_lr == [1.0, 2.0] and net.params_weight_decay == [1.0, 0.0]
+
+
+def test_copy_from_masks_only_the_layers_it_copies(tmp_path):
+    net = Net(MLP, caffe.TRAIN)
+    path = tmp_path / "partial.caffemodel"
+    proto = net.to_proto()
+    keep = [lp for lp in proto.layer if lp.name != "ip2"]
+    del proto.layer[:]
+    proto.layer.extend(keep)
+    path.write_bytes(proto.SerializeToString())
+    zero_init = MLP.replace('inner_product_param { num_output: 3 weight_filler { type: "gaussian" '
+                            'std: 0.5 } }', "inner_product_param { num_output: 3 }")
+    target = Net(zero_init, caffe.TRAIN, weights=str(path))
+    w2 = target.params["ip2"][0]
+    assert np.all(w2.data == 0)         # constant-0 filler, not in the file ...
+    assert np.all(w2.mask == 1)         # ... so not "pruned": it can still learn

@@ -1,6 +1,8 @@
 """File formats: prototxt, caffemodel (binary and HDF5), BlobProto, and pycaffe's io helpers."""
 from .blobproto import array_to_proto, proto_to_array, proto_shape
 from .caffemodel import load_weights, read_net_binary, write_net_binary
+from .datum import array_to_datum, datum_to_array
+from .image import Transformer, load_image, oversample, resize_image
 from .prototxt import load_message, parse_text, read_text, to_text, write_text
 from .upgrade import upgrade_net
 
@@ -17,4 +19,6 @@ def blobproto_to_array(blob, return_diff=False):
 
 __all__ = ["array_to_proto", "proto_to_array", "proto_shape", "load_weights",
            "read_net_binary", "write_net_binary", "load_message", "parse_text", "read_text",
-           "to_text", "write_text", "upgrade_net", "array_to_blobproto", "blobproto_to_array"]
+           "to_text", "write_text", "upgrade_net", "array_to_blobproto", "blobproto_to_array",
+           "array_to_datum", "datum_to_array", "load_image", "resize_image", "oversample",
+           "Transformer"]

@@ -1,5 +1,6 @@
 """Text-format prototxt reading and writing, with errors that name file, line and column."""
 import os
+import re
 
 from google.protobuf import text_format
 
@@ -37,8 +38,12 @@ def read_text(path, message):
     return parse_text(text, message, path)
 
 
+_FIELD_START = re.compile(r"^\s*(#[^\n]*\n\s*)*[a-z_][a-z0-9_]*\s*[:{]")
+
+
 def looks_like_text_proto(s):
-    return isinstance(s, str) and ("{" in s or ":" in s and "\n" in s)
+    """True for text-format content (as opposed to a file name that does not exist)."""
+    return isinstance(s, str) and ("{" in s or "\n" in s or bool(_FIELD_START.match(s)))
 
 
 def load_message(source, message_cls, what="prototxt"):

@@ -19,6 +19,25 @@ from ..errors import LayerSetupError
 from ..proto import caffe_pb2
 
 
+GPU_IMPLS = {}
+
+
+def gpu_impl(*type_names):
+    """Register a class with static `forward(layer, bottom, top)` and
+    `backward(layer, top, propagate_down, bottom)` as the GPU path of these layer types."""
+    def deco(cls):
+        for t in type_names:
+            GPU_IMPLS[t] = cls
+        return cls
+    return deco
+
+
+def gpu_impl_for(layer):
+    if not GPU_IMPLS:
+        from . import cuda  # noqa: F401  (imports PyCUDA; only reached in GPU mode)
+    return GPU_IMPLS.get(layer.type)
+
+
 class Layer:
     type = None            # Caffe type string (set by @register)
     prunable = False       # True: blobs[0] is a weight that carries a pruning mask
@@ -143,11 +162,23 @@ class Layer:
         if any(propagate_down):
             raise self.error("has no backward pass")
 
+    # The GPU computations of a layer family live in caffe_lite/layers/cuda/<family>.py
+    # (kernels in layers/kernels/*.cu), registered per type with @gpu_impl; they use the
+    # shapes and buffers this class set up in layer_setup / reshape.  A type without a GPU
+    # implementation runs its CPU code on host copies, as Caffe's layers without Forward_gpu do.
     def forward_gpu(self, bottom, top):
-        self.forward_cpu(bottom, top)
+        impl = gpu_impl_for(self)
+        if impl is None:
+            self.forward_cpu(bottom, top)
+        else:
+            impl.forward(self, bottom, top)
 
     def backward_gpu(self, top, propagate_down, bottom):
-        self.backward_cpu(top, propagate_down, bottom)
+        impl = gpu_impl_for(self)
+        if impl is None:
+            self.backward_cpu(top, propagate_down, bottom)
+        else:
+            impl.backward(self, top, propagate_down, bottom)
 
     # --- helpers for subclasses ------------------------------------------------------------
     def param_blob(self, shape, filler=None, name_suffix=None):

@@ -1,0 +1,1 @@
+"""GPU (PyCUDA) implementations of the layer families; imported only in GPU mode."""

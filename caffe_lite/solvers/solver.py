@@ -1,0 +1,311 @@
+"""Solver: Caffe's training loop (Solver::Step / Solve / Test / Snapshot / Restore) and the
+update rules shared by every solver type (clipping, iter_size normalisation, L1/L2 decay).
+
+A subclass defines `history_per_param` and `compute_update_value(i, rate)`, which turns
+param i's gradient into the step to subtract, in place in its diff; the base then applies
+`data -= diff` and `data *= mask`."""
+import logging
+import math
+import signal
+import time
+
+import numpy as np
+
+from ..backend.state import set_random_seed
+from ..errors import NumericalError, SolverError
+from ..net import Net
+from . import state as snapshot_state
+from .lr_policy import learning_rate
+from .params import load_solver_param, net_params
+
+log = logging.getLogger("caffe_lite")
+
+# Requests a signal handler (or a callback) can make; checked after each iteration.
+NONE, STOP, SNAPSHOT, SNAPSHOT_STOP = "none", "stop", "snapshot", "snapshot+stop"
+
+
+def _g(x):
+    """Format a number as C++'s ostream does by default (6 significant digits)."""
+    return f"{float(x):.6g}"
+
+
+class Solver:
+    type = None
+    history_per_param = 1
+
+    def __init__(self, solver, weights=None):
+        """`solver`: a solver.prototxt path, its text, or a SolverParameter."""
+        self.param = load_solver_param(solver)
+        self.check_param()
+        if self.param.random_seed >= 0:
+            set_random_seed(self.param.random_seed)
+        train, tests = net_params(self.param)
+        self.net = Net(train)
+        self.test_nets = [Net(t) for t in tests]
+        for t in self.test_nets:
+            t.share_with(self.net)
+        self.iter = 0
+        self.current_step = 0
+        self.history = [np.zeros(p.shape, np.float32)
+                        for _ in range(self.history_per_param) for p in self.net.learnable_params]
+        self.losses = []
+        self.smoothed_loss = 0.0
+        self.test_results = []
+        self.callbacks = []
+        self.action_request = NONE
+        self.requested_early_exit = False
+        self._iter_timer = time.perf_counter()
+        self._iters_last = 0
+        self._last_snapshot_iter = None
+        if weights:
+            for w in ([weights] if isinstance(weights, str) else weights):
+                self.net.copy_from(w)
+
+    # --- configuration ----------------------------------------------------------------------
+    def check_param(self):
+        """Solver-specific configuration checks (subclasses extend)."""
+
+    @property
+    def n_params(self):
+        return len(self.net.learnable_params)
+
+    # --- the loop ------------------------------------------------------------------------
+    def step(self, iters):
+        p = self.param
+        start_iter, stop_iter = self.iter, self.iter + int(iters)
+        self.losses, self.smoothed_loss = [], 0.0
+        self._iter_timer, self._iters_last = time.perf_counter(), self.iter
+        while self.iter < stop_iter:
+            self.net.clear_param_diffs()
+            if p.test_interval and self.iter % p.test_interval == 0 and \
+                    (self.iter > 0 or p.test_initialization):
+                self.test_all()
+                if self.requested_early_exit:
+                    break
+            for cb in self.callbacks:
+                getattr(cb, "on_start", lambda s: None)(self)
+            display = p.display and self.iter % p.display == 0
+            loss = 0.0
+            for _ in range(p.iter_size):
+                loss += self.net.forward_backward()
+            loss /= p.iter_size
+            if not math.isfinite(loss):
+                self._diagnose_non_finite(loss)
+            self._update_smoothed_loss(loss, start_iter)
+            if display:
+                self._display()
+            for cb in self.callbacks:
+                getattr(cb, "on_gradients_ready", lambda s: None)(self)
+            self.apply_update()
+            self.iter += 1
+            request = self.action_request
+            self.action_request = NONE
+            if (p.snapshot and self.iter % p.snapshot == 0) or \
+                    request in (SNAPSHOT, SNAPSHOT_STOP):
+                self.snapshot()
+            if request in (STOP, SNAPSHOT_STOP):
+                self.requested_early_exit = True
+                break
+
+    def solve(self, resume_file=None):
+        p = self.param
+        log.info("Solving %s", self.net.name)
+        log.info("Learning Rate Policy: %s", p.lr_policy)
+        self.requested_early_exit = False
+        if resume_file:
+            log.info("Restoring previous solver status from %s", resume_file)
+            self.restore(resume_file)
+        start_iter = self.iter
+        self.step(p.max_iter - self.iter)
+        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0) \
+                and self._last_snapshot_iter != self.iter:
+            self.snapshot()
+        if self.requested_early_exit:
+            log.info("Optimization stopped early.")
+            return
+        if p.display and self.iter % p.display == 0:
+            loss = self.net.forward_from_to()
+            self._update_smoothed_loss(loss, start_iter)
+            log.info("Iteration %d, loss = %s", self.iter, _g(self.smoothed_loss))
+        if p.test_interval and self.iter % p.test_interval == 0:
+            self.test_all()
+        log.info("Optimization Done.")
+
+    def _update_smoothed_loss(self, loss, start_iter):
+        avg = self.param.average_loss
+        if len(self.losses) < avg:
+            self.losses.append(loss)
+            n = len(self.losses)
+            self.smoothed_loss = (self.smoothed_loss * (n - 1) + loss) / n
+        else:
+            idx = (self.iter - start_iter) % avg
+            self.smoothed_loss += (loss - self.losses[idx]) / avg
+            self.losses[idx] = loss
+
+    def _display(self):
+        now = time.perf_counter()
+        self.iters_per_second = (self.iter - self._iters_last) / ((now - self._iter_timer) or 1)
+        self._iter_timer, self._iters_last = now, self.iter
+        # The pre-1.0 line format, which parse_log.sh / parse_log.py and plot scripts read.
+        log.info("Iteration %d, loss = %s", self.iter, _g(self.smoothed_loss))
+        k = 0
+        for name in self.net.outputs:
+            w = self.net.blob_loss_weights[name]
+            for v in self.net.blobs[name].cpu_data.ravel():
+                extra = f" (* {_g(w)} = {_g(w * v)} loss)" if w else ""
+                log.info("    Train net output #%d: %s = %s%s", k, name, _g(v), extra)
+                k += 1
+
+    def _diagnose_non_finite(self, loss):
+        """Name the first layer whose output stopped being finite, then stop."""
+        net = self.net
+        bad_params = [n for n, ps in net.params.items()
+                      if any(not np.isfinite(b.cpu_data).all() for b in ps)]
+        last_ok, first_bad = None, None
+        for i, layer in enumerate(net.layers):
+            layer.forward(net.bottom_vecs[i], net.top_vecs[i])
+            if all(np.isfinite(t.cpu_data).all() for t in net.top_vecs[i]):
+                last_ok = layer.name
+            else:
+                first_bad = layer.name
+                break
+        if first_bad is not None and not net.bottom_vecs[i]:
+            bad = [net.blob_names[j] for j in net.top_ids[i]
+                   if not np.isfinite(net._blobs[j].cpu_data).all()]
+            where = f"input blob '{bad[0]}' holds non-finite values (layer '{first_bad}')"
+        else:
+            where = (f"layer '{first_bad}' produced the first non-finite output"
+                     + (f" (last finite: '{last_ok}')" if last_ok else ""))
+        if bad_params:
+            where += f"; non-finite weights in {', '.join(bad_params[:5])}"
+        raise NumericalError(f"iteration {self.iter}: loss is {loss}; {where}. Training stopped; "
+                             "the last snapshot (if any) is intact. Try a lower base_lr or "
+                             "clip_gradients.")
+
+    # --- testing -------------------------------------------------------------------------
+    def test_all(self):
+        return [self.test(i) for i in range(len(self.test_nets))]
+
+    def test(self, test_net_id=0):
+        p = self.param
+        log.info("Iteration %d, Testing net (#%d)", self.iter, test_net_id)
+        net = self.test_nets[test_net_id]
+        net.share_with(self.net)
+        n = p.test_iter[test_net_id]
+        scores, loss = None, 0.0
+        for _ in range(n):
+            it_loss = net.forward_from_to()
+            if p.test_compute_loss:
+                loss += it_loss
+            vals = [net.blobs[o].cpu_data.astype(np.float64).ravel() for o in net.outputs]
+            scores = vals if scores is None else [a + b for a, b in zip(scores, vals)]
+        if p.test_compute_loss:
+            log.info("Test loss: %s", _g(loss / max(n, 1)))
+        result, k = {}, 0
+        for name, total in zip(net.outputs, scores or []):
+            w = net.blob_loss_weights[name]
+            means = total / max(n, 1)
+            for v in means:
+                extra = f" (* {_g(w)} = {_g(w * v)} loss)" if w else ""
+                log.info("    Test net output #%d: %s = %s%s", k, name, _g(v), extra)
+                k += 1
+            result[name] = float(means[0]) if means.size == 1 else means
+        self.test_results.append((self.iter, test_net_id, result))
+        return result
+
+    # --- updates -------------------------------------------------------------------------
+    def get_learning_rate(self):
+        rate, self.current_step = learning_rate(self.param, self.iter, self.current_step)
+        return rate
+
+    def apply_update(self):
+        rate = self.get_learning_rate()
+        if self.param.display and self.iter % self.param.display == 0:
+            log.info("Iteration %d, lr = %s", self.iter, _g(rate))
+        self.clip_gradients()
+        rate = np.float32(rate)
+        for i, blob in enumerate(self.net.learnable_params):
+            self.normalize(i)
+            self.regularize(i)
+            if blob.has_mask:
+                blob.mask_diff()  # pruned entries: no decay, no history, no step
+            self.compute_update_value(i, rate)
+        self.net.update()
+
+    def clip_gradients(self):
+        clip = self.param.clip_gradients
+        if clip < 0:
+            return
+        norm = math.sqrt(sum(p.sumsq_diff() for p in self.net.learnable_params))
+        if norm > clip:
+            factor = clip / norm
+            log.info("Gradient clipping: scaling down gradients (L2 norm %s > %s) by scale "
+                     "factor %s", _g(norm), _g(clip), _g(factor))
+            for p in self.net.learnable_params:
+                p.scale_diff(factor)
+
+    def normalize(self, i):
+        if self.param.iter_size != 1:
+            self.net.learnable_params[i].scale_diff(1.0 / self.param.iter_size)
+
+    def regularize(self, i):
+        decay = self.param.weight_decay * self.net.params_weight_decay[i]
+        if not decay:
+            return
+        blob = self.net.learnable_params[i]
+        diff, data = blob.diff, blob.cpu_data
+        decay = np.float32(decay)
+        if self.param.regularization_type == "L2":
+            diff += decay * data
+        else:  # L1; sign(0) = 0, so a pruned weight gets no decay
+            diff += decay * np.sign(data)
+
+    def scratch(self, i):
+        """A float32 work buffer shaped like param i, reused across iterations."""
+        if not hasattr(self, "_scratch"):
+            self._scratch = [np.empty(p.shape, np.float32) for p in self.net.learnable_params]
+        return self._scratch[i]
+
+    def local_rate(self, i, rate):
+        return np.float32(rate * self.net.params_lr[i])
+
+    def compute_update_value(self, i, rate):
+        raise NotImplementedError
+
+    # --- snapshots -----------------------------------------------------------------------
+    def snapshot(self):
+        """Write <prefix>_iter_N.caffemodel / .solverstate (+ .masks); return the model path."""
+        model = snapshot_state.write_snapshot(self)
+        self._last_snapshot_iter = self.iter
+        return model
+
+    def restore(self, state_file):
+        snapshot_state.restore(self, state_file)
+
+    # --- signals (the CLI's SIGINT / SIGTERM) ----------------------------------------------
+    def install_signal_handlers(self):
+        """SIGINT / SIGTERM: finish the current iteration, snapshot, stop.  A second signal
+        interrupts at once."""
+        def handler(signum, frame):
+            if self.action_request == SNAPSHOT_STOP:
+                raise KeyboardInterrupt
+            log.info("Received %s: snapshotting and stopping after iteration %d",
+                     signal.Signals(signum).name, self.iter)
+            self.action_request = SNAPSHOT_STOP
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return previous
+
+
+def solver_from_type(type_name):
+    from . import SOLVERS
+    cls = SOLVERS.get(type_name)
+    if cls is None:
+        raise SolverError(f"unknown solver type '{type_name}'; known: {', '.join(SOLVERS)}")
+    return cls
+
+
+def get_solver(solver, weights=None):
+    """The solver class the prototxt's `type` (or `solver_type`) names, built from it."""
+    param = load_solver_param(solver)
+    return solver_from_type(param.type)(param, weights=weights)
+
