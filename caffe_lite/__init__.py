@@ -17,6 +17,7 @@ from .net import Net  # noqa: E402
 from .solvers import (SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver,  # noqa: E402
                       AdaDeltaSolver, AdamSolver, get_solver)
 from . import io  # noqa: E402
+from .net_spec import NetSpec, to_proto, params  # noqa: E402
 
 TRAIN = caffe_pb2.TRAIN
 TEST = caffe_pb2.TEST
@@ -24,4 +25,4 @@ TEST = caffe_pb2.TEST
 __all__ = ["Net", "Blob", "Layer", "TRAIN", "TEST", "SGDSolver", "NesterovSolver",
            "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver", "get_solver",
            "set_mode_cpu", "set_mode_gpu", "set_device", "set_random_seed", "gpu_available",
-           "layer_type_list", "io", "caffe_pb2", "CaffeLiteError", "__version__"]
+           "layer_type_list", "io", "NetSpec", "to_proto", "params", "caffe_pb2", "CaffeLiteError", "__version__"]

@@ -50,7 +50,7 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     from .util.glog import install
-    install(getattr(logging, args.log_level), sys.stderr)
+    install(getattr(logging, args.log_level))
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -496,6 +496,19 @@ class Net:
         from .io.hdf5 import save_net_hdf5
         save_net_hdf5(self, path, write_diff)
 
+    def close(self):
+        """Stop the background threads of data layers (garbage collection also does)."""
+        for layer in self.layers:
+            close = getattr(layer, "close", None)
+            if close is not None:
+                close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     def __repr__(self):
         return f"<Net '{self.name}' phase={caffe_pb2.Phase.Name(self.phase)} " \
                f"layers={len(self.layers)}>"

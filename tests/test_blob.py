@@ -120,3 +120,23 @@ def test_blobproto_size_mismatch_is_reported():
         proto_to_array(p, "x.caffemodel")
     with pytest.raises(ModelFileError, match="declares no shape"):
         proto_to_array(caffe_pb2.BlobProto(data=[1, 2]))
+
+
+def test_scalar_blob_round_trips_and_empty_proto_is_an_error():
+    from caffe_lite.errors import ModelFileError
+    p = array_to_proto(np.array(3.5, np.float32))
+    q = caffe_pb2.BlobProto.FromString(p.SerializeToString())
+    a = proto_to_array(q)
+    assert a.shape == () and a == 3.5
+    with pytest.raises(ModelFileError, match="declares no shape"):
+        proto_to_array(caffe_pb2.BlobProto())
+
+
+def test_text_format_writer_round_trips():
+    from caffe_lite.io import parse_text, to_text
+    net = caffe_pb2.NetParameter(name="n")
+    lp = net.layer.add(name="bn", type="BatchNorm")
+    lp.batch_norm_param.eps = 1e-5
+    lp.batch_norm_param.moving_average_fraction = 0.999
+    back = parse_text(to_text(net), caffe_pb2.NetParameter())
+    assert back == net

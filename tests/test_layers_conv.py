@@ -281,6 +281,30 @@ def test_conv_channel_axis_and_multiple_bottoms():
         np.testing.assert_allclose(t.data.reshape(6, 2, 5, 5), ref, rtol=1e-5, atol=1e-5)
 
 
+def test_no_spatial_axes_is_an_inner_product():
+    layer = conv_layer("num_output: 3 kernel_size: 1")
+    x = blob((4, 5), seed=31)
+    top = forward(layer, [x])[0]
+    assert top.shape == (4, 3) and layer.blobs[0].shape == (3, 5)
+    np.testing.assert_allclose(top.data, x.data @ layer.blobs[0].data.T + layer.blobs[1].data,
+                               rtol=1e-5, atol=1e-6)
+    check_gradient(layer, [x])
+
+
+def test_empty_output_is_allowed():
+    # (1 - 3) / 2 + 1 = 0 rows, as in Caffe: an empty top, and empty gradients
+    for params, shape, top_shape in (
+            ("num_output: 2 group: 2 kernel_size: 3 stride: 2", (2, 2, 1, 5), (2, 2, 0, 2)),
+            ("num_output: 2 kernel_size: 7 stride: 2", (2, 2, 4, 9), (2, 2, 0, 2))):
+        layer = conv_layer(params)
+        x = blob(shape, seed=32)
+        top = forward(layer, [x])[0]
+        assert top.shape == top_shape
+        x.diff[...] = 1
+        layer.backward([top], [True], [x])
+        assert not x.diff.any() and not layer.blobs[0].diff.any()
+
+
 def test_reuse_across_calls_and_reshape():
     """Cached padded buffers keep a zero border: a second input, and a new input size, still
     give the reference values."""
@@ -335,6 +359,8 @@ def test_chunking_and_threads_do_not_change_results(monkeypatch):
     ("num_output: 4 group: 2 kernel_size: 1", (2, 4, 3, 3)),
     ("num_output: 2 kernel_size: 3 pad: 1 stride: 2", (2, 3, 6)),                     # 1-D
     ("num_output: 2 kernel_size: 2 pad: 1", (1, 2, 3, 3, 2)),                          # 3-D
+    ("num_output: 4 kernel_size: 3", (3, 2, 3, 3)),     # 1 output position: weight gradient
+                                                        # as one product over all images
 ])
 def test_conv_gradient(params, shape):
     layer = conv_layer(params)

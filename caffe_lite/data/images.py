@@ -38,7 +38,7 @@ def _to_array(img, mode):
             img = img.convert("RGB")
         return np.asarray(img.convert("L"))[:, :, None]
     if mode == "color":
-        return np.ascontiguousarray(np.asarray(img.convert("RGB"))[:, :, ::-1])
+        return np.asarray(img.convert("RGB"))[:, :, ::-1]
     # unchanged: the file's own channels
     if img.mode in ("L", "1"):
         return np.asarray(img.convert("L"))[:, :, None]
@@ -46,12 +46,13 @@ def _to_array(img, mode):
                                                     "transparency" in img.info)
     if has_alpha:
         a = np.asarray(img.convert("RGBA"))
-        return np.ascontiguousarray(a[:, :, [2, 1, 0, 3]])
-    return np.ascontiguousarray(np.asarray(img.convert("RGB"))[:, :, ::-1])
+        return a[:, :, [2, 1, 0, 3]]
+    return np.asarray(img.convert("RGB"))[:, :, ::-1]
 
 
 def decode_image(data, mode="color", where="image"):
-    """Decode encoded image bytes (JPEG, PNG, ...) to H x W x K uint8 (BGR order).
+    """Decode encoded image bytes (JPEG, PNG, ...) to H x W x K uint8 (BGR order; possibly a
+    read-only strided view).
 
     Raises DataError naming `where` when the bytes are not a decodable image."""
     Image = _deps.pil_image("decoding an encoded image")
@@ -85,26 +86,25 @@ def read_image(path, mode="color", new_height=0, new_width=0):
     return img
 
 
-def _axis_weights(in_size, out_size):
-    """Source indices and weights of OpenCV's INTER_LINEAR along one axis (pixel centres
-    aligned: src = (dst + 0.5) * in / out - 0.5, clamped at the borders)."""
-    scale = in_size / out_size
-    src = (np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5
+def _axis_coords(in_size, out_size):
+    """OpenCV's INTER_LINEAR source coordinates along one axis, pixel centres aligned:
+    src = (dst + 0.5) * in / out - 0.5 (computed in double, stored as float).  Returns the
+    lower source index and the float32 fraction."""
+    scale = 1.0 / (out_size / in_size)
+    src = ((np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
     i0 = np.floor(src).astype(np.int64)
-    frac = src - i0
-    low = i0 < 0
-    i0[low], frac[low] = 0, 0.0
-    high = i0 >= in_size - 1
-    i0[high], frac[high] = in_size - 1, 0.0
-    i1 = np.minimum(i0 + 1, in_size - 1)
-    return i0, i1, frac.astype(np.float32)
+    return i0, (src - i0).astype(np.float32)
+
+
+_COEF_BITS = 11  # OpenCV's INTER_RESIZE_COEF_BITS
 
 
 def resize_linear(img, new_height, new_width):
-    """Bilinear resize of an H x W x K image with cv::resize(INTER_LINEAR)'s geometry.
+    """Bilinear resize of an H x W x K image with cv::resize(INTER_LINEAR)'s arithmetic.
 
-    uint8 in, uint8 out (rounded); float in, float32 out.  No anti-aliasing, like OpenCV.
-    (OpenCV computes uint8 in 11-bit fixed point, so a pixel can differ from it by 1.)"""
+    uint8 images follow OpenCV's fixed-point path (weights rounded to 1/2048, columns then
+    rows, rounded half up); float images are interpolated in float32.  No anti-aliasing.
+    (OpenCV's SIMD code rounds some uint8 pixels differently, by at most 1.)"""
     img = np.asarray(img)
     squeeze = img.ndim == 2
     if squeeze:
@@ -115,16 +115,33 @@ def resize_linear(img, new_height, new_width):
         raise DataError(f"cannot resize to {new_height}x{new_width}: sizes must be positive")
     if (h, w) == (new_height, new_width):
         out = img.copy()
+        return out[:, :, 0] if squeeze else out
+    x0, fx = _axis_coords(w, new_width)
+    # columns: at the borders OpenCV clamps the index and drops the fraction
+    edge = (x0 < 0) | (x0 >= w - 1)
+    fx[edge] = 0
+    x0 = np.clip(x0, 0, w - 1)
+    x1 = np.minimum(x0 + 1, w - 1)
+    y0, fy = _axis_coords(h, new_height)
+    # rows: OpenCV keeps the fraction and clamps both row indices
+    y1 = np.clip(y0 + 1, 0, h - 1)
+    y0 = np.clip(y0, 0, h - 1)
+    if img.dtype == np.uint8:
+        one = 1 << _COEF_BITS
+        ax0 = np.rint((np.float32(1) - fx) * np.float32(one)).astype(np.int64)
+        ax1 = np.rint(fx * np.float32(one)).astype(np.int64)
+        by0 = np.rint((np.float32(1) - fy) * np.float32(one)).astype(np.int64)
+        by1 = np.rint(fy * np.float32(one)).astype(np.int64)
+        src = img.astype(np.int64)
+        cols = src[:, x0] * ax0[None, :, None] + src[:, x1] * ax1[None, :, None]
+        acc = cols[y0] * by0[:, None, None] + cols[y1] * by1[:, None, None]
+        out = np.clip((acc + (1 << (2 * _COEF_BITS - 1))) >> (2 * _COEF_BITS), 0, 255)
+        out = out.astype(np.uint8)
     else:
-        y0, y1, fy = _axis_weights(h, new_height)
-        x0, x1, fx = _axis_weights(w, new_width)
         src = img.astype(np.float32)
-        fy = fy[:, None, None]
-        rows = src[y0] * (np.float32(1) - fy) + src[y1] * fy
-        fx = fx[None, :, None]
-        out = rows[:, x0] * (np.float32(1) - fx) + rows[:, x1] * fx
-        if img.dtype == np.uint8:
-            out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        cols = src[:, x0] * (1 - fx)[None, :, None] + src[:, x1] * fx[None, :, None]
+        out = cols[y0] * (1 - fy)[:, None, None] + cols[y1] * fy[:, None, None]
+        out = out.astype(np.float32, copy=False)
     return out[:, :, 0] if squeeze else out
 
 
@@ -153,5 +170,6 @@ def encode_image(img, ext, where="image"):
 
 
 def hwc_to_chw(img):
-    """H x W x K image -> K x H x W (Caffe's planar Datum layout)."""
-    return np.ascontiguousarray(np.asarray(img).transpose(2, 0, 1))
+    """H x W x K image -> K x H x W (Caffe's planar Datum layout), as a view: the copy is left
+    to whoever stacks or serializes it."""
+    return np.asarray(img).transpose(2, 0, 1)

@@ -16,10 +16,8 @@ def proto_shape(proto):
     if proto.HasField("shape"):
         return tuple(int(d) for d in proto.shape.dim)
     n = len(proto.data) or len(proto.double_data)
-    if n:
-        raise ModelFileError(f"a BlobProto holds {n} values but declares no shape "
-                             "(neither shape.dim nor num/channels/height/width)")
-    return (0,)
+    raise ModelFileError(f"a BlobProto holds {n} values but declares no shape "
+                         "(neither shape.dim nor num/channels/height/width)")
 
 
 def proto_values(proto, source="", what="data"):
@@ -47,6 +45,7 @@ def array_to_proto(array, proto=None, diff=None):
     proto = caffe_pb2.BlobProto() if proto is None else proto
     array = np.asarray(array, dtype=np.float32)
     proto.ClearField("shape")
+    proto.shape.SetInParent()  # a 0-axis (scalar) blob still declares its empty shape
     proto.shape.dim.extend(array.shape)
     proto.ClearField("data")
     proto.data.extend(array.ravel().tolist())

@@ -47,11 +47,10 @@ def array_to_datum(arr, label=None):
 def datum_to_array(datum):
     """A Datum's pixels as a C x H x W array: uint8 for `data`, float64 for `float_data` (as
     pycaffe's caffe.io.datum_to_array); an encoded Datum is decoded (BGR, uint8)."""
-    if datum.encoded:
-        return decode_datum(datum, where="datum_to_array")
-    if len(datum.data):
-        return decode_datum(datum, where="datum_to_array")
-    return decode_datum(datum, where="datum_to_array").astype(np.float64)
+    arr = decode_datum(datum, where="datum_to_array")
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    return arr.astype(np.float64)
 
 
 def parse_datum(value, where="datum"):

@@ -64,7 +64,7 @@ def load_message(source, message_cls, what="prototxt"):
 
 
 def to_text(message):
-    return text_format.MessageToString(message, float_format=".9g")
+    return text_format.MessageToString(message)
 
 
 def write_text(path, message, overwrite=True):

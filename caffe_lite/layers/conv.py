@@ -127,6 +127,9 @@ class BaseConvolution(Layer):
             t.reshape(top_shape)
         self.bottom_shape = (self.num, self.channels) + tuple(in_spatial)
         self.top_shape = (self.num, self.num_output) + tuple(out_spatial)
+        # A zero-size bottom or top (Caffe allows e.g. (1 - 3) / 2 + 1 = 0): every product is
+        # empty, so the top is just the bias and every gradient but the bias's is zero.
+        self.empty = 0 in self.bottom_shape or 0 in self.top_shape
         if self.reverse_dimensions:
             self.engine.reshape(self.num, out_spatial, in_spatial)
         else:
@@ -136,16 +139,22 @@ class BaseConvolution(Layer):
     def _bias(self):
         return self.blobs[1].cpu_data if self.bias_term else None
 
+    def _add_bias(self, y):
+        if self.bias_term:
+            y3 = y.reshape(self.num, self.num_output, -1)
+            np.add(y3, self._bias().reshape(-1, 1), out=y3)
+
     def forward_cpu(self, bottom, top):
         w = self.blobs[0].cpu_data
         for b, t in zip(bottom, top):
             x = b.cpu_data.reshape(self.bottom_shape)
             y = t.data.reshape(self.top_shape)
-            if self.reverse_dimensions:
+            if self.empty:
+                y[...] = 0
+                self._add_bias(y)
+            elif self.reverse_dimensions:
                 self.engine.backward_data(x, w, y)
-                if self.bias_term:
-                    y3 = y.reshape(self.num, self.num_output, -1)
-                    np.add(y3, self._bias().reshape(-1, 1), out=y3)
+                self._add_bias(y)
             else:
                 self.engine.forward(x, w, self._bias(), y)
 
@@ -155,8 +164,12 @@ class BaseConvolution(Layer):
             dy = t.cpu_diff.reshape(self.top_shape)
             if self.bias_term and self.param_propagate_down[1]:
                 db = self.blobs[1].diff
-                np.add(db, dy.reshape(self.num, self.num_output, -1).sum(axis=2).sum(axis=0),
+                np.add(db, np.einsum("nop->o", dy.reshape(self.num, self.num_output, -1)),
                        out=db)
+            if self.empty:
+                if propagate_down[i]:
+                    b.diff[...] = 0
+                continue
             if self.param_propagate_down[0]:
                 x = b.cpu_data.reshape(self.bottom_shape)
                 dw = self.blobs[0].diff

@@ -1,1 +1,269 @@
-"""(in progress)"""
+"""Data layers: Data (LMDB of Datums), ImageData (image list), HDF5Data, MemoryData, DummyData.
+
+Data layers have no bottoms and no backward.  Data and ImageData load, decode and transform
+their batches in a background thread (data_param.prefetch batches ahead, default 4) so loading
+overlaps compute; call `close()` to stop it early (it also stops when the layer is collected).
+Their random draws (crop offsets, mirror flips, shuffles, rand_skip) come from a generator
+derived from caffe-lite's global one at setup, so a run is reproducible from random_seed."""
+import logging
+import os
+
+import numpy as np
+
+from ..data.prefetch import Prefetcher, attach
+from ..data.transformer import DataTransformer, derive_rng
+from ..errors import DataError
+from ..fillers import fill
+from ..proto import caffe_pb2
+from .base import Layer
+from .registry import register
+
+log = logging.getLogger("caffe_lite")
+
+
+class _PrefetchingDataLayer(Layer):
+    """Caffe's BasePrefetchingDataLayer: tops are (data, label); a source makes batches."""
+    exact_num_bottom = 0
+    min_top = 1
+    max_top = 2
+    _prefetcher = _finalizer = None
+
+    @property
+    def where(self):
+        return f"layer '{self.name}' ({self.type})"
+
+    def _batch_size(self, value):
+        if value <= 0:
+            raise DataError(f"{self.where}: batch_size must be positive, got {value}")
+        return int(value)
+
+    def _source_needs_rand(self):
+        return False
+
+    def _make_source(self, rng):
+        raise NotImplementedError
+
+    def layer_setup(self, bottom, top):
+        self.transformer = DataTransformer(self.layer_param.transform_param, self.phase,
+                                           self.where, rng=False)
+        rng = None
+        if self.transformer.needs_rand or self._source_needs_rand():
+            rng = derive_rng()
+        self.transformer.rng = rng
+        self.source = self._make_source(rng)
+        top[0].reshape(self.source.top_shape)
+        if len(top) > 1:
+            top[1].reshape((self.source.batch_size,))
+        self._prefetcher = Prefetcher(self.source.next_batch,
+                                      self.layer_param.data_param.prefetch, self.where,
+                                      on_close=self.source.close)
+        self._finalizer = attach(self, self._prefetcher)
+
+    def reshape(self, bottom, top):
+        pass  # shapes come from each batch in forward (as Caffe's prefetching layers do)
+
+    def forward_cpu(self, bottom, top):
+        data, labels = self._prefetcher.get()
+        top[0].reshape(data.shape)
+        top[0].data[...] = data
+        if len(top) > 1:
+            top[1].reshape(labels.shape)
+            top[1].data[...] = labels
+        self.source.buffers.recycle(data)  # its memory is reused for a later batch
+
+    def close(self):
+        """Stop the prefetch thread and release the source (LMDB environment, ...)."""
+        if self._finalizer is not None:
+            self._finalizer()
+
+
+@register("Data")
+class DataLayer(_PrefetchingDataLayer):
+    """Datums from an LMDB (raw or encoded), in key order, wrapping at the end."""
+
+    def _source_needs_rand(self):
+        return self.layer_param.data_param.rand_skip > 0
+
+    def _make_source(self, rng):
+        from ..data.lmdb_io import check_backend
+        from ..data.sources import DatumDBSource
+        p = self.layer_param.data_param
+        if not p.source:
+            raise DataError(f"{self.where}: data_param.source is not set")
+        backend = p.backend
+        if not p.HasField("backend") and os.path.exists(os.path.join(p.source, "data.mdb")):
+            # Caffe's default backend is LEVELDB; an unset backend naming an LMDB reads it.
+            log.info("%s: data_param.backend not set; '%s' is an LMDB", self.where, p.source)
+            backend = caffe_pb2.DataParameter.LMDB
+        check_backend(backend, p.source, self.where)
+        return DatumDBSource(p.source, self._batch_size(p.batch_size), self.transformer,
+                             self.where, rand_skip=p.rand_skip, rng=rng)
+
+
+@register("ImageData")
+class ImageDataLayer(_PrefetchingDataLayer):
+    """Images named in a list file ('path label' lines) under root_folder."""
+    min_top = max_top = -1
+    exact_num_top = 2
+
+    def _source_needs_rand(self):
+        p = self.layer_param.image_data_param
+        return p.shuffle or p.rand_skip > 0
+
+    def _make_source(self, rng):
+        from ..data.sources import ImageListSource
+        p = self.layer_param.image_data_param
+        if not p.source:
+            raise DataError(f"{self.where}: image_data_param.source is not set")
+        return ImageListSource(p.source, self._batch_size(p.batch_size), self.transformer,
+                               self.where, root_folder=p.root_folder, new_height=p.new_height,
+                               new_width=p.new_width, is_color=p.is_color, shuffle=p.shuffle,
+                               rand_skip=p.rand_skip, rng=rng)
+
+
+@register("HDF5Data")
+class HDF5DataLayer(Layer):
+    """Rows of the datasets named by the tops, from the HDF5 files listed in `source`."""
+    exact_num_bottom = 0
+    min_top = 1
+
+    def layer_setup(self, bottom, top):
+        from ..data.sources import HDF5Source
+        where = f"layer '{self.name}' (HDF5Data)"
+        if self.layer_param.HasField("transform_param"):
+            raise DataError(f"{where}: HDF5Data does not transform data; remove transform_param")
+        p = self.layer_param.hdf5_data_param
+        if p.batch_size <= 0:
+            raise DataError(f"{where}: batch_size must be positive, got {p.batch_size}")
+        if not p.source:
+            raise DataError(f"{where}: hdf5_data_param.source is not set")
+        rng = derive_rng() if p.shuffle else None
+        self.source = HDF5Source(p.source, self.layer_param.top, p.batch_size, where,
+                                 shuffle=p.shuffle, rng=rng)
+        for t, s in zip(top, self.source.top_shapes):
+            t.reshape(s)
+
+    def reshape(self, bottom, top):
+        pass
+
+    def forward_cpu(self, bottom, top):
+        for t, arr in zip(top, self.source.next_batch()):
+            t.reshape(arr.shape)
+            t.data[...] = arr
+
+
+@register("MemoryData")
+class MemoryDataLayer(Layer):
+    """Batches taken in turn from arrays given with `reset(data, labels)` (pycaffe's
+    net.set_input_arrays), wrapping around.  As in Caffe, Reset's arrays are not transformed."""
+    exact_num_bottom = 0
+    exact_num_top = 2
+
+    def layer_setup(self, bottom, top):
+        p = self.layer_param.memory_data_param
+        self.batch_size, self.channels = int(p.batch_size), int(p.channels)
+        self.height, self.width = int(p.height), int(p.width)
+        if min(self.batch_size, self.channels, self.height, self.width) <= 0:
+            raise self.error("batch_size, channels, height, and width must be specified and "
+                             f"positive in memory_data_param (got {self.batch_size}, "
+                             f"{self.channels}, {self.height}, {self.width})")
+        self._data = self._labels = None
+        self.pos = 0
+
+    def reshape(self, bottom, top):
+        top[0].reshape((self.batch_size, self.channels, self.height, self.width))
+        top[1].reshape((self.batch_size,))
+
+    def reset(self, data, labels):
+        """Use `data` (N x C x H x W float32, C-contiguous; kept by reference, like pycaffe)
+        and `labels` (N values) from the start; N must be a multiple of batch_size."""
+        where = f"layer '{self.name}' (MemoryData)"
+        if not isinstance(data, np.ndarray) or data.dtype != np.float32 or data.ndim != 4 \
+                or not data.flags.c_contiguous:
+            desc = (f"{data.dtype} array of shape {data.shape}"
+                    + ("" if data.flags.c_contiguous else ", not C-contiguous")) \
+                if isinstance(data, np.ndarray) else type(data).__name__
+            raise DataError(f"{where}: data must be a C-contiguous 4-D float32 array, got {desc}")
+        want = (self.channels, self.height, self.width)
+        if data.shape[1:] != want:
+            raise DataError(f"{where}: data has shape {data.shape}; memory_data_param needs "
+                            f"N x {want[0]} x {want[1]} x {want[2]}")
+        labels = np.asarray(labels)
+        if labels.dtype.kind not in "fiub":
+            raise DataError(f"{where}: labels must be numbers, got dtype {labels.dtype}")
+        n = data.shape[0]
+        if labels.shape[:1] != (n,) or labels.size != n:
+            raise DataError(f"{where}: labels have shape {labels.shape}; expected {n} labels "
+                            "(one per data item, shape (N,) or (N, 1, 1, 1))")
+        if n == 0 or n % self.batch_size:
+            raise DataError(f"{where}: the number of items ({n}) must be a positive multiple "
+                            f"of batch_size ({self.batch_size})")
+        if self.layer_param.HasField("transform_param"):
+            log.warning("%s: MemoryData does not transform array data on reset", where)
+        self._data = data
+        self._labels = np.ascontiguousarray(labels.reshape(n), dtype=np.float32)
+        self.pos = 0
+
+    def set_batch_size(self, batch_size):
+        if self._data is not None and self._data.shape[0] % batch_size:
+            raise self.error(f"batch_size {batch_size} does not divide the {self._data.shape[0]} "
+                             "items given to reset()")
+        self.batch_size = int(batch_size)
+        self.pos = 0
+
+    def forward_cpu(self, bottom, top):
+        if self._data is None:
+            raise DataError(f"layer '{self.name}' (MemoryData) has no data: call "
+                            "net.set_input_arrays(data, labels) (or layer.reset) first")
+        b, p = self.batch_size, self.pos
+        top[0].data[...] = self._data[p:p + b]
+        top[1].data[...] = self._labels[p:p + b]
+        self.pos = (p + b) % self._data.shape[0]
+
+
+@register("DummyData")
+class DummyDataLayer(Layer):
+    """Tops of given shapes, filled by data_filler: constant fillers (and no filler, meaning
+    0) fill once at setup, other fillers refill at every forward."""
+    exact_num_bottom = 0
+    min_top = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.layer_param.dummy_data_param
+        n = len(top)
+        nf = len(p.data_filler)
+        if nf not in (0, 1, n):
+            raise self.error(f"number of data fillers must be 0, 1 or equal to the number of "
+                             f"tops ({n}); got {nf}")
+        legacy = [list(p.num), list(p.channels), list(p.height), list(p.width)]
+        if any(legacy):
+            if len(p.shape):
+                raise self.error("both shape and legacy fields (num, channels, height, width) "
+                                 "were given; use one or the other")
+            for name, vals in zip(("num", "channels", "height", "width"), legacy):
+                if len(vals) not in (1, n):
+                    raise self.error(f"must specify '{name}' once, or once per top blob ({n}); "
+                                     f"got {len(vals)}")
+            shapes = [tuple(v[i if len(v) > 1 else 0] for v in legacy) for i in range(n)]
+        else:
+            if len(p.shape) not in (1, n):
+                raise self.error(f"must specify 'shape' once, or once per top blob ({n}); got "
+                                 f"{len(p.shape)}")
+            shapes = [tuple(p.shape[i if len(p.shape) > 1 else 0].dim) for i in range(n)]
+        if nf == 0:
+            self.fillers = [caffe_pb2.FillerParameter(type="constant", value=0)] * n
+        else:
+            self.fillers = [p.data_filler[i if nf > 1 else 0] for i in range(n)]
+        self.refill = [f.type != "constant" for f in self.fillers]
+        for t, s, f, r in zip(top, shapes, self.fillers, self.refill):
+            t.reshape(s)
+            if not r:
+                fill(t, f)
+
+    def reshape(self, bottom, top):
+        pass  # shapes are fixed at setup, as in Caffe
+
+    def forward_cpu(self, bottom, top):
+        for t, f, r in zip(top, self.fillers, self.refill):
+            if r:
+                fill(t, f)

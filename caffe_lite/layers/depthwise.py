@@ -50,7 +50,7 @@ class DepthwiseEngine:
         self.bwd_first_covers = bool(clipped) and clipped[0][1] == full
         self.bwd_taps = [(t, all_ + ins, new + ins, all_ + all_ + outs)
                          for t, ins, outs in clipped]
-        letters = "hwdefgijklopqrstuvxyz"[:nsp]
+        letters = "hwdefgijklopqrstuvyz"[:nsp]  # not b, m, x
         self.wgrad_subscripts = f"bm{letters},bx{letters}->bm"
 
     def _row_weights(self, w):

@@ -32,6 +32,8 @@ class EltwiseLayer(Layer):
         self._tmp = Scratch()
         self._max_idx = Scratch(np.int32)  # Caffe's max_idx_: which bottom gave the max
         self._bool = Scratch(np.bool_)
+        self._tmp_idx = Scratch(np.int32)
+        self._tmp_idx2 = Scratch(np.int32)
         self.max_idx = None
 
     def reshape(self, bottom, top):
@@ -69,19 +71,20 @@ class EltwiseLayer(Layer):
                 else:
                     np.add(y, np.multiply(x, c, out=t), out=y)
         elif self.op == _Op.MAX:
-            idx = self.max_idx = self._max_idx.view(y.shape)
-            gt = self._bool.view(y.shape)
             # Caffe: between bottoms 0 and 1 a tie goes to bottom 1 (a > b picks a, else b);
-            # a later bottom must be strictly greater to take over.
-            np.greater(xs[0], xs[1], out=gt)
-            np.copyto(y, xs[1])
-            np.copyto(y, xs[0], where=gt)
-            idx[...] = 1
-            np.copyto(idx, 0, where=gt)
+            # a later bottom must be strictly greater to take over.  (Whole-array ufuncs,
+            # not masked copies, which are several times slower.)
+            idx = self.max_idx = self._max_idx.view(y.shape)
+            step = self._tmp_idx.view(y.shape)
+            np.less_equal(xs[0], xs[1], out=idx)          # 0 or 1
+            np.maximum(xs[0], xs[1], out=y)
             for i, x in enumerate(xs[2:], 2):
-                np.greater(x, y, out=gt)
-                np.copyto(y, x, where=gt)
-                np.copyto(idx, i, where=gt)
+                np.greater(x, y, out=step)
+                np.maximum(y, x, out=y)
+                # idx = i where x won: idx += won * (i - idx)
+                np.multiply(step, np.subtract(i, idx, out=self._tmp_idx2.view(y.shape)),
+                            out=step)
+                np.add(idx, step, out=idx)
         else:
             raise self.error(f"unknown elementwise operation {self.op}")
 
@@ -112,7 +115,6 @@ class EltwiseLayer(Layer):
                 else:
                     np.multiply(dy, c, out=dx)
             else:
-                if i != alias:
-                    np.copyto(dx, dy)
-                np.copyto(dx, F32(0),
-                          where=np.not_equal(self.max_idx, i, out=self._bool.view(y.shape)))
+                # dy where bottom i gave the max, else 0 (a -0.0 where Caffe writes 0.0)
+                np.multiply(dy, np.equal(self.max_idx, i, out=self._bool.view(y.shape)),
+                            out=dx)

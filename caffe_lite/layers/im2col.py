@@ -20,15 +20,15 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-# Elements of scratch / output per row block: small enough to stay in L2, large enough that
-# Python overhead per numpy call is negligible.
+# Elements of output per row block: small enough that a block's input, output and scratch
+# stay in cache, large enough that the Python overhead per numpy call is negligible.
 BLOCK_ELEMENTS = 1 << 17
 # Upper bound (elements) of a GEMM column buffer; larger batches are processed in image chunks
 # (Caffe itself keeps one image's columns at a time).
 COL_BUFFER_ELEMENTS = 1 << 24
 
 _pool = None
-_pool_size = 0
+_pool_key = None   # (process id, workers): a forked child builds its own pool
 
 
 def num_threads():
@@ -47,7 +47,7 @@ def run_blocks(rows, row_elements, fn):
 
     Blocks are dealt round-robin to `num_threads()` workers (the caller is worker 0); `slot`
     is the worker's index, for per-worker scratch buffers.  Blocks must touch disjoint rows."""
-    global _pool, _pool_size
+    global _pool, _pool_key
     if rows <= 0:
         return
     threads = num_threads()
@@ -58,9 +58,9 @@ def run_blocks(rows, row_elements, fn):
         for a, b in blocks:
             fn(a, b, 0)
         return
-    if _pool is None or _pool_size < threads - 1:
+    if _pool is None or _pool_key[0] != os.getpid() or _pool_key[1] < threads - 1:
         _pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="caffe-lite-conv")
-        _pool_size = threads - 1
+        _pool_key = (os.getpid(), threads - 1)
 
     def work(slot):
         for a, b in blocks[slot::threads]:
@@ -161,12 +161,10 @@ class ConvGeometry:
 def strided_columns(xp, geom, out_spatial):
     """Read-only view (rows, *kernel, *out) of padded rows xp (rows, *padded): im2col without
     copying."""
-    nsp = len(out_spatial)
     sp = xp.strides[1:]
     shape = (xp.shape[0],) + geom.kernel + tuple(out_spatial)
     strides = ((xp.strides[0],) + tuple(st * d for st, d in zip(sp, geom.dilation))
                + tuple(st * s for st, s in zip(sp, geom.stride)))
-    assert len(strides) == 1 + 2 * nsp
     return as_strided(xp, shape, strides, writeable=False)
 
 

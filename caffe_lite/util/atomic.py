@@ -30,11 +30,18 @@ def atomic_open(path, mode="wb", overwrite=True):
             os.fsync(f.fileno())
         if not overwrite and os.path.exists(path):
             raise OutputExistsError(f"{path} appeared while writing; not overwritten")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path, data, overwrite=True):

@@ -2,6 +2,7 @@
 read caffe-lite logs unchanged:  I1122 10:04:05.123456 12345 solver.cpp:218] message"""
 import logging
 import os
+import sys
 import time
 
 _LEVEL = {logging.DEBUG: "I", logging.INFO: "I", logging.WARNING: "W", logging.ERROR: "E",
@@ -20,10 +21,26 @@ class GlogFormatter(logging.Formatter):
         return head + record.getMessage()
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (it may be replaced, e.g. under pytest)."""
+
+    def __init__(self):
+        super().__init__()
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def install(level=logging.INFO, stream=None):
-    """Route the `caffe_lite` logger to `stream` in glog format (what the CLI does)."""
+    """Route the `caffe_lite` logger to `stream` (default: the current sys.stderr) in glog
+    format (what the CLI does)."""
     logger = logging.getLogger("caffe_lite")
-    handler = logging.StreamHandler(stream)
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(GlogFormatter())
     logger.handlers[:] = [handler]
     logger.setLevel(level)
