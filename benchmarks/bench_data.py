@@ -1,6 +1,6 @@
 """Data pipeline throughput next to a training step: is the data layer what the solver waits on?
 
-    python benchmarks/bench_data.py [--mnist-dir ../shared/data/mnist] [--out bench_data.json]
+    python benchmarks/bench_data.py [--mnist-dir ../shared/data/mnist] [--out FILE.json]
 
 Measures, on the CPU:
   1. MNIST LMDB (train5k, converted here) through the Data layer, scale 1/256, batch 64;
@@ -134,7 +134,8 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
     ap.add_argument("--steps", type=int, default=50, help="LeNet SGD steps to time")
-    ap.add_argument("--out", default="bench_data.json")
+    ap.add_argument("--out", default=None,
+                    help="JSON file (default benchmarks/results/data-<date>-<host>.json)")
     args = ap.parse_args()
     caffe.set_mode_cpu()
     caffe.set_random_seed(1701)
@@ -178,6 +179,9 @@ def main():
           f"({100 * waited / step:.1f}%)")
     jb = results["jpeg_lmdb"]["images_per_s_forward"]
     print(f"JPEG pipeline: {args.batch / jb * 1e3:.1f} ms per batch of {args.batch}")
+    if args.out is None:
+        args.out = str(ROOT / "benchmarks" / "results" /
+                       f"data-{time.strftime('%Y-%m-%d')}-{platform.node() or 'host'}.json")
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)
     print(f"\nwrote {args.out}")

@@ -72,10 +72,19 @@ class Net:
         self.name = in_param.name
         self.phase = in_param.state.phase
         self.force_backward = in_param.force_backward
-        param = insert_splits(filter_net(in_param, src), src)
-        self._param = param  # the filtered, split net (for to_proto)
-        self._auto_split = {lp.name for lp in param.layer if lp.type == "Split"} - \
-            {lp.name for lp in in_param.layer}
+        filtered = filter_net(in_param, src)
+        param = insert_splits(filtered, src)
+        # Which built layers the user wrote (to_proto writes those, with their own bottoms)
+        # and which are Splits inserted here.
+        self._user_layers = []
+        it = iter(filtered.layer)
+        user = next(it, None)
+        for lp in param.layer:
+            if user is not None and lp.name == user.name and lp.type == user.type:
+                self._user_layers.append(user)
+                user = next(it, None)
+            else:
+                self._user_layers.append(None)
 
         self.layers = []
         self._layer_names = []
@@ -207,6 +216,7 @@ class Net:
         self._output_ids = [name_to_idx[n] for n in sorted(available)]
         self._share_weights()
         self._build_views()
+        self._fused = None
 
     def _prune_backward(self):
         """Caffe's second pass: a layer needs backward only if it contributes to a loss and
@@ -335,19 +345,46 @@ class Net:
         for layer, bottom, top in zip(self.layers, self.bottom_vecs, self.top_vecs):
             layer.reshape(bottom, top)
 
+    def _groups(self):
+        """Chains of layers the CPU runs as one step (layers/fusion.py), by first and by last
+        layer index; built on first use."""
+        if self._fused is None:
+            from .layers import fusion
+            groups = fusion.plan(self)
+            self._fused = (groups, {g.last: g for g in groups.values()})
+        return self._fused
+
     def forward_from_to(self, start=0, end=None):
         end = len(self.layers) - 1 if end is None else end
         loss = 0.0
-        for i in range(start, end + 1):
-            loss += self.layers[i].forward(self.bottom_vecs[i], self.top_vecs[i])
+        layers, bottoms, tops = self.layers, self.bottom_vecs, self.top_vecs
+        by_first = self._groups()[0]
+        i = start
+        while i <= end:
+            g = by_first.get(i) if by_first else None
+            if g is not None and g.last <= end and g.active():
+                g.forward()  # no loss weights inside a group
+                i = g.last + 1
+                continue
+            loss += layers[i].forward(bottoms[i], tops[i])
+            i += 1
         return loss
 
     def backward_from_to(self, start=None, end=0):
         start = len(self.layers) - 1 if start is None else start
-        for i in range(start, end - 1, -1):
-            if self.layer_need_backward[i]:
+        by_last = self._groups()[1]
+        need = self.layer_need_backward
+        i = start
+        while i >= end:
+            g = by_last.get(i) if by_last else None
+            if g is not None and g.first >= end and g.backward_ok and g.active():
+                g.backward()
+                i = g.first - 1
+                continue
+            if need[i]:
                 self.layers[i].backward(self.top_vecs[i], self.bottom_need_backward[i],
                                         self.bottom_vecs[i])
+            i -= 1
 
     def forward(self, blobs=None, start=None, end=None, **kwargs):
         """Run forward; inputs may be given as keyword arrays (an input whose shape differs
@@ -404,6 +441,11 @@ class Net:
                              + (f" named '{layer}'" if layer else ""))
 
     def clear_param_diffs(self):
+        from .backend import state
+        if state.mode() == state.GPU:
+            from .backend import ops
+            ops.zero_diffs(self.learnable_params)
+            return
         for p in self.learnable_params:
             p.diff[...] = 0
 
@@ -478,12 +520,14 @@ class Net:
     def to_proto(self, write_diff=False):
         """The net as a NetParameter with its weights (what `save` writes)."""
         out = caffe_pb2.NetParameter(name=self.name)
-        for lp_src, layer in zip(self._param.layer, self.layers):
-            if lp_src.name in self._auto_split:
-                continue
+        for user, layer in zip(self._user_layers, self.layers):
+            if user is None:
+                continue  # a Split this net inserted
             lp = out.layer.add()
             lp.CopyFrom(layer.layer_param)
             lp.ClearField("blobs")
+            lp.ClearField("bottom")
+            lp.bottom.extend(user.bottom)  # the names before Split insertion
             for b in layer.blobs:
                 array_to_proto(b.cpu_data, lp.blobs.add(), b.cpu_diff if write_diff else None)
         return out

@@ -287,6 +287,9 @@ def test_to_proto_has_no_auto_splits_and_reloads(tmp_path):
     net = Net(text, caffe.TEST)
     proto = net.to_proto()
     assert [lp.name for lp in proto.layer] == ["in", "a", "b"]
+    assert [list(lp.bottom) for lp in proto.layer] == [[], ["x"], ["x"]]
+    rebuilt = Net(proto, caffe.TEST)  # the written net builds again, weights included
+    np.testing.assert_array_equal(rebuilt.params["b"][0].data, net.params["b"][0].data)
     assert [len(lp.blobs) for lp in proto.layer] == [0, 2, 2]
     assert list(proto.layer[1].blobs[0].shape.dim) == [2, 3]
 

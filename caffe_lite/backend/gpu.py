@@ -84,6 +84,56 @@ def seed():
     return _ctx["seed"]
 
 
+def current_device():
+    """The device whose context is current (made current on first use)."""
+    if _ctx["context"] is None:
+        from . import state
+        require(state.device_id())
+    return _ctx["device"]
+
+
+def compute_capability(device_id=None):
+    import pycuda.driver as drv
+    return drv.Device(current_device() if device_id is None else device_id).compute_capability()
+
+
+def synchronize():
+    """Wait for every kernel and copy queued on the current device."""
+    if _ctx["context"] is not None:
+        import pycuda.driver as drv
+        drv.Context.synchronize()
+
+
+def ptr(array):
+    """The device address of a GPUArray (or of a view into one) as an int."""
+    return int(array.gpudata)
+
+
+def device_properties(device_id=None):
+    """Name, compute capability, memory and the theoretical memory bandwidth of a device."""
+    import pycuda.driver as drv
+    d = drv.Device(current_device() if device_id is None else device_id)
+    A = drv.device_attribute
+
+    def attr(name):
+        try:
+            return int(d.get_attribute(getattr(A, name)))
+        except Exception:  # an attribute this driver or PyCUDA build does not know
+            return 0
+    clock_khz = attr("MEMORY_CLOCK_RATE")
+    bus_bits = attr("GLOBAL_MEMORY_BUS_WIDTH")
+    return {
+        "name": d.name(),
+        "compute_capability": tuple(d.compute_capability()),
+        "total_memory": int(d.total_memory()),
+        "multiprocessors": attr("MULTIPROCESSOR_COUNT"),
+        "memory_clock_khz": clock_khz,
+        "memory_bus_bits": bus_bits,
+        # double data rate: two transfers per clock over the whole bus
+        "bandwidth_gbs": 2.0 * clock_khz * 1e3 * bus_bits / 8 / 1e9,
+    }
+
+
 def empty(n, dtype=np.float32):
     import pycuda.gpuarray as ga
     require(_ctx["device"] or 0)

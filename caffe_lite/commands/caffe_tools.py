@@ -105,6 +105,8 @@ def train_cmd(args):
         for w in args.weights.split(","):
             log.info("Finetuning from %s", w)
             solver.net.copy_from(w)
+    from .prune_tools import attach_gradual
+    attach_gradual(solver, args)  # before restore: a snapshot carries the schedule's progress
     start = 0
     if args.snapshot:
         solver.restore(args.snapshot)
@@ -149,6 +151,8 @@ def _configure_train(p):
     flag(p, "overwrite", action="store_true", help="allow snapshots to replace existing files")
     _stage_args(p)
     add_source_overrides(p)
+    from .prune_tools import add_gradual_flags
+    add_gradual_flags(p)
 
 
 train_cmd.configure = _configure_train

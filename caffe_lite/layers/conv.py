@@ -170,6 +170,14 @@ class BaseConvolution(Layer):
                 if propagate_down[i]:
                     b.diff[...] = 0
                 continue
+            fused = getattr(self.engine, "backward", None)
+            if fused is not None and not self.reverse_dimensions:
+                # One pass computes both gradients (the depthwise kernel).
+                want_w = self.param_propagate_down[0]
+                fused(b.cpu_data.reshape(self.bottom_shape) if want_w else None, dy, w,
+                      b.diff.reshape(self.bottom_shape) if propagate_down[i] else None,
+                      self.blobs[0].diff if want_w else None)
+                continue
             if self.param_propagate_down[0]:
                 x = b.cpu_data.reshape(self.bottom_shape)
                 dw = self.blobs[0].diff

@@ -9,12 +9,18 @@ group = C has, so caffemodels interchange between "Convolution" + group and the 
 Caffe's grouped path does one tiny matrix product per group.  The kernel here instead loops
 over the kernel taps only: each tap is one multiply-add of a strided view of the (padded)
 input with a per-channel weight, over all images and channels at once (split into
-cache-sized row blocks that run on a few threads)."""
+cache-sized row blocks that run on a few threads).  For 2-D convolutions, when numba is
+installed, compiled kernels (jit.py) do the same per (image, channel) plane at memory speed,
+forward and both gradients in one pass."""
 import numpy as np
 
+from . import jit
 from .conv import Convolution
 from .im2col import PaddedRows, Scratch, run_blocks
 from .registry import register
+
+_NO_BIAS = np.zeros(0, np.float32)
+_NO_BIAS.flags.writeable = False  # the same array type as a bias blob's cpu_data
 
 
 class DepthwiseEngine:
@@ -29,14 +35,25 @@ class DepthwiseEngine:
         self.scratch = Scratch()
 
     def reshape(self, num, in_spatial, out_spatial):
+        key = (num, tuple(in_spatial), tuple(out_spatial), jit.kernels() is not None)
+        if key == getattr(self, "_key", None):
+            return  # called before every forward; nothing changed
+        self._key = key
         g = self.geom
         self.num = num
         self.rows = num * self.channels
         self.in_spatial, self.out_spatial = tuple(in_spatial), tuple(out_spatial)
         self.out_count = int(np.prod(out_spatial, dtype=np.int64))
+        nsp = len(out_spatial)
+        self.jit = jit.kernels() if nsp == 2 else None
+        if self.jit is not None:
+            self.jit_geometry = np.array(
+                (self.channels, self.multiplier) + g.kernel + g.stride + g.pad + g.dilation,
+                np.int64)
+            self.padded.reshape(self.rows, in_spatial, in_spatial, g.pad)  # no copy kept
+            return
         self.padded.reshape(self.rows, in_spatial, g.padded_shape(in_spatial, out_spatial),
                             g.pad)
-        nsp = len(out_spatial)
         self.ones = (1,) * nsp
         all_, new = (slice(None),), (slice(None), None)
         # Index tuples per tap, built once: (tap, view of padded input rows as (B, 1, *out)).
@@ -53,6 +70,48 @@ class DepthwiseEngine:
         letters = "hwdefgijklopqrstuvyz"[:nsp]  # not b, m, x
         self.wgrad_subscripts = f"bm{letters},bx{letters}->bm"
 
+    # --- compiled path (2-D, numba) ----------------------------------------------------------
+    def _jit_forward(self, x, w, b, y):
+        k, geo, m = self.jit, self.jit_geometry, self.multiplier
+        x3 = x.reshape(self.rows, *self.in_spatial)
+        w2 = w.reshape(self.channels * m, -1)
+        y4 = y.reshape(self.rows, m, *self.out_spatial)
+        bias = _NO_BIAS if b is None else b
+
+        def block(a, c, slot):
+            k.depthwise_forward(x3, w2, bias, y4, geo, a, c)
+        run_blocks(self.rows, m * self.out_count, block, block_elements=None)
+
+    def backward(self, x, dy, w, dx, dw):
+        """Both gradients in one pass over x and dy: dx (overwritten) unless None, and
+        dw += the weight gradient unless dw is None."""
+        if self.jit is None:
+            if dw is not None:
+                self.backward_weight(x, dy, dw)
+            if dx is not None:
+                self.backward_data(dy, w, dx)
+            return
+        k, geo, m = self.jit, self.jit_geometry, self.multiplier
+        kc = self.geom.kernel_count
+        x3 = None if x is None else x.reshape(self.rows, *self.in_spatial)
+        dy4 = dy.reshape(self.rows, m, *self.out_spatial)
+        w2 = np.zeros((1, kc), np.float32) if w is None else w.reshape(self.channels * m, kc)
+        want_dx, want_dw = dx is not None, dw is not None
+        # Without dx the kernel gets a writable placeholder; without dw it reads only the
+        # shape of x, and dx stands in for it.
+        dx3 = dx.reshape(self.rows, *self.in_spatial) if want_dx else np.zeros((1, 1, 1),
+                                                                               np.float32)
+        x3 = x3 if want_dw else dx3
+        per_row = self.scratch.get("jit_row_grad",
+                                   (self.rows, m, kc) if want_dw else (1, 1, 1))
+
+        def block(a, c, slot):
+            k.depthwise_backward(x3, dy4, w2, dx3, per_row, want_dx, want_dw, geo, a, c)
+        run_blocks(self.rows, m * self.out_count, block, block_elements=None)
+        if want_dw:
+            dw3 = dw.reshape(self.channels, m, kc)
+            np.add(dw3, per_row.reshape(self.num, self.channels, m, kc).sum(axis=0), out=dw3)
+
     def _row_weights(self, w):
         """(rows, kernel_count, M, 1, ...): each row's filters per tap, ready to broadcast."""
         c, m = self.channels, self.multiplier
@@ -66,6 +125,8 @@ class DepthwiseEngine:
 
     # --- forward ---------------------------------------------------------------------------
     def forward(self, x, w, b, y):
+        if self.jit is not None:
+            return self._jit_forward(x, w, b, y)
         m = self.multiplier
         x_rows = x.reshape(self.rows, *self.in_spatial)
         y_rows = y.reshape(self.rows, m, *self.out_spatial)
@@ -94,6 +155,8 @@ class DepthwiseEngine:
     # --- backward --------------------------------------------------------------------------
     def backward_data(self, dy, w, dx):
         """dx[c] = sum over taps and m of the scatter of w[c*M+m, tap] * dy[c*M+m]."""
+        if self.jit is not None:
+            return self.backward(None, dy, w, dx, None)
         m = self.multiplier
         dy_rows = dy.reshape(self.rows, m, *self.out_spatial)
         dx_rows = dx.reshape(self.rows, *self.in_spatial)
@@ -129,6 +192,8 @@ class DepthwiseEngine:
 
     def backward_weight(self, x, dy, dw):
         """dw[c*M+m, tap] += sum over images and outputs of x(tap view) * dy[c*M+m]."""
+        if self.jit is not None:
+            return self.backward(x, dy, None, None, dw)
         m = self.multiplier
         x_rows = x.reshape(self.rows, *self.in_spatial)
         dy_rows = dy.reshape(self.rows, m, *self.out_spatial)

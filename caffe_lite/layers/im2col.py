@@ -14,11 +14,12 @@ w (conv_out, conv_in / group, *kernel) and y (num, conv_out, *out):
 Deconvolution uses the same three with the roles of its bottom and top swapped."""
 import itertools
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
+
+from . import jit
+from .parallel import matmul, num_threads, run_blocks, run_flat, run_tasks  # noqa: F401
 
 # Elements of output per row block: small enough that a block's input, output and scratch
 # stay in cache, large enough that the Python overhead per numpy call is negligible.
@@ -26,51 +27,6 @@ BLOCK_ELEMENTS = 1 << 17
 # Upper bound (elements) of a GEMM column buffer; larger batches are processed in image chunks
 # (Caffe itself keeps one image's columns at a time).
 COL_BUFFER_ELEMENTS = 1 << 24
-
-_pool = None
-_pool_key = None   # (process id, workers): a forked child builds its own pool
-
-
-def num_threads():
-    """Threads used by the convolution kernels: CAFFE_LITE_NUM_THREADS, else the usable CPUs."""
-    env = os.environ.get("CAFFE_LITE_NUM_THREADS")
-    if env:
-        return max(1, int(env))
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def run_blocks(rows, row_elements, fn):
-    """Call fn(start, stop, slot) over consecutive row blocks covering range(rows).
-
-    Blocks are dealt round-robin to `num_threads()` workers (the caller is worker 0); `slot`
-    is the worker's index, for per-worker scratch buffers.  Blocks must touch disjoint rows."""
-    global _pool, _pool_key
-    if rows <= 0:
-        return
-    threads = num_threads()
-    per_block = max(1, min(-(-rows // threads), BLOCK_ELEMENTS // max(1, row_elements)))
-    blocks = [(r, min(r + per_block, rows)) for r in range(0, rows, per_block)]
-    threads = min(threads, len(blocks))
-    if threads == 1:
-        for a, b in blocks:
-            fn(a, b, 0)
-        return
-    if _pool is None or _pool_key[0] != os.getpid() or _pool_key[1] < threads - 1:
-        _pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="caffe-lite-conv")
-        _pool_key = (os.getpid(), threads - 1)
-
-    def work(slot):
-        for a, b in blocks[slot::threads]:
-            fn(a, b, slot)
-    futures = [_pool.submit(work, s) for s in range(1, threads)]
-    try:
-        work(0)
-    finally:
-        for f in futures:
-            f.result()
 
 
 class Scratch:
@@ -212,15 +168,17 @@ def _weight_gradient(dy, col, dw, scratch):
     n, g, og, p = dy.shape
     k = col.shape[2]
     if n == 1:
-        prod = np.matmul(dy[0], col[0].swapaxes(-1, -2))
+        prod = matmul(dy[0], col[0].swapaxes(-1, -2), scratch.get("wgrad", (g, og, k)))
     elif og * k <= (og + k) * p:
-        prod = np.matmul(dy, col.swapaxes(-1, -2)).sum(axis=0)
+        prod = matmul(dy, col.swapaxes(-1, -2), scratch.get("wgrad", (n, g, og, k)))
+        prod = prod.sum(axis=0)
     else:
         dyt = scratch.get("dyt", (g, og, n, p))
-        np.copyto(dyt, dy.transpose(1, 2, 0, 3))
         colt = scratch.get("colt", (g, k, n, p))
-        np.copyto(colt, col.transpose(1, 2, 0, 3))
-        prod = np.matmul(dyt.reshape(g, og, n * p), colt.reshape(g, k, n * p).swapaxes(-1, -2))
+        run_tasks([lambda: np.copyto(dyt, dy.transpose(1, 2, 0, 3)),
+                   lambda: np.copyto(colt, col.transpose(1, 2, 0, 3))])
+        prod = matmul(dyt.reshape(g, og, n * p), colt.reshape(g, k, n * p).swapaxes(-1, -2),
+                      scratch.get("wgrad", (g, og, k)))
     np.add(dw, prod, out=dw)
 
 
@@ -235,17 +193,27 @@ class GemmEngine:
         self.in_spatial = self.out_spatial = None
 
     def reshape(self, num, in_spatial, out_spatial):
+        key = (num, tuple(in_spatial), tuple(out_spatial), jit.kernels() is not None)
+        if key == getattr(self, "_key", None):
+            return  # called before every forward; nothing changed
+        self._key = key
         g = self.geom
         self.num = num
         self.in_spatial, self.out_spatial = tuple(in_spatial), tuple(out_spatial)
         self.in_count = int(np.prod(in_spatial, dtype=np.int64))
         self.out_count = int(np.prod(out_spatial, dtype=np.int64))
         rows = num * self.conv_in
+        per_image = self.conv_in * g.kernel_count * self.out_count
+        self.chunk = max(1, min(num, COL_BUFFER_ELEMENTS // max(1, per_image)))
+        # 2-D with numba: compiled im2col / col2im (no padded copy of the input is kept).
+        self.jit = jit.kernels() if len(in_spatial) == 2 and not g.is_1x1 else None
+        if self.jit is not None:
+            self.jit_geometry = np.array(g.kernel + g.stride + g.pad + g.dilation, np.int64)
+            self.padded.reshape(rows, in_spatial, in_spatial, g.pad)  # no copy kept
+            return
         self.padded.reshape(rows, in_spatial, g.padded_shape(in_spatial, out_spatial), g.pad)
         self.pad_taps = g.padded_tap_slices(out_spatial)
         self.clipped = g.clipped_tap_slices(in_spatial, out_spatial)
-        per_image = self.conv_in * g.kernel_count * self.out_count
-        self.chunk = max(1, min(num, COL_BUFFER_ELEMENTS // max(1, per_image)))
 
     # --- shapes ----------------------------------------------------------------------------
     def _wg(self, w):
@@ -267,6 +235,13 @@ class GemmEngine:
         col = self.scratch.get("col", (n * cin, g.kernel_count, self.out_count))
         base = n0 * cin
         out_shape = g.kernel + self.out_spatial
+        if self.jit is not None:
+            k, geo = self.jit, self.jit_geometry
+            x3 = x_rows[base:base + n * cin]
+            col4 = col.reshape(n * cin, g.kernel_count, *self.out_spatial)
+            run_blocks(n * cin, g.kernel_count * self.out_count,
+                       lambda a, b, slot: k.im2col(x3, col4, geo, a, b), block_elements=None)
+            return col.reshape(n, self.group, -1, self.out_count)
 
         def block(a, b, slot):
             xp = self.padded.fill(x_rows, base + a, base + b)
@@ -279,12 +254,12 @@ class GemmEngine:
     def forward(self, x, w, b, y):
         wg = self._wg(w)
         if self.geom.is_1x1:
-            np.matmul(wg, self._groups(x, self.conv_in, self.in_count),
-                      out=self._groups(y, self.conv_out, self.out_count))
+            matmul(wg, self._groups(x, self.conv_in, self.in_count),
+                   self._groups(y, self.conv_out, self.out_count))
         else:
             for n0, n1 in self._chunks():
                 col = self._im2col(x, n0, n1)
-                np.matmul(wg, col, out=self._groups(y[n0:n1], self.conv_out, self.out_count))
+                matmul(wg, col, self._groups(y[n0:n1], self.conv_out, self.out_count))
         if b is not None:
             y3 = y.reshape(self.num, self.conv_out, self.out_count)
             np.add(y3, b.reshape(-1, 1), out=y3)
@@ -292,8 +267,8 @@ class GemmEngine:
     def backward_data(self, dy, w, dx):
         wgt = self._wg(w).swapaxes(-1, -2)
         if self.geom.is_1x1:
-            np.matmul(wgt, self._groups(dy, self.conv_out, self.out_count),
-                      out=self._groups(dx, self.conv_in, self.in_count))
+            matmul(wgt, self._groups(dy, self.conv_out, self.out_count),
+                   self._groups(dx, self.conv_in, self.in_count))
             return
         g = self.geom
         cin = self.conv_in
@@ -301,9 +276,15 @@ class GemmEngine:
         for n0, n1 in self._chunks():
             n = n1 - n0
             col = self.scratch.get("col", (n * cin, g.kernel_count) + self.out_spatial)
-            np.matmul(wgt, self._groups(dy[n0:n1], self.conv_out, self.out_count),
-                      out=col.reshape(n, self.group, -1, self.out_count))
+            matmul(wgt, self._groups(dy[n0:n1], self.conv_out, self.out_count),
+                   col.reshape(n, self.group, -1, self.out_count))
             base = n0 * cin
+            if self.jit is not None:
+                k, geo = self.jit, self.jit_geometry
+                dx3 = dx_rows[base:base + n * cin]
+                run_blocks(n * cin, g.kernel_count * self.out_count,
+                           lambda a, b, slot: k.col2im(col, dx3, geo, a, b), block_elements=None)
+                continue
 
             def block(a, b, slot):
                 col2im_rows(col[a:b], g, self.clipped, dx_rows[base + a:base + b])

@@ -3,6 +3,7 @@ import numpy as np
 
 from ..errors import CaffeLiteError
 from .base import Layer
+from .parallel import matmul
 from .registry import register
 
 
@@ -62,7 +63,7 @@ class InnerProductLayer(Layer):
     def forward_cpu(self, bottom, top):
         x = bottom[0].cpu_data.reshape(self.M, self.K)
         y = top[0].data.reshape(self.M, self.num_output)
-        np.matmul(x, self._weight_as_kn(self.blobs[0].cpu_data), out=y)
+        matmul(x, self._weight_as_kn(self.blobs[0].cpu_data), y)
         if self.bias_term:
             y += self.blobs[1].cpu_data
 
@@ -71,12 +72,20 @@ class InnerProductLayer(Layer):
         x = bottom[0].cpu_data.reshape(self.M, self.K)
         if self.param_propagate_down[0]:
             w_diff = self.blobs[0].diff
+            grad = self._grad_buffer(w_diff.shape)
             if self.transpose:
-                w_diff += x.T @ dy
+                matmul(x.T, dy, grad)
             else:
-                w_diff += dy.T @ x
+                matmul(dy.T, x, grad)
+            np.add(w_diff, grad, out=w_diff)
         if self.bias_term and self.param_propagate_down[1]:
             self.blobs[1].diff += dy.sum(axis=0, dtype=np.float32)
         if propagate_down[0]:
             dx = bottom[0].diff.reshape(self.M, self.K)
-            np.matmul(dy, self._weight_as_kn(self.blobs[0].cpu_data).T, out=dx)
+            matmul(dy, self._weight_as_kn(self.blobs[0].cpu_data).T, dx)
+
+    def _grad_buffer(self, shape):
+        buf = getattr(self, "_grad", None)
+        if buf is None or buf.shape != shape:
+            buf = self._grad = np.empty(shape, np.float32)
+        return buf

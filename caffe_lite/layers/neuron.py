@@ -10,7 +10,9 @@ import numpy as np
 from ..backend.state import rng
 from ..fillers import filler_param
 from ..proto import caffe_pb2
+from . import jit
 from .base import NeuronLayer
+from .parallel import run_flat
 from .registry import register
 
 F32 = np.float32
@@ -97,7 +99,8 @@ class ReLULayer(_KeepsInput):
         x = self.forward_input(bottom, top)
         y = top[0].data
         if self.negative_slope == 0:
-            np.maximum(x, F32(0), out=y)
+            xf, yf = x.reshape(-1), y.reshape(-1)
+            run_flat(xf.size, lambda a, b: np.maximum(xf[a:b], F32(0), out=yf[a:b]))
         else:
             _leaky(x, self.negative_slope, y, self._tmp.view(x.shape))
 
@@ -106,6 +109,12 @@ class ReLULayer(_KeepsInput):
             return
         x = self.backward_input(bottom)
         dy, dx = top[0].cpu_diff, bottom[0].diff
+        k = jit.kernels()
+        if k is not None and self.negative_slope == 0:
+            xf, dyf, dxf = x.reshape(-1), dy.reshape(-1), dx.reshape(-1)
+            in_place = top[0] is bottom[0]
+            run_flat(xf.size, lambda a, b: k.relu_backward(dyf, xf, dxf, in_place, a, b))
+            return
         mask = self._mask.view(x.shape)
         if self.negative_slope == 0:
             np.multiply(dy, np.greater(x, 0, out=mask), out=dx)

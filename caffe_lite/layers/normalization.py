@@ -2,7 +2,9 @@
 import numpy as np
 
 from ..proto import caffe_pb2
+from . import jit
 from .base import Layer, NeuronLayer
+from .parallel import run_blocks
 from .registry import register
 
 _F = np.float32
@@ -11,6 +13,11 @@ _F = np.float32
 def _buffer(buf, shape):
     """`buf` if it already has `shape`, else a new float32 array of that shape."""
     return buf if buf is not None and buf.shape == tuple(shape) else np.empty(shape, _F)
+
+
+def same_memory(a, b):
+    """a and b start at the same address (an in-place layer, or blobs sharing data)."""
+    return a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
 
 
 @register("BatchNorm")
@@ -57,37 +64,69 @@ class BatchNormLayer(NeuronLayer):
             raise self.error(f"bottom shape {bottom[0].shape} has {bottom[0].shape[1]} channels "
                              f"but the layer was set up for {self.channels}")
         top[0].reshape_like(bottom[0])
-        self._xnorm = _buffer(self._xnorm, bottom[0].shape)
-        self._tmp = _buffer(self._tmp, bottom[0].shape)
+        if not self.use_global_stats:  # backward reads the normalised input
+            self._xnorm = _buffer(self._xnorm, bottom[0].shape)
 
     def _view3(self, a):
         n = a.shape[0] if a.ndim else 1
         return a.reshape(n, self.channels, -1)
 
+    def _update_running_stats(self, mean, var, m):
+        """Caffe's moving sums: s = maf * s + 1, mean_sum = maf * mean_sum + mean, var_sum =
+        maf * var_sum + m / (m - 1) * var (the unbiased variance)."""
+        correction = _F(m / (m - 1)) if m > 1 else _F(1)
+        maf = self.moving_average_fraction
+        b_mean, b_var, b_factor = (b.data for b in self.blobs)
+        b_factor *= maf
+        b_factor += _F(1)
+        b_mean *= maf
+        b_mean += mean
+        b_var *= maf
+        b_var += correction * var
+
+    def _global_stats(self):
+        s = self.blobs[2].cpu_data[0]
+        factor = _F(0) if s == 0 else _F(1) / s
+        return self.blobs[0].cpu_data * factor, self.blobs[1].cpu_data * factor
+
+    def _forward_jit(self, k, x, y):
+        in_place = same_memory(x, y)
+        c = self.channels
+        rows = x.shape[0] * x.shape[2]
+        if self.use_global_stats:
+            mean, var = self._global_stats()
+            self._std = np.sqrt(var + self.eps)
+            std = self._std
+
+            def block(a, b, slot):
+                k.batch_norm_global_forward(x, y, mean, std, in_place, a, b)
+        else:
+            mean, var = np.empty(c, _F), np.empty(c, _F)
+            xnorm = self._view3(self._xnorm)
+
+            def block(a, b, slot):
+                k.batch_norm_train_forward(x, y, xnorm, mean, var, self.eps, in_place, a, b)
+        run_blocks(c, rows, block, block_elements=None)
+        if not self.use_global_stats:
+            self._update_running_stats(mean, var, rows)
+            self._std = np.sqrt(var + self.eps)
+
     def forward_cpu(self, bottom, top):
         x = self._view3(bottom[0].cpu_data)
         y = self._view3(top[0].data)  # may be the same memory as x (in place)
+        k = jit.kernels()
+        if k is not None:
+            return self._forward_jit(k, x, y)
         if self.use_global_stats:
-            s = self.blobs[2].cpu_data[0]
-            factor = _F(0) if s == 0 else _F(1) / s
-            mean = self.blobs[0].cpu_data * factor
-            var = self.blobs[1].cpu_data * factor
+            mean, var = self._global_stats()
         else:
             mean = x.mean(axis=(0, 2), dtype=_F)
         np.subtract(x, mean[None, :, None], out=y)
         if not self.use_global_stats:
-            sq = np.square(y, out=self._view3(self._tmp))
+            self._tmp = _buffer(self._tmp, x.shape)
+            sq = np.square(y, out=self._tmp)
             var = sq.mean(axis=(0, 2), dtype=_F)
-            m = x.shape[0] * x.shape[2]
-            correction = _F(m / (m - 1)) if m > 1 else _F(1)
-            maf = self.moving_average_fraction
-            b_mean, b_var, b_factor = (b.data for b in self.blobs)
-            b_factor *= maf
-            b_factor += _F(1)
-            b_mean *= maf
-            b_mean += mean
-            b_var *= maf
-            b_var += correction * var
+            self._update_running_stats(mean, var, x.shape[0] * x.shape[2])
         self._std = np.sqrt(var + self.eps)
         y /= self._std[None, :, None]
         if not self.use_global_stats:
@@ -102,9 +141,19 @@ class BatchNormLayer(NeuronLayer):
         if self.use_global_stats:
             np.divide(dy, std, out=dx)
             return
+        k = jit.kernels()
+        if k is not None:
+            y = self._view3(self._xnorm)
+            in_place = same_memory(dy, dx)
+
+            def block(a, b, slot):
+                k.batch_norm_train_backward(dy, y, dx, self._std, in_place, a, b)
+            run_blocks(self.channels, dy.shape[0] * dy.shape[2], block, block_elements=None)
+            return
         # dx = (dy - mean(dy) - y * mean(dy * y)) / std, means per channel over (N, spatial).
         y = self._view3(self._xnorm)
-        t = np.multiply(dy, y, out=self._view3(self._tmp))
+        self._tmp = _buffer(self._tmp, dy.shape)
+        t = np.multiply(dy, y, out=self._tmp)
         mean_dyy = t.mean(axis=(0, 2), dtype=_F)[None, :, None]
         mean_dy = dy.mean(axis=(0, 2), dtype=_F)[None, :, None]
         np.multiply(y, mean_dyy, out=t)

@@ -9,7 +9,9 @@ import numpy as np
 
 from ..backend.state import rng
 from ..proto import caffe_pb2
+from . import jit
 from .base import Layer
+from .parallel import run_blocks
 from .registry import register
 
 _P = caffe_pb2.PoolingParameter
@@ -166,7 +168,31 @@ class PoolingLayer(Layer):
                  j:j + self.stride_w * (self.out_w - 1) + 1:self.stride_w]
 
     # --- forward -----------------------------------------------------------------------------
+    def _jit(self):
+        """The compiled kernels for MAX / AVE windows (not global pooling, not STOCHASTIC)."""
+        if self._whole or self.pool not in (_P.MAX, _P.AVE):
+            return None
+        return jit.kernels()
+
+    def _rows(self, a):
+        return a.reshape(-1, *a.shape[2:])
+
     def forward_cpu(self, bottom, top):
+        k = self._jit()
+        if k is not None:
+            x, y = self._rows(bottom[0].cpu_data), self._rows(top[0].data)
+            geo = np.array((self.kernel_h, self.kernel_w, self.stride_h, self.stride_w,
+                            self.pad_h, self.pad_w), np.int64)
+            if self.pool == _P.MAX:
+                choice = self._rows(self._choice)
+                run_blocks(x.shape[0], y[0].size, lambda a, b, slot: k.max_pool_forward(
+                    x, y, choice, geo, self._none, a, b), block_elements=None)
+                if len(top) > 1:
+                    top[1].data[...] = self.mask()
+            else:
+                run_blocks(x.shape[0], y[0].size, lambda a, b, slot: k.ave_pool_forward(
+                    x, y, self._pool_size, geo, a, b), block_elements=None)
+            return
         src = self._source(bottom)
         y = top[0].data
         if self.pool == _P.MAX:
@@ -256,6 +282,19 @@ class PoolingLayer(Layer):
             return
         dy = top[0].cpu_diff
         dx = bottom[0].diff
+        k = self._jit()
+        if k is not None:
+            dy3, dx3 = self._rows(dy), self._rows(dx)
+            geo = np.array((self.kernel_h, self.kernel_w, self.stride_h, self.stride_w,
+                            self.pad_h, self.pad_w), np.int64)
+            if self.pool == _P.MAX:
+                choice = self._rows(self._choice)
+                run_blocks(dy3.shape[0], dx3[0].size, lambda a, b, slot: k.max_pool_backward(
+                    dy3, choice, dx3, geo, self._none, a, b), block_elements=None)
+            else:
+                run_blocks(dy3.shape[0], dx3[0].size, lambda a, b, slot: k.ave_pool_backward(
+                    dy3, dx3, self._pool_size, geo, a, b), block_elements=None)
+            return
         if self._whole and self.pool != _P.STOCHASTIC:
             self._backward_whole(dy, dx)
             return

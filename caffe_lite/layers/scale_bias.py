@@ -8,10 +8,14 @@ import numpy as np
 
 from ..errors import CaffeLiteError
 from ..fillers import filler_param
+from . import jit
 from .base import Layer
+from .parallel import run_blocks
 from .registry import register
 
 _F = np.float32
+_NO_BIAS = np.zeros(0, _F)
+_NO_BIAS.flags.writeable = False  # the same array type as a bias blob's cpu_data
 
 
 def _axis(layer, blob, axis):
@@ -138,6 +142,8 @@ class ScaleLayer(Layer):
             raise self.error(f"has {len(self.blobs)} blob(s) but needs {expected} (bottoms: "
                              f"{len(bottom)}, bias_term: {str(p.bias_term).lower()})")
         self._temp = self._prod = None
+        # Set by a fused BatchNorm -> Scale step (fusion.py): the input that step used.
+        self._saved_input = None
 
     def _scale(self, bottom):
         return bottom[1] if len(bottom) > 1 else self.blobs[0]
@@ -153,13 +159,39 @@ class ScaleLayer(Layer):
         if top[0] is bottom[0]:
             if self._temp is None or self._temp.shape != shape:
                 self._temp = np.empty(shape, _F)
-        elif self._prod is None or self._prod.shape != shape:
-            self._prod = np.empty(shape, _F)
         if self.bias is not None:
             self.bias.reshape(bottom[0], self.blobs[self.bias_id].shape)
+        self._rows = (self.dims[0] * self.dims[1], self.dims[2])
+
+    def _jit(self):
+        """The compiled kernels, when they apply (the bias, if any, lines up with the scale)."""
+        k = jit.kernels()
+        if k is None or (self.bias is not None and self.bias.dims != self.dims):
+            return None
+        return k
+
+    def _bias_values(self):
+        return self.blobs[self.bias_id].cpu_data.reshape(-1) if self.bias is not None \
+            else _NO_BIAS
 
     def forward_cpu(self, bottom, top):
+        self._saved_input = None
         x = bottom[0].cpu_data
+        k = self._jit()
+        if k is not None:
+            in_place = top[0] is bottom[0]
+            rows = self._rows
+            x2 = x.reshape(rows)
+            y2 = top[0].data.reshape(rows)
+            keep = self._temp.reshape(rows) if in_place else y2
+            s = self._scale(bottom).cpu_data.reshape(-1)
+            b = self._bias_values()
+            has_bias = self.bias is not None
+
+            def block(a, c, slot):
+                k.scale_forward(x2, s, b, y2, keep, has_bias, in_place, a, c)
+            run_blocks(rows[0], rows[1], block, block_elements=None)
+            return
         if top[0] is bottom[0]:
             np.copyto(self._temp, x)
         s = self._scale(bottom).cpu_data.reshape(1, -1, 1)
@@ -167,7 +199,48 @@ class ScaleLayer(Layer):
         if self.bias is not None:
             self.bias.forward(top[0].data, self.blobs[self.bias_id].cpu_data)
 
+    def _input(self, top, bottom):
+        """The input forward saw (in place, forward overwrote it)."""
+        if self._saved_input is not None:
+            return self._saved_input
+        return self._temp if top[0] is bottom[0] else bottom[0].cpu_data
+
+    def _backward_jit(self, k, top, propagate_down, bottom, want_scale, want_bias):
+        in_place = top[0] is bottom[0]
+        rows = self._rows
+        dy = top[0].cpu_diff.reshape(rows)
+        x = self._input(top, bottom).reshape(rows)
+        scale = self._scale(bottom)
+        s = scale.cpu_data.reshape(-1)
+        # Without dx the kernel gets a writable placeholder it does not touch.
+        dx = bottom[0].diff.reshape(rows) if propagate_down[0] else np.zeros((1, 1), _F)
+        sums = np.empty((2, rows[0]), _F)
+        want_dx = bool(propagate_down[0])
+        if not want_dx and in_place:
+            in_place = False  # dx is not written: dy is only read
+
+        def block(a, c, slot):
+            k.scale_backward(dy, x, s, dx, sums, want_scale, want_bias, want_dx, in_place, a, c)
+        run_blocks(rows[0], rows[1], block, block_elements=None)
+        outer, dim = self.dims[0], self.dims[1]
+        if want_bias:
+            bias = self.blobs[self.bias_id].diff
+            bias += sums[1].reshape(outer, dim).sum(axis=0, dtype=_F).reshape(bias.shape)
+        if want_scale:
+            g = sums[0].reshape(outer, dim).sum(axis=0, dtype=_F).reshape(scale.shape)
+            if len(bottom) == 1:
+                scale.diff[...] += g
+            else:
+                scale.diff[...] = g
+
     def backward_cpu(self, top, propagate_down, bottom):
+        from_param = len(bottom) == 1
+        want_scale = bool((from_param and self.param_propagate_down[0])
+                          or (not from_param and propagate_down[1]))
+        want_bias = self.bias is not None and bool(self.param_propagate_down[self.bias_id])
+        k = self._jit()
+        if k is not None:
+            return self._backward_jit(k, top, propagate_down, bottom, want_scale, want_bias)
         dy = top[0].cpu_diff
         if self.bias is not None and self.param_propagate_down[self.bias_id]:
             self.bias.gradient(dy, self.blobs[self.bias_id].diff, accumulate=True)
@@ -175,7 +248,9 @@ class ScaleLayer(Layer):
         scale = self._scale(bottom)
         if (from_param and self.param_propagate_down[0]) or (not from_param and propagate_down[1]):
             in_place = top[0] is bottom[0]
-            x = self._temp if in_place else bottom[0].cpu_data
+            x = self._input(top, bottom)
+            if not in_place and (self._prod is None or self._prod.shape != dy.shape):
+                self._prod = np.empty(dy.shape, _F)
             prod = np.multiply(dy, x, out=self._temp if in_place else self._prod)
             g = _view3(prod, self.dims).sum(axis=(0, 2), dtype=_F).reshape(scale.shape)
             # Parameter gradients accumulate.  (Caffe overwrites the parameter's diff in the

@@ -15,6 +15,7 @@ from ..backend.state import set_random_seed
 from ..errors import NumericalError, SolverError
 from ..net import Net
 from . import state as snapshot_state
+from . import cuda
 from .lr_policy import learning_rate
 from .params import load_solver_param, net_params
 
@@ -213,6 +214,17 @@ class Solver:
         self.test_results.append((self.iter, test_net_id, result))
         return result
 
+    def mask_history(self):
+        """Zero the history (momentum, squared-gradient sums, Adam moments) of every masked
+        entry: called after masks shrink (gradual pruning), so a weight pruned mid-run starts
+        from the same all-zero history as one pruned before training."""
+        cuda.sync_history_to_host(self)
+        n = self.n_params
+        for i, blob in enumerate(self.net.learnable_params):
+            if blob.has_mask:
+                for k in range(self.history_per_param):
+                    self.history[i + k * n] *= blob.mask
+
     # --- updates -------------------------------------------------------------------------
     def get_learning_rate(self):
         rate, self.current_step = learning_rate(self.param, self.iter, self.current_step)
@@ -222,8 +234,22 @@ class Solver:
         rate = self.get_learning_rate()
         if self.param.display and self.iter % self.param.display == 0:
             log.info("Iteration %d, lr = %s", self.iter, _g(rate))
+        if cuda.try_apply_update_gpu(self, rate):
+            return
         self.clip_gradients()
         rate = np.float32(rate)
+        if self.fused_update_available():
+            # The same steps per parameter, each in one pass where the solver can (SGD).
+            for i, blob in enumerate(self.net.learnable_params):
+                self.normalize(i)
+                if self.fused_update(i, rate):
+                    continue
+                self.regularize(i)
+                if blob.has_mask:
+                    blob.mask_diff()
+                self.compute_update_value(i, rate)
+                blob.update()
+            return
         for i, blob in enumerate(self.net.learnable_params):
             self.normalize(i)
             self.regularize(i)
@@ -231,6 +257,18 @@ class Solver:
                 blob.mask_diff()  # pruned entries: no decay, no history, no step
             self.compute_update_value(i, rate)
         self.net.update()
+
+    def fused_update_available(self):
+        """True when fused_update may be used: CPU mode and the compiled kernels present."""
+        from ..backend import state as mode
+        from ..layers import jit
+        return (type(self).fused_update is not Solver.fused_update
+                and mode.mode() == mode.CPU and jit.kernels() is not None)
+
+    def fused_update(self, i, rate):
+        """Regularise, mask, compute the step and apply it to param i in one pass; return
+        False to have apply_update run the separate steps (the default)."""
+        return False
 
     def clip_gradients(self):
         clip = self.param.clip_gradients
@@ -255,10 +293,13 @@ class Solver:
         blob = self.net.learnable_params[i]
         diff, data = blob.diff, blob.cpu_data
         decay = np.float32(decay)
+        t = self.scratch(i)  # free until compute_update_value
         if self.param.regularization_type == "L2":
-            diff += decay * data
+            np.multiply(data, decay, out=t)
         else:  # L1; sign(0) = 0, so a pruned weight gets no decay
-            diff += decay * np.sign(data)
+            np.sign(data, out=t)
+            t *= decay
+        diff += t
 
     def scratch(self, i):
         """A float32 work buffer shaped like param i, reused across iterations."""
@@ -275,11 +316,13 @@ class Solver:
     # --- snapshots -----------------------------------------------------------------------
     def snapshot(self):
         """Write <prefix>_iter_N.caffemodel / .solverstate (+ .masks); return the model path."""
+        cuda.sync_history_to_host(self)
         model = snapshot_state.write_snapshot(self)
         self._last_snapshot_iter = self.iter
         return model
 
     def restore(self, state_file):
+        cuda.sync_history_to_host(self)
         snapshot_state.restore(self, state_file)
 
     # --- signals (the CLI's SIGINT / SIGTERM) ----------------------------------------------

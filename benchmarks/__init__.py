@@ -1,0 +1,1 @@
+"""caffe-lite's CPU benchmarks against PyTorch: `python -m benchmarks --help`."""

@@ -1,0 +1,235 @@
+"""GPU paths of Convolution, Deconvolution and DepthwiseConvolution.
+
+Two engines with the CPU engines' three products, on device addresses:
+    forward(x, w, b, y)          y  = conv(x, w) (+ b)          overwrite
+    backward_data(dy, w, dx)     dx = conv_transpose(dy, w)     overwrite
+    backward_weight(x, dy, dw)   dw += d(sum y*dy)/dw           accumulate
+x is the convolution's input (num, conv_in, *in), y its output (num, conv_out, *out);
+Deconvolution uses them with its bottom and top exchanged, as on the CPU.
+
+GemmGpu: im2col (layers/kernels/conv.cu) + cuBLAS.  The products of all images of a chunk
+are one strided-batched SGEMM per group (the weight's stride is 0); the weight gradient is
+one strided-batched SGEMM over the groups, on columns written image-interleaved by im2col
+and dy transposed to (channels, images, positions), so that the sum over images is the
+GEMM's inner dimension (no per-image loop, no atomics).  1-D, 2-D and 3-D convolutions (more
+spatial axes run the layer's CPU code).
+
+DepthwiseGpu (group == input channels, 1-D or 2-D): the dedicated kernels of
+layers/kernels/depthwise.cu."""
+import numpy as np
+
+from ...backend import cublas, ops
+from ...backend.kernels import THREADS
+from ..base import gpu_impl
+from .common import I32, data, diff, elementwise, kernel, launch, mdata, mdiff, state
+
+# Floats of column buffer a chunk of images may use (256 MiB).
+COL_BUFFER_FLOATS = 1 << 26
+
+
+def _pad3(values, fill):
+    values = tuple(values)
+    return (fill,) * (3 - len(values)) + values
+
+
+class GemmGpu:
+    def __init__(self, layer, st):
+        self.geom = layer.geom
+        self.conv_in, self.conv_out, self.group = layer.conv_in, layer.conv_out, layer.group
+        self.st = st
+
+    def reshape(self, num, in_spatial, out_spatial):
+        g = self.geom
+        self.num = num
+        self.in_count = int(np.prod(in_spatial, dtype=np.int64))
+        self.out_count = int(np.prod(out_spatial, dtype=np.int64))
+        self.K = g.kernel_count
+        # (D, H, W, KD, KH, KW, PD, PH, PW, SD, SH, SW, DD, DH, DW, OD, OH, OW), as the kernels take them
+        self.geometry = (_pad3(in_spatial, 1) + _pad3(g.kernel, 1) + _pad3(g.pad, 0)
+                         + _pad3(g.stride, 1) + _pad3(g.dilation, 1) + _pad3(out_spatial, 1))
+        rows = self.conv_in * self.K * self.out_count + self.conv_out * self.out_count
+        self.chunk = max(1, min(num, COL_BUFFER_FLOATS // max(1, rows)))
+
+    def _chunks(self):
+        return [(a, min(a + self.chunk, self.num)) for a in range(0, self.num, self.chunk)]
+
+    def _im2col(self, x, n0, n1, col, img_stride, row_stride):
+        n = (n1 - n0) * self.conv_in * self.out_count
+        elementwise("conv", "im2col_3d", "i" + "i" * 21 + "PP", n, I32(self.conv_in),
+                    *(I32(v) for v in self.geometry), I32(img_stride), I32(row_stride),
+                    x + 4 * n0 * self.conv_in * self.in_count, col)
+
+    def forward(self, x, w, b, y):
+        G, P, Kc = self.group, self.out_count, self.conv_in * self.K
+        og, cgk = self.conv_out // G, Kc // G
+        one_by_one = self.geom.is_1x1
+        chunks = [(0, self.num)] if one_by_one else self._chunks()
+        for n0, n1 in chunks:
+            if one_by_one:
+                col = x + 4 * n0 * self.conv_in * self.in_count
+            else:
+                col = self.st.buf("col", (n1 - n0) * Kc * P)
+                self._im2col(x, n0, n1, col, Kc * P, P)
+            for g in range(G):
+                cublas.gemm_strided_batched(
+                    False, False, og, P, cgk, 1.0,
+                    w + 4 * g * og * cgk, 0,
+                    col + 4 * g * cgk * P, Kc * P, 0.0,
+                    y + 4 * (n0 * self.conv_out * P + g * og * P), self.conv_out * P, n1 - n0)
+        if b:
+            add_bias(self.num, self.conv_out, P, b, y)
+
+    def backward_data(self, dy, w, dx):
+        G, P, Kc = self.group, self.out_count, self.conv_in * self.K
+        og, cgk = self.conv_out // G, Kc // G
+        one_by_one = self.geom.is_1x1
+        chunks = [(0, self.num)] if one_by_one else self._chunks()
+        for n0, n1 in chunks:
+            if one_by_one:
+                col = dx + 4 * n0 * self.conv_in * self.in_count
+            else:
+                col = self.st.buf("col", (n1 - n0) * Kc * P)
+            for g in range(G):
+                cublas.gemm_strided_batched(
+                    True, False, cgk, P, og, 1.0,
+                    w + 4 * g * og * cgk, 0,
+                    dy + 4 * (n0 * self.conv_out * P + g * og * P), self.conv_out * P, 0.0,
+                    col + 4 * g * cgk * P, Kc * P, n1 - n0)
+            if not one_by_one:
+                n = (n1 - n0) * self.conv_in * self.in_count
+                elementwise("conv", "col2im_3d", "i" + "i" * 19 + "PP", n, I32(self.conv_in),
+                            *(I32(v) for v in self.geometry), col,
+                            dx + 4 * n0 * self.conv_in * self.in_count)
+
+    def backward_weight(self, x, dy, dw):
+        G, P, Kc = self.group, self.out_count, self.conv_in * self.K
+        og, cgk = self.conv_out // G, Kc // G
+        O = self.conv_out
+        for n0, n1 in self._chunks():
+            nc = n1 - n0
+            colt = self.st.buf("col", nc * Kc * P)
+            self._im2col(x, n0, n1, colt, P, nc * P)          # (Kc, nc, P)
+            dyt = self.st.buf("dy_t", nc * O * P)             # (O, nc, P)
+            ops.copy_nd((nc, O, P), dy + 4 * n0 * O * P, (O * P, P, 1), dyt, (P, nc * P, 1))
+            cublas.gemm_strided_batched(
+                False, True, og, cgk, nc * P, 1.0,
+                dyt, og * nc * P, colt, cgk * nc * P, 1.0, dw, og * cgk, G)
+
+
+class DepthwiseGpu:
+    def __init__(self, layer, st):
+        self.geom = layer.geom
+        self.channels = layer.conv_in
+        self.multiplier = layer.conv_out // layer.conv_in
+
+    def reshape(self, num, in_spatial, out_spatial):
+        g = self.geom
+        self.num = num
+        self.args = (I32(self.channels), I32(self.multiplier),
+                     *(I32(v) for v in _pad3(in_spatial, 1)[1:] + _pad3(out_spatial, 1)[1:]
+                       + _pad3(g.kernel, 1)[1:] + _pad3(g.stride, 1)[1:] + _pad3(g.pad, 0)[1:]
+                       + _pad3(g.dilation, 1)[1:]))
+        self.in_count = int(np.prod(in_spatial, dtype=np.int64))
+        self.out_count = int(np.prod(out_spatial, dtype=np.int64))
+
+    def forward(self, x, w, b, y):
+        n = self.num * self.channels * self.multiplier * self.out_count
+        elementwise("depthwise", "dw_forward", "i" + "i" * 14 + "PPPP", n, *self.args,
+                    x, w, b, y)
+
+    def backward_data(self, dy, w, dx):
+        n = self.num * self.channels * self.in_count
+        elementwise("depthwise", "dw_backward_data", "i" + "i" * 14 + "PPP", n, *self.args,
+                    dy, w, dx)
+
+    def backward_weight(self, x, dy, dw):
+        fn = kernel("depthwise", "dw_backward_filter", "i" + "i" * 14 + "PPP")
+        launch(fn, (self.geom.kernel_count, self.channels * self.multiplier, 1),
+               (THREADS, 1, 1), I32(self.num), *self.args, x, dy, dw)
+
+
+def add_bias(num, channels, spatial, bias, y):
+    elementwise("conv", "add_bias", "iiiPP", num * channels * spatial, I32(channels),
+                I32(spatial), bias, y)
+
+
+def _engine(layer):
+    """The layer's GPU engine, rebuilt when its shapes changed since the last call."""
+    st = state(layer)
+    in_sp = tuple(layer.bottom_shape[2:])
+    out_sp = tuple(layer.top_shape[2:])
+    if layer.reverse_dimensions:
+        in_sp, out_sp = out_sp, in_sp
+    key = (layer.num, in_sp, out_sp)
+    eng = getattr(st, "engine", None)
+    if eng is None:
+        # backward_filter's grid has one row of blocks per output channel (at most 65535)
+        depthwise = (layer.group == layer.conv_in and layer.num_spatial_axes <= 2
+                     and layer.conv_out <= 65535)
+        eng = st.engine = (DepthwiseGpu if depthwise else GemmGpu)(layer, st)
+        st.engine_key = None
+    if st.engine_key != key:
+        eng.reshape(*key)
+        st.engine_key = key
+    return eng
+
+
+MAX_SPATIAL_AXES = 3  # the kernels' geometry; more spatial axes run the CPU code
+
+
+@gpu_impl("Convolution", "Deconvolution", "DepthwiseConvolution", "ConvolutionDepthwise")
+class Convolution:
+    @staticmethod
+    def forward(layer, bottom, top):
+        if layer.num_spatial_axes > MAX_SPATIAL_AXES:
+            layer.forward_cpu(bottom, top)
+            return
+        eng = _engine(layer)
+        w = data(layer.blobs[0])
+        b = data(layer.blobs[1]) if layer.bias_term else 0
+        spatial = int(np.prod(layer.top_shape[2:], dtype=np.int64))
+        for bb, t in zip(bottom, top):
+            x, y = data(bb), mdata(t)
+            if layer.empty:
+                n = t.count
+                if b:
+                    elementwise("conv", "set_bias", "iiiPP", n, I32(layer.num_output),
+                                I32(spatial), b, y)
+                else:
+                    ops.fill(n, 0.0, y)
+            elif layer.reverse_dimensions:
+                eng.backward_data(x, w, y)
+                if b:
+                    add_bias(layer.num, layer.num_output, spatial, b, y)
+            else:
+                eng.forward(x, w, b, y)
+
+    @staticmethod
+    def backward(layer, top, propagate_down, bottom):
+        if layer.num_spatial_axes > MAX_SPATIAL_AXES:
+            layer.backward_cpu(top, propagate_down, bottom)
+            return
+        eng = _engine(layer)
+        w = data(layer.blobs[0])
+        spatial = int(np.prod(layer.top_shape[2:], dtype=np.int64))
+        for i, (t, bb) in enumerate(zip(top, bottom)):
+            dy = diff(t)
+            if layer.bias_term and layer.param_propagate_down[1]:
+                ops.channel_sum(layer.num, layer.num_output, spatial, dy,
+                                mdiff(layer.blobs[1]), beta=1.0)
+            if layer.empty:
+                if propagate_down[i]:
+                    ops.fill(bb.count, 0.0, mdiff(bb))
+                continue
+            if layer.param_propagate_down[0]:
+                x, dw = data(bb), mdiff(layer.blobs[0])
+                if layer.reverse_dimensions:
+                    eng.backward_weight(dy, x, dw)
+                else:
+                    eng.backward_weight(x, dy, dw)
+            if propagate_down[i]:
+                dx = mdiff(bb)
+                if layer.reverse_dimensions:
+                    eng.forward(dy, w, 0, dx)
+                else:
+                    eng.backward_data(dy, w, dx)

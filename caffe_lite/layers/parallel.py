@@ -1,0 +1,244 @@
+"""The CPU threading policy of the layers: one pool of CAFFE_LITE_NUM_THREADS workers (default:
+the usable CPUs) runs everything that is split, elementwise kernels and matrix products alike.
+
+Matrix products are split into one piece per worker, each piece a single-threaded BLAS call
+(BLAS is held at one thread while caffe-lite runs a product and set back afterwards, through
+threadpoolctl; CAFFE_LITE_NUM_THREADS=1 therefore means one thread in all).  BLAS's own
+threads are not used because they busy-wait for each other: on a machine where another
+process holds a core for a moment, a 2-thread OpenBLAS product ran 5-30x slower than the same
+product split here (see docs/performance.md); split this way, work simply waits for a core.
+Without threadpoolctl, products run unsplit on BLAS's threads.
+
+Nothing here spins: idle workers block on a lock."""
+import os
+import threading
+
+import numpy as np
+
+# Handing work to the pool and waiting for it costs 20-50 us (more on a virtual machine whose
+# idle CPU has to wake up), so work is only split when each piece is worth several times that:
+# elementwise work of at least this many elements per thread,
+MIN_PARALLEL_ELEMENTS = 1 << 17
+# matrix products of at least this many multiply-adds,
+MIN_PARALLEL_MACS = 1 << 22
+# and compiled kernels (run_blocks with block_elements=None) on at least this many elements.
+MIN_PARALLEL_KERNEL_ELEMENTS = 1 << 16
+
+
+def num_threads():
+    """Threads used by the layers: CAFFE_LITE_NUM_THREADS, else the usable CPUs."""
+    env = os.environ.get("CAFFE_LITE_NUM_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class _Worker:
+    """A thread that runs one task at a time: the caller releases `start`, the worker runs the
+    task and releases `done`.  Two plain locks cost about half of what a ThreadPoolExecutor
+    round trip (queue, condition variable, future) costs, which matters at a few hundred
+    parallel sections per training step."""
+
+    def __init__(self, index):
+        self.start = threading.Lock()
+        self.start.acquire()
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.task = None
+        self.error = None
+        threading.Thread(target=self._loop, name=f"caffe-lite-{index}", daemon=True).start()
+
+    def _loop(self):
+        while True:
+            self.start.acquire()
+            try:
+                self.task()
+            except BaseException as exc:  # noqa: BLE001  (re-raised in the caller)
+                self.error = exc
+            self.task = None
+            self.done.release()
+
+    def submit(self, task):
+        self.error = None
+        self.task = task
+        self.start.release()
+
+    def wait(self):
+        self.done.acquire()
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+
+_workers = []
+_workers_pid = None
+_busy = threading.Lock()  # one parallel section at a time; a nested or concurrent one runs
+                          # its tasks on its own thread
+
+
+def _get_workers(n):
+    global _workers, _workers_pid
+    if _workers_pid != os.getpid():  # a forked child has no threads: start its own
+        _workers, _workers_pid = [], os.getpid()
+    while len(_workers) < n:
+        _workers.append(_Worker(len(_workers) + 1))
+    return _workers[:n]
+
+
+def run_tasks(tasks):
+    """Run the callables in `tasks`, the first on this thread, the rest on the pool's
+    workers (one each)."""
+    if len(tasks) == 1 or not _busy.acquire(blocking=False):
+        for t in tasks:
+            t()
+        return
+    try:
+        workers = _get_workers(len(tasks) - 1)
+        for w, t in zip(workers, tasks[1:]):
+            w.submit(t)
+        error = None
+        try:
+            tasks[0]()
+        except BaseException as exc:  # noqa: BLE001
+            error = exc
+        for w in workers:
+            try:
+                w.wait()
+            except BaseException as exc:  # noqa: BLE001
+                error = error or exc
+        if error is not None:
+            raise error
+    finally:
+        _busy.release()
+
+
+def run_blocks(rows, row_elements, fn, block_elements=1 << 17):
+    """Call fn(start, stop, slot) over consecutive row blocks covering range(rows).
+
+    Blocks are dealt round-robin to `num_threads()` workers (the caller is worker 0); `slot`
+    is the worker's index, for per-worker scratch buffers.  Blocks must touch disjoint rows.
+    block_elements=None: one block per worker (for compiled kernels, which need no blocking
+    for the cache and cost a few microseconds per call)."""
+    if rows <= 0:
+        return
+    threads = num_threads()
+    if block_elements is None:
+        if rows * row_elements < MIN_PARALLEL_KERNEL_ELEMENTS:
+            threads = 1
+        per_block = -(-rows // threads)
+    else:
+        per_block = max(1, min(-(-rows // threads), block_elements // max(1, row_elements)))
+    blocks = [(r, min(r + per_block, rows)) for r in range(0, rows, per_block)]
+    threads = min(threads, len(blocks))
+    if threads == 1:
+        for a, b in blocks:
+            fn(a, b, 0)
+        return
+
+    def work(slot):
+        for a, b in blocks[slot::threads]:
+            fn(a, b, slot)
+    run_tasks([lambda s=s: work(s) for s in range(threads)])
+
+
+def run_flat(count, fn):
+    """fn(start, stop) over a split of range(count) into one contiguous piece per thread (one
+    piece when count is small)."""
+    threads = min(num_threads(), max(1, count // MIN_PARALLEL_ELEMENTS))
+    if threads <= 1:
+        if count > 0:
+            fn(0, count)
+        return
+    step = -(-count // threads)
+    run_tasks([lambda a=a: fn(a, min(a + step, count)) for a in range(0, count, step)])
+
+
+# --- BLAS ----------------------------------------------------------------------------------
+
+_blas = None
+
+
+def _blas_libraries():
+    """threadpoolctl's controllers of the BLAS libraries numpy uses ([] without it)."""
+    global _blas
+    if _blas is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _blas = list(ThreadpoolController().select(user_api="blas").lib_controllers)
+        except Exception:  # noqa: BLE001  (threadpoolctl absent or unable to inspect)
+            _blas = []
+    return _blas
+
+
+class single_threaded_blas:
+    """Context: BLAS runs on one thread inside, as before outside."""
+
+    def __enter__(self):
+        self.saved = []
+        for lib in _blas_libraries():
+            n = lib.get_num_threads()
+            if n != 1:
+                lib.set_num_threads(1)
+                self.saved.append((lib, n))
+        return self
+
+    def __exit__(self, *exc):
+        for lib, n in self.saved:
+            lib.set_num_threads(n)
+
+
+def _split_axis(a, b, out, threads):
+    """The axis of `out` to split (-2 rows, -1 columns, 0 batch) and its length.
+
+    Each piece reads its share of the operand the split cuts and all of the other one, so
+    cut the larger operand: with a small weight matrix and many images (the early 1x1
+    convolutions of a MobileNet), split the images or the columns, not the weights' rows."""
+    m, n = out.shape[-2], out.shape[-1]
+    batched = out.ndim > 2 and out.shape[0] >= threads and (
+        b.ndim == out.ndim and b.shape[0] == out.shape[0])
+    if a.size >= b.size:
+        if m >= 8 * threads:
+            return -2, m
+        if batched:
+            return 0, out.shape[0]
+        return (-1, n) if n >= m else (-2, m)
+    if batched:
+        return 0, out.shape[0]
+    if n >= 8 * threads:
+        return -1, n
+    return (-2, m) if m >= n else (-1, n)
+
+
+def matmul(a, b, out):
+    """np.matmul(a, b, out=out), split over the pool along the rows, columns or leading
+    (batch) axis of `out` (see _split_axis); one single-threaded BLAS call per piece."""
+    threads = num_threads()
+    k = a.shape[-1]
+    macs = out.size * k
+    if threads == 1 or macs < MIN_PARALLEL_MACS or not _blas_libraries():
+        with single_threaded_blas():
+            np.matmul(a, b, out=out)
+        return out
+    axis, size = _split_axis(a, b, out, threads)
+    step = -(-size // threads)
+    if axis == -2 and size > step:
+        step = -(-step // 8) * 8  # row blocks in multiples of 8 (BLAS kernels' granularity)
+
+    def piece(lo, hi):
+        sl = slice(lo, hi)
+        if axis == -2:
+            aa = a[..., sl, :] if a.ndim >= 2 else a
+            np.matmul(aa, b, out=out[..., sl, :])
+        elif axis == -1:
+            np.matmul(a, b[..., sl], out=out[..., sl])
+        else:
+            aa = a[sl] if a.ndim == out.ndim and a.shape[0] == out.shape[0] else a
+            bb = b[sl] if b.ndim == out.ndim and b.shape[0] == out.shape[0] else b
+            np.matmul(aa, bb, out=out[sl])
+    with single_threaded_blas():
+        run_tasks([lambda lo=lo: piece(lo, min(lo + step, size))
+                   for lo in range(0, size, step)])
+    return out

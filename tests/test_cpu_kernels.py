@@ -1,0 +1,394 @@
+"""The CPU speed paths compute what the plain numpy paths compute.
+
+The compiled kernels (numba, optional) are checked against the numpy code over many
+geometries; the pool-split matrix product against np.matmul.  The numpy paths themselves are
+checked against hand-computed values and gradients in the test_layers_*.py files."""
+import itertools
+
+import numpy as np
+import pytest
+
+from caffe_lite.layers import jit, parallel
+from caffe_lite.layers.depthwise import DepthwiseEngine
+from caffe_lite.layers.im2col import ConvGeometry, GemmEngine
+from caffe_lite.testing import blob, layer_from_text
+from caffe_lite.proto import caffe_pb2
+
+needs_jit = pytest.mark.skipif(jit.kernels() is None, reason="numba not installed")
+
+
+@pytest.fixture
+def no_jit(monkeypatch):
+    """Within the test: layers built or run see no compiled kernels."""
+    def off():
+        monkeypatch.setenv("CAFFE_LITE_JIT", "0")
+
+    def on():
+        monkeypatch.delenv("CAFFE_LITE_JIT", raising=False)
+    return off, on
+
+
+GEOMETRIES = [g for g in itertools.product(
+    [(3, 3), (1, 1), (5, 3), (2, 4)], [(1, 1), (2, 2), (3, 1)],
+    [(0, 0), (1, 1), (2, 0), (4, 3)], [(1, 1), (2, 1)], [(7, 7), (5, 9), (2, 3)])
+    if min(ConvGeometry(*g[:4]).conv_output(g[4])) > 0]
+
+
+def _engines(make, toggle, shape_args):
+    off, on = toggle
+    on()
+    fast = make()
+    fast.reshape(*shape_args)
+    off()
+    slow = make()
+    slow.reshape(*shape_args)
+    on()
+    return fast, slow
+
+
+@needs_jit
+@pytest.mark.parametrize("multiplier", [1, 3])
+def test_depthwise_kernel_matches_numpy(no_jit, multiplier):
+    rng = np.random.default_rng(0)
+    n, c, m = 2, 3, multiplier
+    for kernel, stride, pad, dil, size in GEOMETRIES[::3]:
+        g = ConvGeometry(kernel, stride, pad, dil)
+        out = g.conv_output(size)
+        fast, slow = _engines(lambda: DepthwiseEngine(g, c, m), no_jit, (n, size, out))
+        assert fast.jit is not None and slow.jit is None
+        x = rng.standard_normal((n, c) + size, dtype=np.float32)
+        w = rng.standard_normal((c * m, 1) + kernel, dtype=np.float32)
+        b = rng.standard_normal(c * m, dtype=np.float32)
+        dy = rng.standard_normal((n, c * m) + out, dtype=np.float32)
+        results = []
+        for e in (fast, slow):
+            y = np.full((n, c * m) + out, np.nan, np.float32)
+            e.forward(x, w, b, y)
+            dx = np.full_like(x, np.nan)
+            dw = np.ones_like(w)
+            e.backward(x, dy, w, dx, dw)
+            dx2 = np.full_like(x, np.nan)
+            e.backward_data(dy, w, dx2)
+            dw2 = np.zeros_like(w)
+            e.backward_weight(x, dy, dw2)
+            results.append((y, dx, dw, dx2, dw2))
+        for a, r in zip(*results):
+            np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-4,
+                                       err_msg=f"{kernel} {stride} {pad} {dil} {size}")
+
+
+@needs_jit
+@pytest.mark.parametrize("group", [1, 2])
+def test_im2col_kernels_match_numpy(no_jit, group):
+    rng = np.random.default_rng(1)
+    n, c, o = 3, 4, 6
+    for kernel, stride, pad, dil, size in GEOMETRIES[1::3]:
+        g = ConvGeometry(kernel, stride, pad, dil)
+        out = g.conv_output(size)
+        fast, slow = _engines(lambda: GemmEngine(g, c, o, group), no_jit, (n, size, out))
+        assert (fast.jit is not None) == (not g.is_1x1) and slow.jit is None
+        x = rng.standard_normal((n, c) + size, dtype=np.float32)
+        w = rng.standard_normal((o, c // group) + kernel, dtype=np.float32)
+        dy = rng.standard_normal((n, o) + out, dtype=np.float32)
+        results = []
+        for e in (fast, slow):
+            y = np.full((n, o) + out, np.nan, np.float32)
+            e.forward(x, w, None, y)
+            dx = np.full_like(x, np.nan)
+            e.backward_data(dy, w, dx)
+            dw = np.ones_like(w)
+            e.backward_weight(x, dy, dw)
+            results.append((y, dx, dw))
+        for a, r in zip(*results):
+            np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-4)
+
+
+def _run_layer(text, x, dy, phase=caffe_pb2.TRAIN, in_place=False, top_count=1):
+    layer = layer_from_text(text, phase)
+    bottom = [blob(x)]
+    top = [bottom[0]] if in_place else [blob(np.zeros(1, np.float32))
+                                        for _ in range(top_count)]
+    layer.setup(bottom, top)
+    layer.forward(bottom, top)
+    y = [t.data.copy() for t in top]
+    top[0].diff[...] = dy
+    layer.backward(top, [True], bottom)
+    return layer, y, bottom[0].diff.copy()
+
+
+def _both(no_jit, fn):
+    off, on = no_jit
+    on()
+    fast = fn()
+    off()
+    slow = fn()
+    on()
+    return fast, slow
+
+
+@needs_jit
+@pytest.mark.parametrize("pool,params", [
+    ("MAX", "kernel_size: 3 stride: 2"), ("MAX", "kernel_size: 2 stride: 2"),
+    ("MAX", "kernel_size: 3 stride: 2 pad: 1"), ("MAX", "kernel_h: 3 kernel_w: 2 stride_h: 1 "
+                                                  "stride_w: 3 pad_h: 1 pad_w: 1"),
+    ("AVE", "kernel_size: 3 stride: 2"), ("AVE", "kernel_size: 3 stride: 1 pad: 1"),
+    ("AVE", "kernel_size: 4 stride: 3 pad: 2")])
+@pytest.mark.parametrize("size", [(9, 8), (30, 37)])  # window by window; flat form
+def test_pooling_kernels_match_numpy(no_jit, pool, params, size):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 3) + size, dtype=np.float32)
+    x[0, 0, :3, :3] = 1.5  # ties: the first maximum wins
+    x[1, 1, 4:6, :] = -np.inf  # windows with nothing better than -FLT_MAX
+    text = f'type: "Pooling" pooling_param {{ pool: {pool} {params} }}'
+    top_count = 2 if pool == "MAX" else 1
+
+    def run():
+        layer = layer_from_text(text)
+        bottom = [blob(x)]
+        top = [blob(np.zeros(1, np.float32)) for _ in range(top_count)]
+        layer.setup(bottom, top)
+        layer.forward(bottom, top)
+        top[0].diff[...] = np.arange(top[0].count, dtype=np.float32).reshape(top[0].shape)
+        layer.backward(top, [True], bottom)
+        return [t.data.copy() for t in top] + [bottom[0].diff.copy()]
+    fast, slow = _both(no_jit, run)
+    for a, r in zip(fast, slow):
+        np.testing.assert_allclose(a, r, rtol=1e-6, atol=1e-6)
+
+
+@needs_jit
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("global_stats", [False, True])
+def test_batchnorm_and_scale_kernels_match_numpy(no_jit, in_place, global_stats):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 4, 5, 6), dtype=np.float32) * 3 + 1
+    dy = rng.standard_normal(x.shape, dtype=np.float32)
+    bn = f'type: "BatchNorm" batch_norm_param {{ use_global_stats: {str(global_stats).lower()} }}'
+
+    def run():
+        layer = layer_from_text(bn)
+        bottom = [blob(x)]
+        top = [bottom[0]] if in_place else [blob(np.zeros(1, np.float32))]
+        layer.setup(bottom, top)
+        layer.blobs[0].data[...] = np.arange(4)
+        layer.blobs[1].data[...] = np.arange(4) + 1
+        layer.blobs[2].data[...] = 2
+        layer.forward(bottom, top)
+        y = top[0].data.copy()
+        top[0].diff[...] = dy
+        layer.backward(top, [True], bottom)
+        return [y, bottom[0].diff.copy()] + [b.data.copy() for b in layer.blobs]
+    fast, slow = _both(no_jit, run)
+    for a, r in zip(fast, slow):
+        np.testing.assert_allclose(a, r, rtol=2e-5, atol=2e-5)
+
+    def run_scale(bias, axis_params):
+        layer = layer_from_text(f'type: "Scale" scale_param {{ bias_term: {bias} {axis_params} '
+                                f'filler {{ type: "uniform" }} '
+                                f'bias_filler {{ type: "uniform" }} }}')
+        bottom = [blob(x)]
+        top = [bottom[0]] if in_place else [blob(np.zeros(1, np.float32))]
+        layer.setup(bottom, top)
+        for b in layer.blobs:
+            b.data[...] = np.linspace(-1, 2, b.count).reshape(b.shape)
+        for b in layer.blobs:
+            b.diff[...] = 1  # parameter gradients accumulate
+        layer.forward(bottom, top)
+        y = top[0].data.copy()
+        top[0].diff[...] = dy
+        layer.backward(top, [True], bottom)
+        return [y, bottom[0].diff.copy()] + [b.diff.copy() for b in layer.blobs]
+    for bias, axis in [("true", ""), ("false", ""), ("true", "axis: 2 num_axes: 2"),
+                       ("false", "axis: 0 num_axes: 0")]:
+        fast, slow = _both(no_jit, lambda: run_scale(bias, axis))
+        for a, r in zip(fast, slow):
+            np.testing.assert_allclose(a, r, rtol=2e-5, atol=2e-5)
+
+
+@needs_jit
+@pytest.mark.parametrize("in_place", [False, True])
+def test_relu_kernel_matches_numpy(no_jit, in_place):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((4, 70000), dtype=np.float32)  # above the threaded size
+    x[0, :5] = [0, -0.0, np.nan, np.inf, -np.inf]
+    dy = rng.standard_normal(x.shape, dtype=np.float32)
+    dy[1, :3] = [np.nan, np.inf, -1]
+    fast, slow = _both(no_jit, lambda: _run_layer('type: "ReLU"', x, dy, in_place=in_place))
+    np.testing.assert_array_equal(fast[1][0], slow[1][0])
+    np.testing.assert_array_equal(fast[2], slow[2])
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_parallel_matmul_matches_numpy(monkeypatch, threads):
+    monkeypatch.setenv("CAFFE_LITE_NUM_THREADS", str(threads))
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_MACS", 0)
+    rng = np.random.default_rng(5)
+    shapes = [((37, 19), (19, 23)), ((5, 19), (19, 300)), ((3, 1, 40, 7), (3, 2, 7, 9)),
+              ((2, 6, 7), (5, 2, 7, 11)), ((64, 8), (8, 4)), ((1, 3), (3, 1))]
+    for sa, sb in shapes:
+        a = rng.standard_normal(sa, dtype=np.float32)
+        b = rng.standard_normal(sb, dtype=np.float32)
+        expect = np.matmul(a, b)
+        out = np.full(expect.shape, np.nan, np.float32)
+        parallel.matmul(a, b, out)
+        np.testing.assert_allclose(out, expect, rtol=1e-5, atol=1e-5)
+        # transposed views and strided outputs, as the engines pass them
+        out2 = np.full(expect.shape[:-2] + (expect.shape[-1], expect.shape[-2]), np.nan,
+                       np.float32)
+        parallel.matmul(b.swapaxes(-1, -2), a.swapaxes(-1, -2), out2)
+        np.testing.assert_allclose(out2.swapaxes(-1, -2), expect, rtol=1e-5, atol=1e-5)
+
+
+def test_run_flat_and_run_blocks_cover_everything_once(monkeypatch):
+    monkeypatch.setenv("CAFFE_LITE_NUM_THREADS", "3")
+    hits = np.zeros(100003, np.int64)
+    parallel.run_flat(hits.size, lambda a, b: np.add(hits[a:b], 1, out=hits[a:b]))
+    assert (hits == 1).all()
+    rows = np.zeros(1001, np.int64)
+    parallel.run_blocks(rows.size, 10, lambda a, b, slot: np.add(rows[a:b], 1, out=rows[a:b]))
+    parallel.run_blocks(rows.size, 10, lambda a, b, slot: np.add(rows[a:b], 1, out=rows[a:b]),
+                        block_elements=None)
+    assert (rows == 2).all()
+
+
+def test_single_threaded_blas_restores_the_setting():
+    libs = parallel._blas_libraries()
+    before = [lib.get_num_threads() for lib in libs]
+    with parallel.single_threaded_blas():
+        assert all(lib.get_num_threads() == 1 for lib in libs)
+    assert [lib.get_num_threads() for lib in libs] == before
+
+
+def test_jit_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv("CAFFE_LITE_JIT", "0")
+    assert jit.kernels() is None
+    assert jit.warm_up() is False
+
+
+FUSION_NET = """
+name: "fuse" force_backward: {force}
+layer {{ name: "data" type: "Input" top: "data"
+  input_param {{ shape {{ dim: 3 dim: 2 dim: 5 dim: 4 }} }} }}
+layer {{ name: "target" type: "Input" top: "target" input_param {{ shape {{ dim: 3 dim: 3 }} }} }}
+layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv" {frozen} {frozen}
+  convolution_param {{ num_output: 4 kernel_size: 3 pad: 1
+                       weight_filler {{ type: "gaussian" std: 0.5 }} }} }}
+layer {{ name: "bn" type: "BatchNorm" bottom: "conv" top: "{bn_top}" {bn_param} }}
+layer {{ name: "scale" type: "Scale" bottom: "{bn_top}" top: "{bn_top}" {frozen} {frozen}
+  scale_param {{ bias_term: {bias} filler {{ type: "uniform" min: 0.5 max: 1.5 }}
+                 bias_filler {{ type: "uniform" min: -1 max: 1 }} }} }}
+{relu}
+layer {{ name: "ip" type: "InnerProduct" bottom: "{bn_top}" top: "ip"
+  inner_product_param {{ num_output: 3 weight_filler {{ type: "gaussian" std: 0.3 }} }} }}
+layer {{ name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "target" top: "loss" }}
+"""
+
+
+def _fusion_net(bn_top, bias, relu, global_stats):
+    import caffe_lite as caffe
+    # With global statistics the group runs forward only: nothing below the loss's input
+    # layer learns, so the chain needs no backward.
+    text = FUSION_NET.format(
+        bn_top=bn_top, bias=bias, force="false" if global_stats else "true",
+        frozen="param { lr_mult: 0 }" if global_stats else "",
+        bn_param="batch_norm_param { use_global_stats: true }" if global_stats else "",
+        relu=f'layer {{ name: "relu" type: "ReLU" bottom: "{bn_top}" top: "{bn_top}" }}'
+        if relu else "")
+    caffe.set_random_seed(7)
+    return caffe.Net(text, caffe.TRAIN)
+
+
+@needs_jit
+@pytest.mark.parametrize("bn_top,bias,relu,global_stats", [
+    ("conv", "true", True, False), ("bn", "true", True, False), ("conv", "false", True, False),
+    ("bn", "true", False, False), ("conv", "true", True, True)])
+def test_batchnorm_scale_relu_group_matches_layer_by_layer(monkeypatch, bn_top, bias, relu,
+                                                           global_stats):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((3, 2, 5, 4), dtype=np.float32)
+    target = rng.standard_normal((3, 3), dtype=np.float32)
+
+    def run(fuse):
+        monkeypatch.setenv("CAFFE_LITE_FUSE", "1" if fuse else "0")
+        net = _fusion_net(bn_top, bias, relu, global_stats)
+        if global_stats:
+            bn = net.layer_dict["bn"]
+            bn.blobs[0].data[...] = [0.5, -1, 2, 0]
+            bn.blobs[1].data[...] = [1, 2, 3, 4]
+            bn.blobs[2].data[...] = 2
+        assert bool(net._groups()[0]) == fuse
+        net.blobs["data"].data[...] = x
+        net.blobs["target"].data[...] = target
+        out = []
+        for _ in range(2):  # twice: running stats and parameter gradients accumulate
+            out.append(net.forward_backward())
+        out += [b.data.copy() for b in net._blobs] + [b.diff.copy() for b in net._blobs]
+        out += [p.data.copy() for p in net._params] + [p.diff.copy() for p in net._params]
+        if not global_stats:
+            # a backward that starts inside the group runs its layers one by one
+            net.backward(start="scale")
+            out += [net.blobs["data"].diff.copy(), net.params["scale"][0].diff.copy()]
+        return out
+    fused, plain = run(True), run(False)
+    assert len(fused) == len(plain)
+    for a, b in zip(fused, plain):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_pool_runs_every_task_and_reraises(monkeypatch):
+    monkeypatch.setenv("CAFFE_LITE_NUM_THREADS", "3")
+    done = []
+    parallel.run_tasks([lambda i=i: done.append(i) for i in range(3)])
+    assert sorted(done) == [0, 1, 2]
+
+    def boom():
+        raise ValueError("task failed")
+    with pytest.raises(ValueError, match="task failed"):
+        parallel.run_tasks([lambda: None, boom, lambda: None])
+    # the pool is usable afterwards, and a parallel section inside a task runs in place
+    inner = []
+    parallel.run_tasks([lambda: parallel.run_tasks([lambda: inner.append(1)] * 2),
+                        lambda: inner.append(2)])
+    assert sorted(inner) == [1, 1, 2]
+
+
+@needs_jit
+@pytest.mark.parametrize("reg", ["L2", "L1"])
+def test_fused_sgd_update_is_bit_identical(monkeypatch, reg):
+    import caffe_lite as caffe
+    from caffe_lite.io.prototxt import parse_text
+
+    net_text = """
+    name: "sgd" force_backward: true
+    layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 4 dim: 6 } } }
+    layer { name: "t" type: "Input" top: "t" input_param { shape { dim: 4 dim: 3 } } }
+    layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" param { lr_mult: 1 }
+            param { lr_mult: 2 decay_mult: 0 }
+            inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.5 }
+                                  bias_filler { type: "constant" value: 0.1 } } }
+    layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "t" top: "loss" }
+    """
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((4, 6), dtype=np.float32)
+    t = rng.standard_normal((4, 3), dtype=np.float32)
+
+    def run(jit_on):
+        monkeypatch.setenv("CAFFE_LITE_JIT", "1" if jit_on else "0")
+        sp = caffe_pb2.SolverParameter(base_lr=0.1, momentum=0.9, weight_decay=0.01,
+                                       lr_policy="fixed", regularization_type=reg,
+                                       max_iter=100, random_seed=3)
+        sp.net_param.CopyFrom(parse_text(net_text, caffe_pb2.NetParameter()))
+        solver = caffe.SGDSolver(sp)
+        w = solver.net.params["ip"][0]
+        w.mask = np.arange(18).reshape(3, 6) % 4 != 0
+        w.data[...] *= w.mask
+        assert solver.fused_update_available() == jit_on
+        solver.net.blobs["data"].data[...] = x
+        solver.net.blobs["t"].data[...] = t
+        solver.step(4)
+        return [p.data.copy() for p in solver.net.learnable_params] + \
+            [h.copy() for h in solver.history]
+    fused, plain = run(True), run(False)
+    for a, b in zip(fused, plain):
+        np.testing.assert_array_equal(a, b)
+    assert (fused[0][np.arange(18).reshape(3, 6) % 4 == 0] == 0).all()  # pruned stay 0

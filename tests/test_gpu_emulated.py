@@ -1,0 +1,37 @@
+"""Run the GPU test suite (`-m gpu`) on a CPU emulator of the CUDA kernels, so that machines
+without a GPU (development and CI) execute every kernel and every GPU code path.
+
+The emulator (tests/gpu_emu) compiles each .cu file with g++ against a small header that
+defines the CUDA built-ins, runs each launch over all blocks and threads (threads of kernels
+with __syncthreads as coroutines meeting at each barrier), checks prepared signatures, launch
+shapes and pointer arguments, and puts guard zones around every allocation; a fake `pycuda`
+package and a numpy stand-in for the cuBLAS calls complete it.  What it cannot show: real
+PyCUDA and cuBLAS behaviour, races between blocks running concurrently, and speed."""
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+EMU = ROOT / "tests" / "gpu_emu"
+GPU_TESTS = ["tests/test_gpu_layers.py", "tests/test_gpu_solvers.py", "tests/test_gpu_backend.py",
+             "tests/test_gpu_bench.py",
+             "tests/gpu_emu/emulator_checks.py"]
+
+
+def test_gpu_suite_on_the_cpu_emulator():
+    cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("g++")
+    if cxx is None:
+        pytest.skip("no C++ compiler (g++) to build the CPU emulator of the CUDA kernels")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(EMU), str(ROOT)] +
+                                        ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "gpu_emu_plugin",
+           "-m", "gpu", *GPU_TESTS]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    tail = (res.stdout + res.stderr)[-6000:]
+    assert res.returncode == 0, f"GPU tests failed on the emulator:\n{tail}"
+    assert " passed" in res.stdout and " skipped" not in res.stdout.splitlines()[-1], tail
