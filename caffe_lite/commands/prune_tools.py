@@ -103,7 +103,10 @@ def _write_bytes(path, data, overwrite):
 def prune_cmd(args):
     from ..io.caffemodel import write_net_binary
     from ..pruning import load_spec, make_plan, prune_net, sparsity_report
+    from ..pruning.spec import check_sparsity
     _check_outputs(args, "output")
+    if args.sparsity is not None:
+        check_sparsity(args.sparsity, "-sparsity")  # before the (slow) net build
     spec = load_spec(args.spec)
     net, _ = load_model(args)
     with net:
