@@ -80,9 +80,10 @@ def test_depthwise_kernel_matches_numpy(no_jit, multiplier):
 @needs_jit
 @pytest.mark.parametrize("multiplier", [1, 2])
 @pytest.mark.parametrize("stride,pad", [(1, 1), (2, 1), (1, 0), (2, 0)])
-@pytest.mark.parametrize("size", [(7, 7), (14, 14), (13, 13), (6, 11)])
+@pytest.mark.parametrize("size", [(7, 7), (14, 14), (13, 13), (6, 11), (11, 6), (3, 4)])
 def test_depthwise_small_planes_match_numpy(no_jit, multiplier, stride, pad, size):
-    """MobileNet's late layers: 3x3 on small planes, where pad 1 takes the margined form."""
+    """MobileNet's late layers: 3x3 on small planes, where pad 1 takes the margined form
+    (at stride 2 the half grid for even widths, the stride-1 grid for odd ones)."""
     from caffe_lite.layers._jit_kernels import _is_same3
     rng = np.random.default_rng(1)
     n, c, m = 3, 5, multiplier
@@ -109,11 +110,13 @@ def test_depthwise_small_planes_match_numpy(no_jit, multiplier, stride, pad, siz
     for a, r in zip(*results):
         assert np.isfinite(a).all() and np.abs(a).max() > 1
         np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-5)
-    # one output and one weight gradient by hand: output (1, 0) of image 0, channel 0
+    # one output and one weight gradient by hand: the last row's first output of image 0,
+    # channel 0
     xp = np.pad(x[0, 0].astype(np.float64), pad)
     y, _, dw = results[0][:3]
-    want = (xp[stride:stride + 3, 0:3] * w[0, 0]).sum() + b[0]
-    assert abs(y[0, 0, 1, 0] - want) < 1e-4
+    i = stride * (out[0] - 1)
+    want = (xp[i:i + 3, 0:3] * w[0, 0]).sum() + b[0]
+    assert abs(y[0, 0, -1, 0] - want) < 1e-4
     grad = sum((dy[i, 0, :, :, None, None] * np.lib.stride_tricks.sliding_window_view(
         np.pad(x[i, 0].astype(np.float64), pad), (3, 3))[::stride, ::stride]).sum((0, 1))
         for i in range(n))

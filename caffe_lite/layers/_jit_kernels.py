@@ -398,14 +398,88 @@ def _same3_weight_sums(buf, d, left, right, wd, gw):
     gw[5], gw[6], gw[7], gw[8] = s5, s6, s7, s8
 
 
+# Stride 2 on planes of even width: the columns split into even and odd ones (two margined
+# buffers of width hw = wd / 2), outputs on the "half grid" (every input row, every output
+# column; the odd rows are dropped) so that each tap is again one unit-stride run.  dy goes
+# onto the even rows of the half grid; dx comes out as both column phases of a half-grid row.
+
+@njit(nogil=True, cache=True, boundscheck=False)
+def _fill_phases(eb, ob, plane, hw):
+    """eb[hw + 1 + k] = plane[2 k], ob[hw + 1 + k] = plane[2 k + 1] (plane flat)."""
+    de = eb[hw + 1:]
+    do = ob[hw + 1:]
+    for k in range(plane.shape[0] // 2):
+        de[k] = plane[2 * k]
+        do[k] = plane[2 * k + 1]
+
+
+@njit(nogil=True, cache=True, boundscheck=False, fastmath=_ELEMENTWISE)
+def _half_correlate(eb, ob, wk, z, left, hw):
+    """z[k] = the stride-2 output of input row k // hw, column k % hw."""
+    w0, w1, w2, w3, w4, w5, w6, w7, w8 = (wk[0], wk[1], wk[2], wk[3], wk[4], wk[5],
+                                          wk[6], wk[7], wk[8])
+    p0, e0, q0 = ob, eb[1:], ob[1:]
+    p1, e1, q1 = ob[hw:], eb[hw + 1:], ob[hw + 1:]
+    p2, e2, q2 = ob[2 * hw:], eb[2 * hw + 1:], ob[2 * hw + 1:]
+    for k in range(z.shape[0]):
+        lv = w0 * p0[k] + w3 * p1[k] + w6 * p2[k]
+        z[k] = (lv if left[k] else _F(0)) + (w1 * e0[k] + w4 * e1[k] + w7 * e2[k]) + (
+            w2 * q0[k] + w5 * q1[k] + w8 * q2[k])
+
+
+@njit(nogil=True, cache=True, boundscheck=False, fastmath=_REDUCTION)
+def _half_weight_sums(eb, ob, d, left, hw, gw):
+    """gw[tap] = sum over the half grid of d[k] * (tap's input of output k)."""
+    p0, e0, q0 = ob, eb[1:], ob[1:]
+    p1, e1, q1 = ob[hw:], eb[hw + 1:], ob[hw + 1:]
+    p2, e2, q2 = ob[2 * hw:], eb[2 * hw + 1:], ob[2 * hw + 1:]
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = _F(0)
+    for k in range(d.shape[0]):
+        v = d[k]
+        vl = v if left[k] else _F(0)
+        s0 += vl * p0[k]
+        s1 += v * e0[k]
+        s2 += v * q0[k]
+        s3 += vl * p1[k]
+        s4 += v * e1[k]
+        s5 += v * q1[k]
+        s6 += vl * p2[k]
+        s7 += v * e2[k]
+        s8 += v * q2[k]
+    gw[0], gw[1], gw[2], gw[3], gw[4] = s0, s1, s2, s3, s4
+    gw[5], gw[6], gw[7], gw[8] = s5, s6, s7, s8
+
+
+@njit(nogil=True, cache=True, boundscheck=False, fastmath=_ELEMENTWISE)
+def _half_transpose(db, wk, dx, right, hw, accumulate):
+    """dx[2 k], dx[2 k + 1] (+)= the input gradient at half-grid position k (both column
+    phases), from dy on the half grid margined in db."""
+    w0, w1, w2, w3, w4, w5, w6, w7, w8 = (wk[0], wk[1], wk[2], wk[3], wk[4], wk[5],
+                                          wk[6], wk[7], wk[8])
+    a0, c0 = db[2 * hw + 1:], db[2 * hw + 2:]  # dy one half-grid row below, for tap row 0
+    a1, c1 = db[hw + 1:], db[hw + 2:]
+    a2, c2 = db[1:], db[2:]
+    for k in range(dx.shape[0] // 2):
+        ev = w1 * a0[k] + w4 * a1[k] + w7 * a2[k]
+        rv = w0 * c0[k] + w3 * c1[k] + w6 * c2[k]
+        od = (w2 * a0[k] + w5 * a1[k] + w8 * a2[k]) + (rv if right[k] else _F(0))
+        if accumulate:
+            dx[2 * k] += ev
+            dx[2 * k + 1] += od
+        else:
+            dx[2 * k] = ev
+            dx[2 * k + 1] = od
+
+
 @njit(nogil=True, cache=True, boundscheck=False)
 def _is_same3(g, wd):
-    """Whether the margined form applies.  At stride 2 it computes the stride-1 outputs and
-    keeps every other one (output (oh, ow) is stride-1 output (2 oh, 2 ow)): four times the
-    multiply-adds, all vectorised, against a polyphase split of short strided rows."""
+    """Whether the margined form applies.  At stride 2 an even width takes the half grid;
+    an odd one computes the stride-1 outputs and keeps every other one (output (oh, ow) is
+    stride-1 output (2 oh, 2 ow)): four times the multiply-adds, but all vectorised."""
     c_n, m_n, kh, kw, sh, sw, ph, pw, dh, dw = g
-    return (wd * sh <= _SAME3_WIDTH and kh == 3 and kw == 3 and sh == sw and sh <= 2 and ph == 1
-            and pw == 1 and dh == 1 and dw == 1)
+    full = sh == 2 and wd % 2 == 1  # computes the whole stride-1 grid
+    return ((2 * wd if full else wd) <= _SAME3_WIDTH and kh == 3 and kw == 3 and sh == sw
+            and sh <= 2 and ph == 1 and pw == 1 and dh == 1 and dw == 1)
 
 
 @njit(nogil=True, cache=True, boundscheck=False, fastmath=_ELEMENTWISE)
@@ -414,6 +488,26 @@ def depthwise_forward(x, w, bias, y, g, r0, r1):
     oh_n, ow_n = y.shape[2], y.shape[3]
     has_bias = bias.shape[0] > 0
     h, wd = x.shape[1], x.shape[2]
+    if _is_same3(g, wd) and sh == 2 and wd % 2 == 0:
+        hw = wd // 2
+        n = h * hw
+        left, right = _column_masks(h, hw)
+        eb = np.zeros(n + 2 * hw + 2, _F)
+        ob = np.zeros(n + 2 * hw + 2, _F)
+        z = np.empty(n, _F)
+        for r in range(r0, r1):
+            c = r % c_n
+            _fill_phases(eb, ob, x[r].reshape(2 * n), hw)
+            for m in range(m_n):
+                o = c * m_n + m
+                bv = bias[o] if has_bias else _F(0)
+                _half_correlate(eb, ob, w[o], z, left, hw)
+                for oh in range(oh_n):
+                    src = z[2 * oh * hw:]
+                    row = y[r, m, oh]
+                    for ow in range(ow_n):
+                        row[ow] = src[ow] + bv
+        return
     if _is_same3(g, wd):
         n = h * wd
         left, right = _column_masks(h, wd)
@@ -464,6 +558,30 @@ def depthwise_backward(x, dy, w, dx, gw, want_dx, want_dw, g, r0, r1):
     h, wd = x.shape[1], x.shape[2]
     oh_n, ow_n = dy.shape[2], dy.shape[3]
     kc = kh * kw
+    if _is_same3(g, wd) and sh == 2 and wd % 2 == 0:
+        hw = wd // 2
+        n = h * hw
+        left, right = _column_masks(h, hw)
+        eb = np.zeros(n + 2 * hw + 2, _F)
+        ob = np.zeros(n + 2 * hw + 2, _F)
+        db = np.zeros(n + 2 * hw + 2, _F)
+        dhalf = db[hw + 1:hw + 1 + n]  # dy on the even rows; the odd ones stay zero
+        for r in range(r0, r1):
+            c = r % c_n
+            if want_dw:
+                _fill_phases(eb, ob, x[r].reshape(2 * n), hw)
+            for m in range(m_n):
+                for oh in range(oh_n):
+                    src = dy[r, m, oh]
+                    row = dhalf[2 * oh * hw:]
+                    for ow in range(ow_n):
+                        row[ow] = src[ow]
+                if want_dw:
+                    _half_weight_sums(eb, ob, dhalf, left, hw, gw[r, m])
+                if want_dx:
+                    _half_transpose(db, w[c * m_n + m], dx[r].reshape(2 * n), right, hw,
+                                    m > 0)
+        return
     if _is_same3(g, wd):
         # dy goes in the margined buffer, at stride 2 onto the even positions of the full
         # grid (the odd ones stay zero): the gradients are then those of stride 1.
