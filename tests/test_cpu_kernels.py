@@ -78,6 +78,52 @@ def test_depthwise_kernel_matches_numpy(no_jit, multiplier):
 
 
 @needs_jit
+@pytest.mark.parametrize("multiplier", [1, 2])
+@pytest.mark.parametrize("stride,pad", [(1, 1), (2, 1), (1, 0), (2, 0)])
+@pytest.mark.parametrize("size", [(7, 7), (14, 14), (13, 13), (6, 11), (11, 6), (3, 4)])
+def test_depthwise_small_planes_match_numpy(no_jit, multiplier, stride, pad, size):
+    """MobileNet's late layers: 3x3 on small planes, where pad 1 takes the margined form
+    (at stride 2 the half grid for even widths, the stride-1 grid for odd ones)."""
+    from caffe_lite.layers._jit_kernels import _is_same3
+    rng = np.random.default_rng(1)
+    n, c, m = 3, 5, multiplier
+    g = ConvGeometry((3, 3), (stride, stride), (pad, pad), (1, 1))
+    out = g.conv_output(size)
+    fast, slow = _engines(lambda: DepthwiseEngine(g, c, m), no_jit, (n, size, out))
+    assert bool(_is_same3(fast.jit_geometry, size[1])) == (pad == 1)
+    x = rng.standard_normal((n, c) + size, dtype=np.float32)
+    w = rng.standard_normal((c * m, 1, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(c * m, dtype=np.float32)
+    dy = rng.standard_normal((n, c * m) + out, dtype=np.float32)
+    results = []
+    for e in (fast, slow):
+        y = np.full((n, c * m) + out, np.nan, np.float32)
+        e.forward(x, w, b, y)
+        dx = np.full_like(x, np.nan)
+        dw = np.ones_like(w)
+        e.backward(x, dy, w, dx, dw)
+        dx2 = np.full_like(x, np.nan)
+        e.backward_data(dy, w, dx2)
+        dw2 = np.zeros_like(w)
+        e.backward_weight(x, dy, dw2)
+        results.append((y, dx, dw, dx2, dw2))
+    for a, r in zip(*results):
+        assert np.isfinite(a).all() and np.abs(a).max() > 1
+        np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-5)
+    # one output and one weight gradient by hand: the last row's first output of image 0,
+    # channel 0
+    xp = np.pad(x[0, 0].astype(np.float64), pad)
+    y, _, dw = results[0][:3]
+    i = stride * (out[0] - 1)
+    want = (xp[i:i + 3, 0:3] * w[0, 0]).sum() + b[0]
+    assert abs(y[0, 0, -1, 0] - want) < 1e-4
+    grad = sum((dy[i, 0, :, :, None, None] * np.lib.stride_tricks.sliding_window_view(
+        np.pad(x[i, 0].astype(np.float64), pad), (3, 3))[::stride, ::stride]).sum((0, 1))
+        for i in range(n))
+    np.testing.assert_allclose(dw[0, 0] - 1, grad, rtol=1e-4, atol=1e-4)
+
+
+@needs_jit
 @pytest.mark.parametrize("group", [1, 2])
 def test_im2col_kernels_match_numpy(no_jit, group):
     rng = np.random.default_rng(1)

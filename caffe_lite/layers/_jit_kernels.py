@@ -95,6 +95,7 @@ def _unfill_phased(buf, plane, ph, pw):
 # --------------------------------------------------------------------------------------------
 
 _NARROW = 24  # planes narrower than this use the flat form for the weight sums
+_SAME3_WIDTH = 128  # planes up to this wide (half at stride 2) use the margined form
 
 
 @njit(nogil=True, cache=True, boundscheck=False, fastmath=_ELEMENTWISE)
@@ -318,13 +319,222 @@ def _flat_weight_sums(bflat, bases, d, n, gw):
         gw[t] = acc
 
 
+# --------------------------------------------------------------------------------------------
+# 3x3, pad 1, stride 1 or 2 (MobileNet's layers), forward and both gradients, "margined
+# form": the plane is copied whole, unpadded, into a flat buffer after wd + 1 zeros, so that
+# tap (i, j) of output k reads buffer[k + i * wd + j]: every tap is one unit-stride run over
+# the whole plane, however small, and the output is written in place, flat.  A tap
+# left of column 0 (right of column wd - 1) reads the neighbouring row's end instead of the
+# padding: a column mask drops those taps (a select, not a multiply by 0, so that an infinity
+# there cannot turn into NaN).
+# --------------------------------------------------------------------------------------------
+
+@njit(nogil=True, cache=True, boundscheck=False)
+def _column_masks(h, wd):
+    """False on the first (left) and the last (right) column of a flat h x wd plane."""
+    left = np.ones(h * wd, np.bool_)
+    right = np.ones(h * wd, np.bool_)
+    for i in range(h):
+        left[i * wd] = False
+        right[i * wd + wd - 1] = False
+    return left, right
+
+
+@njit(nogil=True, cache=True, boundscheck=False)
+def _fill_margined(buf, plane, wd):
+    """buf[wd + 1 + k] = plane[k] (plane flat); the zeros around it stay."""
+    dst = buf[wd + 1:]
+    for k in range(plane.shape[0]):
+        dst[k] = plane[k]
+
+
+@njit(nogil=True, cache=True, boundscheck=False, fastmath=_ELEMENTWISE)
+def _same3_correlate(buf, wk, out, left, right, wd, flip, accumulate):
+    """out[k] (+)= the 3x3 stride-1 pad-1 correlation of the margined plane in buf at flat
+    output k (kernel rotated by 180 degrees when `flip`)."""
+    if flip:
+        w0, w1, w2, w3, w4, w5, w6, w7, w8 = (wk[8], wk[7], wk[6], wk[5], wk[4], wk[3],
+                                              wk[2], wk[1], wk[0])
+    else:
+        w0, w1, w2, w3, w4, w5, w6, w7, w8 = (wk[0], wk[1], wk[2], wk[3], wk[4], wk[5],
+                                              wk[6], wk[7], wk[8])
+    b0, b1, b2 = buf, buf[1:], buf[2:]
+    b3, b4, b5 = buf[wd:], buf[wd + 1:], buf[wd + 2:]
+    b6, b7, b8 = buf[2 * wd:], buf[2 * wd + 1:], buf[2 * wd + 2:]
+    for k in range(out.shape[0]):
+        lv = w0 * b0[k] + w3 * b3[k] + w6 * b6[k]
+        rv = w2 * b2[k] + w5 * b5[k] + w8 * b8[k]
+        v = (lv if left[k] else _F(0)) + (w1 * b1[k] + w4 * b4[k] + w7 * b7[k]) + (
+            rv if right[k] else _F(0))
+        if accumulate:
+            out[k] += v
+        else:
+            out[k] = v
+
+
+@njit(nogil=True, cache=True, boundscheck=False, fastmath=_REDUCTION)
+def _same3_weight_sums(buf, d, left, right, wd, gw):
+    """gw[tap] = sum over outputs k of d[k] * (tap's input of output k).  (A masked tap adds
+    0 times the neighbouring row's value, which is NaN where that is infinite, as in the flat
+    form's weight sums.)"""
+    b0, b1, b2 = buf, buf[1:], buf[2:]
+    b3, b4, b5 = buf[wd:], buf[wd + 1:], buf[wd + 2:]
+    b6, b7, b8 = buf[2 * wd:], buf[2 * wd + 1:], buf[2 * wd + 2:]
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = _F(0)
+    for k in range(d.shape[0]):
+        v = d[k]
+        vl = v if left[k] else _F(0)
+        vr = v if right[k] else _F(0)
+        s0 += vl * b0[k]
+        s1 += v * b1[k]
+        s2 += vr * b2[k]
+        s3 += vl * b3[k]
+        s4 += v * b4[k]
+        s5 += vr * b5[k]
+        s6 += vl * b6[k]
+        s7 += v * b7[k]
+        s8 += vr * b8[k]
+    gw[0], gw[1], gw[2], gw[3], gw[4] = s0, s1, s2, s3, s4
+    gw[5], gw[6], gw[7], gw[8] = s5, s6, s7, s8
+
+
+# Stride 2 on planes of even width: the columns split into even and odd ones (two margined
+# buffers of width hw = wd / 2), outputs on the "half grid" (every input row, every output
+# column; the odd rows are dropped) so that each tap is again one unit-stride run.  dy goes
+# onto the even rows of the half grid; dx comes out as both column phases of a half-grid row.
+
+@njit(nogil=True, cache=True, boundscheck=False)
+def _fill_phases(eb, ob, plane, hw):
+    """eb[hw + 1 + k] = plane[2 k], ob[hw + 1 + k] = plane[2 k + 1] (plane flat)."""
+    de = eb[hw + 1:]
+    do = ob[hw + 1:]
+    for k in range(plane.shape[0] // 2):
+        de[k] = plane[2 * k]
+        do[k] = plane[2 * k + 1]
+
+
+@njit(nogil=True, cache=True, boundscheck=False, fastmath=_ELEMENTWISE)
+def _half_correlate(eb, ob, wk, z, left, hw):
+    """z[k] = the stride-2 output of input row k // hw, column k % hw."""
+    w0, w1, w2, w3, w4, w5, w6, w7, w8 = (wk[0], wk[1], wk[2], wk[3], wk[4], wk[5],
+                                          wk[6], wk[7], wk[8])
+    p0, e0, q0 = ob, eb[1:], ob[1:]
+    p1, e1, q1 = ob[hw:], eb[hw + 1:], ob[hw + 1:]
+    p2, e2, q2 = ob[2 * hw:], eb[2 * hw + 1:], ob[2 * hw + 1:]
+    for k in range(z.shape[0]):
+        lv = w0 * p0[k] + w3 * p1[k] + w6 * p2[k]
+        z[k] = (lv if left[k] else _F(0)) + (w1 * e0[k] + w4 * e1[k] + w7 * e2[k]) + (
+            w2 * q0[k] + w5 * q1[k] + w8 * q2[k])
+
+
+@njit(nogil=True, cache=True, boundscheck=False, fastmath=_REDUCTION)
+def _half_weight_sums(eb, ob, d, left, hw, gw):
+    """gw[tap] = sum over the half grid of d[k] * (tap's input of output k)."""
+    p0, e0, q0 = ob, eb[1:], ob[1:]
+    p1, e1, q1 = ob[hw:], eb[hw + 1:], ob[hw + 1:]
+    p2, e2, q2 = ob[2 * hw:], eb[2 * hw + 1:], ob[2 * hw + 1:]
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = _F(0)
+    for k in range(d.shape[0]):
+        v = d[k]
+        vl = v if left[k] else _F(0)
+        s0 += vl * p0[k]
+        s1 += v * e0[k]
+        s2 += v * q0[k]
+        s3 += vl * p1[k]
+        s4 += v * e1[k]
+        s5 += v * q1[k]
+        s6 += vl * p2[k]
+        s7 += v * e2[k]
+        s8 += v * q2[k]
+    gw[0], gw[1], gw[2], gw[3], gw[4] = s0, s1, s2, s3, s4
+    gw[5], gw[6], gw[7], gw[8] = s5, s6, s7, s8
+
+
+@njit(nogil=True, cache=True, boundscheck=False, fastmath=_ELEMENTWISE)
+def _half_transpose(db, wk, dx, right, hw, accumulate):
+    """dx[2 k], dx[2 k + 1] (+)= the input gradient at half-grid position k (both column
+    phases), from dy on the half grid margined in db."""
+    w0, w1, w2, w3, w4, w5, w6, w7, w8 = (wk[0], wk[1], wk[2], wk[3], wk[4], wk[5],
+                                          wk[6], wk[7], wk[8])
+    a0, c0 = db[2 * hw + 1:], db[2 * hw + 2:]  # dy one half-grid row below, for tap row 0
+    a1, c1 = db[hw + 1:], db[hw + 2:]
+    a2, c2 = db[1:], db[2:]
+    for k in range(dx.shape[0] // 2):
+        ev = w1 * a0[k] + w4 * a1[k] + w7 * a2[k]
+        rv = w0 * c0[k] + w3 * c1[k] + w6 * c2[k]
+        od = (w2 * a0[k] + w5 * a1[k] + w8 * a2[k]) + (rv if right[k] else _F(0))
+        if accumulate:
+            dx[2 * k] += ev
+            dx[2 * k + 1] += od
+        else:
+            dx[2 * k] = ev
+            dx[2 * k + 1] = od
+
+
+@njit(nogil=True, cache=True, boundscheck=False)
+def _is_same3(g, wd):
+    """Whether the margined form applies.  At stride 2 an even width takes the half grid;
+    an odd one computes the stride-1 outputs and keeps every other one (output (oh, ow) is
+    stride-1 output (2 oh, 2 ow)): four times the multiply-adds, but all vectorised."""
+    c_n, m_n, kh, kw, sh, sw, ph, pw, dh, dw = g
+    full = sh == 2 and wd % 2 == 1  # computes the whole stride-1 grid
+    return ((2 * wd if full else wd) <= _SAME3_WIDTH and kh == 3 and kw == 3 and sh == sw
+            and sh <= 2 and ph == 1 and pw == 1 and dh == 1 and dw == 1)
+
+
 @njit(nogil=True, cache=True, boundscheck=False, fastmath=_ELEMENTWISE)
 def depthwise_forward(x, w, bias, y, g, r0, r1):
     c_n, m_n, kh, kw, sh, sw, ph, pw, dh, dw = g
     oh_n, ow_n = y.shape[2], y.shape[3]
+    has_bias = bias.shape[0] > 0
+    h, wd = x.shape[1], x.shape[2]
+    if _is_same3(g, wd) and sh == 2 and wd % 2 == 0:
+        hw = wd // 2
+        n = h * hw
+        left, right = _column_masks(h, hw)
+        eb = np.zeros(n + 2 * hw + 2, _F)
+        ob = np.zeros(n + 2 * hw + 2, _F)
+        z = np.empty(n, _F)
+        for r in range(r0, r1):
+            c = r % c_n
+            _fill_phases(eb, ob, x[r].reshape(2 * n), hw)
+            for m in range(m_n):
+                o = c * m_n + m
+                bv = bias[o] if has_bias else _F(0)
+                _half_correlate(eb, ob, w[o], z, left, hw)
+                for oh in range(oh_n):
+                    src = z[2 * oh * hw:]
+                    row = y[r, m, oh]
+                    for ow in range(ow_n):
+                        row[ow] = src[ow] + bv
+        return
+    if _is_same3(g, wd):
+        n = h * wd
+        left, right = _column_masks(h, wd)
+        buf = np.zeros(n + 2 * wd + 2, _F)
+        full = np.empty(n if sh > 1 else 0, _F)
+        for r in range(r0, r1):
+            c = r % c_n
+            _fill_margined(buf, x[r].reshape(n), wd)
+            for m in range(m_n):
+                o = c * m_n + m
+                bv = bias[o] if has_bias else _F(0)
+                if sh == 1:
+                    out = y[r, m].reshape(n)
+                    _same3_correlate(buf, w[o], out, left, right, wd, False, False)
+                    if has_bias:
+                        for k in range(n):
+                            out[k] += bv
+                    continue
+                _same3_correlate(buf, w[o], full, left, right, wd, False, False)
+                for oh in range(oh_n):
+                    src = full[2 * oh * wd:]
+                    row = y[r, m, oh]
+                    for ow in range(ow_n):
+                        row[ow] = src[2 * ow] + bv
+        return
     buf = np.zeros(((oh_n - 1) * sh + (kh - 1) * dh + 1, sw, ow_n + ((kw - 1) * dw) // sw),
                    _F)
-    has_bias = bias.shape[0] > 0
     for r in range(r0, r1):
         c = r % c_n
         _fill_phased(buf, x[r], ph, pw)
@@ -348,6 +558,60 @@ def depthwise_backward(x, dy, w, dx, gw, want_dx, want_dw, g, r0, r1):
     h, wd = x.shape[1], x.shape[2]
     oh_n, ow_n = dy.shape[2], dy.shape[3]
     kc = kh * kw
+    if _is_same3(g, wd) and sh == 2 and wd % 2 == 0:
+        hw = wd // 2
+        n = h * hw
+        left, right = _column_masks(h, hw)
+        eb = np.zeros(n + 2 * hw + 2, _F)
+        ob = np.zeros(n + 2 * hw + 2, _F)
+        db = np.zeros(n + 2 * hw + 2, _F)
+        dhalf = db[hw + 1:hw + 1 + n]  # dy on the even rows; the odd ones stay zero
+        for r in range(r0, r1):
+            c = r % c_n
+            if want_dw:
+                _fill_phases(eb, ob, x[r].reshape(2 * n), hw)
+            for m in range(m_n):
+                for oh in range(oh_n):
+                    src = dy[r, m, oh]
+                    row = dhalf[2 * oh * hw:]
+                    for ow in range(ow_n):
+                        row[ow] = src[ow]
+                if want_dw:
+                    _half_weight_sums(eb, ob, dhalf, left, hw, gw[r, m])
+                if want_dx:
+                    _half_transpose(db, w[c * m_n + m], dx[r].reshape(2 * n), right, hw,
+                                    m > 0)
+        return
+    if _is_same3(g, wd):
+        # dy goes in the margined buffer, at stride 2 onto the even positions of the full
+        # grid (the odd ones stay zero): the gradients are then those of stride 1.
+        n = h * wd
+        left, right = _column_masks(h, wd)
+        xbuf = np.zeros(n + 2 * wd + 2, _F)
+        dbuf = np.zeros(n + 2 * wd + 2, _F)
+        dfull = dbuf[wd + 1:wd + 1 + n]
+        for r in range(r0, r1):
+            c = r % c_n
+            if want_dw:
+                _fill_margined(xbuf, x[r].reshape(n), wd)
+            for m in range(m_n):
+                if sh == 1:
+                    d = dy[r, m].reshape(n)
+                    if want_dx:
+                        _fill_margined(dbuf, d, wd)
+                else:
+                    d = dfull
+                    for oh in range(oh_n):
+                        src = dy[r, m, oh]
+                        row = dfull[2 * oh * wd:]
+                        for ow in range(ow_n):
+                            row[2 * ow] = src[ow]
+                if want_dw:
+                    _same3_weight_sums(xbuf, d, left, right, wd, gw[r, m])
+                if want_dx:
+                    _same3_correlate(dbuf, w[c * m_n + m], dx[r].reshape(n), left, right,
+                                     wd, True, m > 0)
+        return
     # --- weight sums: x in a row buffer (wide planes) or a flat buffer (narrow ones)
     flat = ow_n < _NARROW
     hq = oh_n + ((kh - 1) * dh) // sh + 1
