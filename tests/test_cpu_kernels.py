@@ -179,7 +179,8 @@ def _both(no_jit, fn):
                                                   "stride_w: 3 pad_h: 1 pad_w: 1"),
     ("AVE", "kernel_size: 3 stride: 2"), ("AVE", "kernel_size: 3 stride: 1 pad: 1"),
     ("AVE", "kernel_size: 4 stride: 3 pad: 2")])
-@pytest.mark.parametrize("size", [(9, 8), (30, 37)])  # window by window; flat form
+# window by window; flat form; (8, 12): 2x2 windows at stride 2 tile it exactly
+@pytest.mark.parametrize("size", [(9, 8), (30, 37), (8, 12)])
 def test_pooling_kernels_match_numpy(no_jit, pool, params, size):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 3) + size, dtype=np.float32)
