@@ -46,6 +46,21 @@ def _engines(make, toggle, shape_args):
     return fast, slow
 
 
+def _depthwise_results(engine, x, w, b, dy):
+    """y, then dx and dw from backward, then each again from backward_data / backward_weight
+    (outputs start as NaN, dw at 1 to check that backward overwrites it)."""
+    y = np.full(dy.shape, np.nan, np.float32)
+    engine.forward(x, w, b, y)
+    dx = np.full_like(x, np.nan)
+    dw = np.ones_like(w)
+    engine.backward(x, dy, w, dx, dw)
+    dx2 = np.full_like(x, np.nan)
+    engine.backward_data(dy, w, dx2)
+    dw2 = np.zeros_like(w)
+    engine.backward_weight(x, dy, dw2)
+    return y, dx, dw, dx2, dw2
+
+
 @needs_jit
 @pytest.mark.parametrize("multiplier", [1, 3])
 def test_depthwise_kernel_matches_numpy(no_jit, multiplier):
@@ -60,19 +75,8 @@ def test_depthwise_kernel_matches_numpy(no_jit, multiplier):
         w = rng.standard_normal((c * m, 1) + kernel, dtype=np.float32)
         b = rng.standard_normal(c * m, dtype=np.float32)
         dy = rng.standard_normal((n, c * m) + out, dtype=np.float32)
-        results = []
-        for e in (fast, slow):
-            y = np.full((n, c * m) + out, np.nan, np.float32)
-            e.forward(x, w, b, y)
-            dx = np.full_like(x, np.nan)
-            dw = np.ones_like(w)
-            e.backward(x, dy, w, dx, dw)
-            dx2 = np.full_like(x, np.nan)
-            e.backward_data(dy, w, dx2)
-            dw2 = np.zeros_like(w)
-            e.backward_weight(x, dy, dw2)
-            results.append((y, dx, dw, dx2, dw2))
-        for a, r in zip(*results):
+        pairs = zip(_depthwise_results(fast, x, w, b, dy), _depthwise_results(slow, x, w, b, dy))
+        for a, r in pairs:
             np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-4,
                                        err_msg=f"{kernel} {stride} {pad} {dil} {size}")
 
@@ -95,25 +99,14 @@ def test_depthwise_small_planes_match_numpy(no_jit, multiplier, stride, pad, siz
     w = rng.standard_normal((c * m, 1, 3, 3), dtype=np.float32)
     b = rng.standard_normal(c * m, dtype=np.float32)
     dy = rng.standard_normal((n, c * m) + out, dtype=np.float32)
-    results = []
-    for e in (fast, slow):
-        y = np.full((n, c * m) + out, np.nan, np.float32)
-        e.forward(x, w, b, y)
-        dx = np.full_like(x, np.nan)
-        dw = np.ones_like(w)
-        e.backward(x, dy, w, dx, dw)
-        dx2 = np.full_like(x, np.nan)
-        e.backward_data(dy, w, dx2)
-        dw2 = np.zeros_like(w)
-        e.backward_weight(x, dy, dw2)
-        results.append((y, dx, dw, dx2, dw2))
-    for a, r in zip(*results):
+    got = _depthwise_results(fast, x, w, b, dy)
+    for a, r in zip(got, _depthwise_results(slow, x, w, b, dy)):
         assert np.isfinite(a).all() and np.abs(a).max() > 1
         np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-5)
     # one output and one weight gradient by hand: the last row's first output of image 0,
     # channel 0
     xp = np.pad(x[0, 0].astype(np.float64), pad)
-    y, _, dw = results[0][:3]
+    y, _, dw = got[:3]
     i = stride * (out[0] - 1)
     want = (xp[i:i + 3, 0:3] * w[0, 0]).sum() + b[0]
     assert abs(y[0, 0, -1, 0] - want) < 1e-4
