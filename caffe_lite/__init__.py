@@ -7,6 +7,14 @@
 """
 __version__ = "0.1.0"
 
+for _required, _pip in (("numpy", "numpy>=1.22"), ("google.protobuf", "protobuf>=4.21")):
+    try:
+        __import__(_required)
+    except ImportError as _exc:
+        raise ImportError(f"caffe-lite needs {_pip} ({_exc}); install the project with "
+                          f"`python3 -m pip install -e .` or `pip install '{_pip}'`") from _exc
+del _required, _pip
+
 from .proto import caffe_pb2  # noqa: E402
 from .backend import (set_mode_cpu, set_mode_gpu, set_device, set_random_seed,  # noqa: E402
                       gpu_available)
