@@ -5,22 +5,8 @@ import logging
 import sys
 
 from . import __version__
+from .commands.registry import COMMANDS
 from .errors import CaffeLiteError
-
-COMMANDS = {}
-
-
-def command(name, help):
-    """Register `fn(args)` as a subcommand; `fn.configure(parser)` adds its flags."""
-    def deco(fn):
-        COMMANDS[name] = (fn, help)
-        return fn
-    return deco
-
-
-def flag(parser, name, **kw):
-    """Add a Caffe-style flag usable as -name or --name."""
-    parser.add_argument(f"-{name}", f"--{name}", dest=name.replace("-", "_"), **kw)
 
 
 def build_parser():
@@ -41,12 +27,8 @@ def build_parser():
     return p
 
 
-def _load_commands():
-    from . import commands  # noqa: F401  (registers the verbs)
-
-
 def main(argv=None):
-    _load_commands()
+    from . import commands  # noqa: F401  (importing the verb modules registers them)
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     from .util.glog import install

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from ..cli import command, flag
+from .registry import command, flag
 from ..errors import CaffeLiteError, DeviceError
 
 log = logging.getLogger("caffe_lite")

@@ -1,6 +1,6 @@
 """Dataset tools with Caffe's arguments and flags: convert-mnist (convert_mnist_data),
 convert-imageset (convert_imageset) and compute-mean (compute_image_mean)."""
-from ..cli import command, flag
+from .registry import command, flag
 
 
 @command("convert-mnist", "convert MNIST idx files (gzipped or not) to an LMDB of Datums "

@@ -1,5 +1,5 @@
 """`caffe-lite layers` and `caffe-lite device_query`."""
-from ..cli import command
+from .registry import command
 
 
 @command("layers", "list the supported layer types")

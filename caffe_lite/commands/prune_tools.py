@@ -6,7 +6,7 @@ import io
 import logging
 import os
 
-from ..cli import command, flag
+from .registry import command, flag
 from ..errors import CaffeLiteError, DataError
 from .caffe_tools import _net_param_with_overrides, add_source_overrides
 

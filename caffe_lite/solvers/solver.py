@@ -238,25 +238,16 @@ class Solver:
             return
         self.clip_gradients()
         rate = np.float32(rate)
-        if self.fused_update_available():
-            # The same steps per parameter, each in one pass where the solver can (SGD).
-            for i, blob in enumerate(self.net.learnable_params):
-                self.normalize(i)
-                if self.fused_update(i, rate):
-                    continue
-                self.regularize(i)
-                if blob.has_mask:
-                    blob.mask_diff()
-                self.compute_update_value(i, rate)
-                blob.update()
-            return
+        fused = self.fused_update_available()
         for i, blob in enumerate(self.net.learnable_params):
             self.normalize(i)
+            if fused and self.fused_update(i, rate):
+                continue  # decay, mask, step and data -= step in one pass (SGD)
             self.regularize(i)
             if blob.has_mask:
                 blob.mask_diff()  # pruned entries: no decay, no history, no step
             self.compute_update_value(i, rate)
-        self.net.update()
+            blob.update()
 
     def fused_update_available(self):
         """True when fused_update may be used: CPU mode and the compiled kernels present."""
