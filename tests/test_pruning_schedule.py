@@ -55,7 +55,7 @@ def test_gradual_pruner_follows_the_schedule_and_masks_only_shrink(tmp_path):
             assert np.all(after[n] <= before[n])  # never regrows
     assert _zeros(solver, "ip1") == 48 and _zeros(solver, "ip2") == 15
     assert pruner.applied == 20
-    assert solver.pruning_state()["applied_iter"] == 20
+    assert pruner.state_dict()["applied_iter"] == 20
 
 
 def _final_weights(solver):
@@ -173,3 +173,39 @@ def test_history_of_weights_pruned_mid_run_is_zero(tmp_path, solver_type):
         assert np.all(h[pruned] == 0.0)
         assert np.count_nonzero(h[~pruned]) == (~pruned).sum()
     assert np.all(w.data[pruned] == 0.0)
+
+
+class _Counter:
+    """A stateful solver callback with plain and array state."""
+    state_key = "counter"
+
+    def __init__(self):
+        self.n, self.seen = 0, np.zeros(3, np.int64)
+
+    def on_start(self, solver):
+        self.n += 1
+        self.seen[self.n % 3] += self.n
+
+    def state_dict(self):
+        return {"n": self.n, "seen": self.seen.copy()}
+
+    def load_state_dict(self, state):
+        self.n, self.seen = state["n"], state["seen"]
+
+
+def test_callback_state_travels_in_the_sidecar(tmp_path, caplog):
+    part = get_solver(str(mlp_solver(tmp_path, max_iter=24)))
+    part.callbacks.append(_Counter())
+    part.step(7)
+    part.param.snapshot_prefix = str(tmp_path / "snap" / "x")
+    part.snapshot()
+    resumed = get_solver(str(mlp_solver(tmp_path, max_iter=24)))
+    cb = _Counter()
+    resumed.callbacks.append(cb)
+    resumed.restore(str(tmp_path / "snap" / "x_iter_7.solverstate"))
+    assert cb.n == 7 and cb.seen.tolist() == [3 + 6, 1 + 4 + 7, 2 + 5]
+    assert cb.seen.dtype == np.int64
+    # a run without that callback is told the saved state is ignored
+    plain = get_solver(str(mlp_solver(tmp_path, max_iter=24)))
+    plain.restore(str(tmp_path / "snap" / "x_iter_7.solverstate"))
+    assert "solver callback 'counter'" in caplog.text

@@ -12,7 +12,7 @@ only ever shrink, and every solver update keeps pruned weights at 0 in between.
     solver.solve()
 
 The progress (the last pruning step applied) is saved in the snapshot's `.masks` sidecar
-through `solver.pruning_state()`, so `-snapshot` resumes the schedule where it stopped; a
+as this callback's `state_dict()`, so `-snapshot` resumes the schedule where it stopped; a
 resumed run that missed a step (restored from a snapshot taken without the pruner) catches up
 on its first iteration."""
 import logging
@@ -111,8 +111,6 @@ class GradualPruner:
         s = self.solver
         if self not in s.callbacks:
             s.callbacks.append(self)
-        s.pruning_state = self.state_dict
-        s.load_pruning_state = self.load_state_dict
         return self
 
     def on_start(self, solver):

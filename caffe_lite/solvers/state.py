@@ -1,8 +1,10 @@
 """Solver snapshots: Caffe's files (<prefix>_iter_N.caffemodel[.h5] and .solverstate[.h5]) plus
 caffe-lite's `.masks` sidecar (masks, RNG and layer state), each written atomically."""
+import io
 import json
 import logging
 import os
+import zipfile
 
 import numpy as np
 
@@ -101,9 +103,48 @@ def _extras(solver):
                 layer_state[f"{id(net) == id(solver.net) and 'train' or 'test'}/{layer.name}"] = \
                     layer.state_dict()
     ex.layer_state = json.dumps(layer_state)
-    if getattr(solver, "pruning_state", None) is not None:
-        ex.pruning_state = json.dumps(solver.pruning_state())
+    for key, cb in callback_states(solver):
+        ex.callback.append(_pack_callback_state(key, cb.state_dict()))
     return ex
+
+
+def callback_states(solver):
+    """(state_key, callback) for every solver callback that keeps state across a resume: an
+    object with `state_dict()` / `load_state_dict(d)` and a unique `state_key`."""
+    out = {}
+    for cb in solver.callbacks:
+        if hasattr(cb, "state_dict") and hasattr(cb, "load_state_dict"):
+            key = getattr(cb, "state_key", type(cb).__name__)
+            if key in out:
+                raise SolverError(f"two solver callbacks share the state key '{key}'")
+            out[key] = cb
+    return list(out.items())
+
+
+def _pack_callback_state(key, state):
+    """A CallbackState: numpy arrays in an .npz, everything else as JSON."""
+    arrays = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
+    plain = {k: v for k, v in state.items() if k not in arrays}
+    cs = caffe_lite_pb2.CallbackState(key=key, json=json.dumps(plain))
+    if arrays:
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        cs.arrays = buf.getvalue()
+    return cs
+
+
+def _unpack_callback_state(cs, path):
+    try:
+        state = json.loads(cs.json) if cs.json else {}
+        if not isinstance(state, dict):
+            raise ValueError("not a JSON object")
+        if cs.arrays:
+            with np.load(io.BytesIO(cs.arrays), allow_pickle=False) as z:
+                state.update({k: z[k] for k in z.files})
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise ModelFileError(f"{path}: the state of solver callback '{cs.key}' is damaged "
+                             f"({exc})") from None
+    return state
 
 
 def restore(solver, state_file):
@@ -182,5 +223,14 @@ def _apply_extras(solver, path):
                 key = f"{tag}/{layer.name}"
                 if key in states and hasattr(layer, "load_state_dict"):
                     layer.load_state_dict(states[key])
-    if ex.pruning_state and hasattr(solver, "load_pruning_state"):
-        solver.load_pruning_state(json.loads(ex.pruning_state))
+    callbacks = dict(callback_states(solver))
+    saved = {cs.key: cs for cs in ex.callback}
+    if ex.pruning_state and "GradualPruner" not in saved:  # sidecars written before `callback`
+        saved["GradualPruner"] = caffe_lite_pb2.CallbackState(key="GradualPruner",
+                                                              json=ex.pruning_state)
+    for key, cs in saved.items():
+        if key in callbacks:
+            callbacks[key].load_state_dict(_unpack_callback_state(cs, path))
+        else:
+            log.warning("%s holds the state of solver callback '%s', which this run does not "
+                        "use; ignored", path, key)
