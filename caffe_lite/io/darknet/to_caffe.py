@@ -391,13 +391,16 @@ def build(name, input_shape, layers, arrays=None):
             notes.append(f"layer {ly.index} [cost] (type={ly.p['type']}) is a training loss: "
                          "no layer; put a loss layer in a train_val prototxt to train")
         elif ly.head:
+            # a Split names the head's input as a net output even when later layers read it
+            top = f"{ly.kind}{ly.index}"
+            b.add("Split", top, [x.top], [top])
             out = Out(x.top, x.shape, x.caffe_shape, alias=True)
             keys = ", ".join(f"{k}={v}" for k, v in ly.p.items()
                              if k in ("classes", "num", "coords", "anchors", "mask",
                                       "scale_x_y", "new_coords"))
             notes.append(f"layer {ly.index} [{ly.kind}] is a detection head, left to the user: "
-                         f"its input '{x.top}' {x.shape} is a net output; decode it as darknet "
-                         f"does ({keys})")
+                         f"its input '{x.top}' {x.shape} is the net output '{top}'; decode it "
+                         f"as darknet does ({keys})")
         else:
             out = SEQUENTIAL[ly.kind](b, ly, x, arrays.get(ly.index))
         outs.append(out)
