@@ -25,8 +25,9 @@ class Ref:
     """The darknet layer computing a Caffe blob version, and darknet's (c, h, w) of it.  A
     `part` (groups, group_id) is a channel group of it that no section has written yet."""
 
-    def __init__(self, index, shape, part=None):
+    def __init__(self, index, shape, part=None, temperature=None):
         self.index, self.shape, self.part = index, tuple(shape), part
+        self.temperature = temperature  # scaled by 1 / temperature for a [softmax]
 
 
 class _Refused(Exception):
@@ -60,7 +61,7 @@ class Exporter:
 
     def sole_reader(self, k, name, types=None):
         """The layer that alone reads version (k, name), if not yet used and of `types`."""
-        rs = self.readers.get((k, name), [])
+        rs = sorted(set(self.readers.get((k, name), [])))
         if len(rs) != 1 or rs[0] in self.done:
             return None
         if types is not None and self.items[rs[0]][0].type not in types:
@@ -102,6 +103,10 @@ class Exporter:
         ref = self.refs.get(self.reads[k][j])
         if ref is None:
             raise _Refused(None)
+        if ref.temperature is not None and u.type not in ("Softmax", "Reshape", "Flatten",
+                                                          "Split"):
+            raise _Refused(f"reads '{u.bottom[j]}' through a Power layer, which darknet has "
+                           "only as a softmax temperature")
         if spatial:
             cs = self.shape(u.bottom[j])
             if cs[1:] != ref.shape:
@@ -119,6 +124,8 @@ class Exporter:
                 continue
             self.done.add(k)
             try:
+                if any(v in self.refs and self.refs[v] is None for v in self.reads[k]):
+                    raise _Refused(None)  # its input was refused already
                 handler = getattr(self, "on_" + u.type, None)
                 if handler is None:
                     act = self.activation_at(k)
@@ -185,7 +192,7 @@ class Exporter:
 
     def chain_activation(self, k, name):
         """The activation that alone follows version (k, name): (act, last layer, top)."""
-        rs = self.readers.get((k, name), [])
+        rs = sorted(set(self.readers.get((k, name), [])))
         candidates = [r for r in rs if r not in self.done]
         if not candidates:
             return "linear", k, name
@@ -365,7 +372,10 @@ class Exporter:
         padding = None
         if len(lefts) == 1 and min(lefts) >= 0:
             left = lefts.pop()
-            for cand in (2 * left, 2 * left + 1):
+            cands = (2 * left, 2 * left + 1)
+            if size - 1 in cands:  # darknet's default first: a converted cfg comes back as it was
+                cands = (size - 1,) + cands
+            for cand in cands:
                 if all(int((n + cand - size) / s) + 1 == kept for n, _, s, kept in axes):
                     padding = cand
                     break
@@ -401,7 +411,7 @@ class Exporter:
             if len(used) != 1:
                 break
             t = used[0]
-            start = sum(self.shape(x)[axis] for x in su.top[:su.top.index(t)])
+            start = sum(self.shape(x)[axis] for x in su.top[:list(su.top).index(t)])
             m0, _ = keep[axis - 2]
             keep[axis - 2] = (m0 + start, self.shape(t)[axis])
             self.done.add(ks)
@@ -472,14 +482,14 @@ class Exporter:
 
     def on_Power(self, k, u, layer):
         p = u.power_param
-        ks = self.sole_reader(k, u.top[0], {"Softmax"})
-        if ks is None or p.power != 1 or p.shift != 0 or p.scale <= 0:
+        ref = self.bottom(k)
+        if p.power != 1 or p.shift != 0 or p.scale <= 0 or ref.temperature is not None:
             raise _Refused("darknet has no Power layer (only a softmax temperature)")
-        self.done.add(ks)
-        self.softmax(ks, self.items[ks][0], 1.0 / float(_F(p.scale)), self.bottom(k))
+        self.set(k, u.top[0], Ref(ref.index, ref.shape, ref.part, 1.0 / float(_F(p.scale))))
 
     def on_Softmax(self, k, u, layer):
-        self.softmax(k, u, 1.0, self.bottom(k))
+        ref = self.bottom(k)
+        self.softmax(k, u, ref.temperature or 1.0, Ref(ref.index, ref.shape, ref.part))
 
     def softmax(self, k, u, temperature, ref):
         shape = self.shape(u.bottom[0])
