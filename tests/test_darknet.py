@@ -275,7 +275,7 @@ size=2
 stride=1
 
 [route]
-layers=-1,-9
+layers=-1,1
 
 [dropout]
 probability=.3
@@ -350,7 +350,7 @@ num=3
     assert "detection head" in conv.prototxt()
 
 
-# --- MobileNets from ../shared/models/darknet ------------------------------------------------------
+# --- MobileNets from ../shared/models/darknet -------------------------------------------------
 MOBILENETS = ["mobilenet_v1.cfg", "mobilenet_v2_imagenet.cfg"]
 
 
@@ -381,6 +381,84 @@ def test_mobilenet_matches_opencv_and_its_groups_twin(tmp_path, models_dir, name
         scale = np.abs(expect).max()
         np.testing.assert_allclose(dw.reshape(expect.shape), expect, rtol=1e-4,
                                    atol=1e-5 * scale)
+
+
+TINY_YOLO_LIKE = NET.format(h=16, w=16, c=3) + """
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=1
+
+[convolutional]
+filters=16
+size=1
+stride=1
+activation=linear
+
+[shortcut]
+from=-2
+activation=leaky
+
+[reorg]
+stride=2
+
+[route]
+layers=-1
+
+[convolutional]
+filters=8
+size=1
+activation=logistic
+
+[upsample]
+stride=2
+
+[route]
+layers=-1,-8
+
+[maxpool]
+size=3
+stride=2
+
+[convolutional]
+filters=10
+size=1
+activation=linear
+"""
+
+
+def test_maxpool_reorg_upsample_route_shortcut_match_opencv(tmp_path):
+    # OpenCV's darknet reader, a second implementation of these sections (its [reorg] is
+    # pjreddie's; its batch norm divides by sqrt(var + 1e-6), hence the tolerance)
+    cv2 = pytest.importorskip("cv2", reason="opencv-python-headless (the test extra) is absent")
+    out, outs, conv = run(tmp_path, TINY_YOLO_LIKE, seed=3)
+    cv = cv2.dnn.readNetFromDarknet(str(tmp_path / "net.cfg"), str(tmp_path / "net.weights"))
+    x = np.random.default_rng(4).uniform(0, 1, (1, 3, 16, 16)).astype(np.float32)
+    cv.setInput(x)
+    expect = cv.forward()
+    got = last(conv.net().forward(data=x))
+    np.testing.assert_allclose(got.reshape(expect.shape), expect, rtol=1e-4,
+                               atol=1e-5 * np.abs(expect).max())
+    close(last(out), outs[max(outs)])
 
 
 @pytest.mark.parametrize("name", MOBILENETS)

@@ -73,7 +73,8 @@ def test_mobilenet_round_trip_is_byte_identical(tmp_path, models_dir, name):
 # --- nets made in Caffe ---------------------------------------------------------------------------
 CAFFE_NET = """
 name: "made_in_caffe"
-layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
 layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
         convolution_param { num_output: 8 kernel_size: 3 pad: 1 weight_filler { type: "msra" }
                             bias_filler { type: "uniform" min: -1 max: 1 } } }
@@ -153,11 +154,13 @@ def test_pruned_zeros_stay_zeros(tmp_path):
 
 def test_layers_darknet_lacks_are_refused_by_name_in_one_line(tmp_path):
     net = caffe_lite.Net("""
-layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
 layer { name: "norm1" type: "LRN" bottom: "data" top: "norm1" }
 layer { name: "dil" type: "Convolution" bottom: "data" top: "dil"
         convolution_param { num_output: 2 kernel_size: 3 dilation: 2 } }
-layer { name: "ok" type: "Convolution" bottom: "data" top: "ok" convolution_param { num_output: 2 kernel_size: 1 } }
+layer { name: "ok" type: "Convolution" bottom: "data" top: "ok"
+        convolution_param { num_output: 2 kernel_size: 1 } }
 layer { name: "abs" type: "AbsVal" bottom: "ok" top: "ok" }
 """, caffe_lite.TEST)
     with pytest.raises(darknet.DarknetError) as e:
@@ -278,8 +281,10 @@ def test_solver_notes_burn_in(tmp_path):
 def test_cli_exports_a_connected_net(tmp_path):
     d = str(tmp_path)
     (tmp_path / "m.prototxt").write_text("""
-layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 8 dim: 8 } } }
-layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 3 } }
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 1 dim: 1 dim: 8 dim: 8 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+        inner_product_param { num_output: 3 } }
 """)
     net = caffe_lite.Net(str(tmp_path / "m.prototxt"), caffe_lite.TEST)
     net.params["ip"][0].data[...] = np.arange(192).reshape(3, 64) / 100
@@ -291,3 +296,17 @@ layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_p
     _, layers = describe(darknet.read_cfg(tmp_path / "o.cfg"))
     _, arrays = read_weights(tmp_path / "o.weights", layers)
     np.testing.assert_array_equal(arrays[0]["weights"], net.params["ip"][0].data)
+
+
+def test_train_val_loss_layers_export_as_softmax_and_cost(tmp_path):
+    net = caffe_lite.Net("""
+layer { name: "data" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 2 dim: 4 dim: 1 dim: 1 } shape { dim: 2 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+        inner_product_param { num_output: 3 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+layer { name: "acc" type: "Accuracy" bottom: "ip" bottom: "label" top: "acc" }
+""", caffe_lite.TEST)
+    cfg, w = exported(tmp_path, net)
+    _, layers = describe(darknet.read_cfg(cfg))
+    assert [ly.kind for ly in layers] == ["connected", "softmax", "cost"]

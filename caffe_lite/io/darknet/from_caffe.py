@@ -12,7 +12,7 @@ import logging
 import numpy as np
 
 from . import bn as _bn
-from .cfg import DarknetError, format_cfg, number, parse_cfg
+from .cfg import DarknetError, format_cfg, parse_cfg
 from .layers import describe, section
 from .weights import Header, write_weights
 
@@ -617,5 +617,3 @@ def export_net(net, cfg_path, weights_path, header=None, depthwise=False, reorg=
     write_weights(weights_path, header, layers, ex.arrays, overwrite=overwrite)
     return layers
 
-
-__all__ = ["export_net", "number"]

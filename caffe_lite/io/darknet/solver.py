@@ -10,9 +10,6 @@ import os
 from ...proto import caffe_pb2
 from .layers import DarknetError
 
-KNOWN = {"learning_rate", "momentum", "decay", "policy", "burn_in", "power", "max_batches",
-         "step", "scale", "steps", "scales", "gamma", "batch", "subdivisions"}
-
 
 def _policy(net, sp):
     policy = net.str("policy", "constant")
@@ -76,7 +73,7 @@ def solver_from_net(net, model_path, solver_path):
              f"batch_size {batch // subdivisions} in the train net's data layer"
              + (f" (iter_size {subdivisions} accumulates {batch} images per iteration)"
                 if subdivisions > 1 else ""),
-             f"net: points at the deploy prototxt; train with a copy that has a data layer and "
+             "net: points at the deploy prototxt; train with a copy that has a data layer and "
              "a loss instead of its Input layer"]
     burn_in = net.int("burn_in", 0)
     if burn_in > 0:

@@ -104,7 +104,7 @@ def batch_norm(b, prefix, blob, n, arrays):
 
 
 def conv(b, ly, x, arrays):
-    p, c = ly.p, ly.in_shape[0]
+    p = ly.p
     prefix = f"conv{ly.index}"
     x = b.as4d(x, prefix)
     lp = b.add("Convolution", prefix, [x.top], [prefix])
@@ -320,7 +320,7 @@ def shortcut(b, ly, outs):
 def upsample(b, ly, x, arrays):
     """Nearest neighbour, exactly, from data movement only: (N,C,H,W) -> (N,C,H,1,W,1) ->
     `stride` copies along each unit axis (Concat) -> (N,C,H*s,W*s); then * scale."""
-    s, (c, h, w) = ly.p["stride"], ly.in_shape
+    s, w = ly.p["stride"], ly.in_shape[2]
     prefix = f"upsample{ly.index}"
     x = b.as4d(x, prefix)
     top = f"{prefix}/expand"
