@@ -37,6 +37,7 @@ class _Refused(Exception):
 class Exporter:
     def __init__(self, net, depthwise=False, reorg="pjreddie"):
         self.net, self.depthwise, self.reorg = net, depthwise, reorg
+        # the layers as the user wrote them (Net._user_layers: None for the Splits it inserted)
         self.items = [(u, ly) for u, ly in zip(net._user_layers, net.layers) if u is not None]
         self.sections, self.arrays = [], {}
         self.refs = {}        # (producing layer k, blob name) -> Ref (None: refused upstream)
@@ -419,10 +420,9 @@ class Exporter:
         return top, last, keep
 
     def on_Concat(self, k, u, layer):
-        axis = u.concat_param.axis if u.concat_param.HasField("axis") else 1
-        if u.concat_param.HasField("concat_dim"):
-            axis = u.concat_param.concat_dim
-        if axis not in (1, -3) and not (axis == -1 and len(self.shape(u.top[0])) == 2):
+        p = u.concat_param
+        axis = p.concat_dim if p.HasField("concat_dim") else p.axis
+        if axis % len(self.shape(u.top[0])) != 1:
             raise _Refused(f"axis {axis}: darknet's route joins channels")
         refs = [self.bottom(k, j) for j in range(len(u.bottom))]
         parts = {r.part for r in refs}
@@ -442,13 +442,11 @@ class Exporter:
 
     def on_Slice(self, k, u, layer):
         p = u.slice_param
-        axis = p.axis if p.HasField("axis") else 1
-        if p.HasField("slice_dim"):
-            axis = p.slice_dim
+        axis = p.slice_dim if p.HasField("slice_dim") else p.axis
         ref = self.materialise(self.bottom(k))
         c = ref.shape[0]
         groups = len(u.top)
-        if axis not in (1, -3) or c % groups:
+        if axis % len(self.shape(u.bottom[0])) != 1 or c % groups:
             raise _Refused("darknet's route groups= splits channels into equal groups")
         points = list(p.slice_point) or [c // groups * g for g in range(1, groups)]
         if points != [c // groups * g for g in range(1, groups)]:
@@ -467,6 +465,8 @@ class Exporter:
             raise _Refused(f"adds shapes {a.shape} and {b.shape}")
         if b.index == self.last() and a.index != self.last():
             a, b, coeff = b, a, coeff[::-1]
+        if b.index < 0:
+            raise _Refused("darknet's shortcut cannot add the network input")
         self.take(a)
         act, last, top = self.chain_activation(k, u.top[0])
         opts = {"from": b.index - len(self.sections)}
