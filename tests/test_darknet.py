@@ -6,6 +6,7 @@ import struct
 import numpy as np
 import pytest
 
+import caffe_lite
 import darknet_ref as ref
 from caffe_lite.io import darknet
 from caffe_lite.errors import ModelFileError
@@ -575,3 +576,42 @@ def test_darknet_parsing_rules():
                           "filters=2 # two\n[max]\n")
     assert [x.kind for x in s] == ["net", "convolutional", "maxpool"]
     assert s[0].int("height") == 4 and s[1].options["filters"] == "2"
+
+
+def test_converted_net_backpropagates_through_every_construction(tmp_path):
+    # fine-tuning needs gradients through the Slice crops, the Concat upsample, the Permute
+    # reorg, route groups and mish: central differences on the input of a loss over the output
+    from caffe_lite.proto import caffe_pb2
+    cfg = EVERYTHING
+    (tmp_path / "e.cfg").write_text(cfg)
+    ref.write_weights(tmp_path / "e.weights", cfg, ref.random_arrays(cfg, 1))
+    conv = darknet.convert(tmp_path / "e.cfg", tmp_path / "e.weights")
+    p = caffe_pb2.NetParameter()
+    p.CopyFrom(conv.param)
+    p.force_backward = True
+    out = p.layer[-1].top[0]
+    t = p.layer.add(name="target", type="DummyData", top=["target"])
+    t.dummy_data_param.shape.add().dim.extend([1, 2, 5])
+    p.layer.add(name="loss", type="EuclideanLoss", bottom=[out, "target"], top=["loss"])
+    net = caffe_lite.Net(p, caffe_lite.TEST)
+    for name, arrays in conv.values.items():
+        for blob, a in zip(net.layer_dict[name].blobs, arrays):
+            blob.data[...] = a.reshape(blob.shape)
+    x = np.random.default_rng(0).uniform(-1, 1, net.blobs["data"].shape).astype(np.float32)
+
+    def loss(v):
+        net.blobs["data"].data[...] = v
+        net.forward()
+        return float(net.blobs["loss"].data)
+
+    loss(x)
+    net.backward()
+    grad = net.blobs["data"].diff.copy()
+    assert np.abs(grad).max() > 1e-4
+    rng = np.random.default_rng(1)
+    for _ in range(6):
+        i = tuple(int(rng.integers(0, s)) for s in x.shape)
+        xp, xm = x.copy(), x.copy()
+        xp[i] += 1e-2
+        xm[i] -= 1e-2
+        assert grad[i] == pytest.approx((loss(xp) - loss(xm)) / 2e-2, rel=3e-2, abs=3e-6)
