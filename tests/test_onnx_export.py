@@ -213,6 +213,8 @@ def test_export_onnx_verb(pruned_lenet, tmp_path, capsys):
     assert "left out: accuracy (Accuracy), loss (SoftmaxWithLoss)" in printed
     zeros = sum(int((p[0].data == 0).sum()) for p in net.params.values())
     assert f"prunable weights: 430500, {zeros} zero" in printed
+    assert ("note: the graph input 'data' is layer 'mnist's output: apply its transform_param "
+            "(scale 0.00390625) before feeding the model") in printed
     loaded = onnx.load(str(out))
     assert loaded.opset_import[0].version == 13
     x = np.random.default_rng(5).standard_normal((3, 1, 28, 28), dtype=np.float32)
@@ -236,3 +238,30 @@ def test_export_onnx_verb(pruned_lenet, tmp_path, capsys):
     assert "opset 9 is not supported" in err and "Traceback" not in err
     assert main(args + ["-overwrite", "-outputs", "nope"]) == 1
     assert "no blob named 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_export_onnx_verb_reshapes_a_deploy_net(pruned_lenet, models_dir, tmp_path, capsys):
+    """lenet.prototxt's Input is 64x1x28x28; -input_shape gives the exported batch."""
+    _, weights, _ = pruned_lenet
+    out = tmp_path / "deploy.onnx"
+    assert main(["export-onnx", "-model", str(models_dir / "bvlc_mnist/lenet.prototxt"),
+                 "-weights", str(weights), "-output", str(out), "-input_shape", "1,1,28,28"]) == 0
+    printed = capsys.readouterr().out
+    assert "inputs: data 1x1x28x28" in printed and "outputs: prob 1x10" in printed
+    assert "note:" not in printed
+    graph = onnx.load(str(out)).graph
+    assert [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim] == [1, 1, 28, 28]
+
+
+def test_input_notes_name_the_transformations():
+    text = """layer { name: "d" type: "Data" top: "data" top: "label"
+                      include { phase: TRAIN } transform_param { scale: 0.5 } }
+              layer { name: "d" type: "Data" top: "data" top: "label" include { phase: TEST }
+                      transform_param { mean_value: 104 mean_value: 117 crop_size: 5
+                                        mirror: false } }
+              layer { name: "i" type: "Input" top: "x" }"""
+    param = parse_text(text, caffe_pb2.NetParameter())
+    (note,) = onnx_io.input_notes(param.layer)
+    assert "'data' is layer 'd's output" in note
+    assert "crop_size 5" in note and "mean_value [104.0, 117.0]" in note and "scale" not in note

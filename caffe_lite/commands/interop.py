@@ -46,7 +46,7 @@ def export_onnx_cmd(args):
     onnx_io.check_opset(args.opset)
     onnx_io._onnx()  # a missing package is reported before the (slow) net build
     _check_outputs(args, "output")
-    net, _ = load_model(_without_input_shape_unless_data_layers(args))
+    net, user = load_model(_without_input_shape_unless_data_layers(args))
     with net:
         _reshape_input(net, args.input_shape)
         result = onnx_io.export(net, args.output, opset=args.opset,
@@ -60,6 +60,8 @@ def export_onnx_cmd(args):
         print("left out: " + ", ".join(f"{n} ({t})" for n, t in result.dropped))
     print(f"nodes: {len(result.model.graph.node)}; prunable weights: {result.weights}, "
           f"{result.zeros} zero")
+    for note in dict.fromkeys(result.notes + onnx_io.input_notes(user.layer)):
+        print(f"note: {note}")
     print(f"wrote {args.output} (ONNX opset {result.opset})")
 
 

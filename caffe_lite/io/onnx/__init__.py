@@ -58,6 +58,26 @@ class Export:
     dropped: list
     weights: int
     zeros: int
+    notes: list = dataclasses.field(default_factory=list)
+
+
+def input_notes(layer_params, phase=caffe_pb2.TEST):
+    """One line per data layer (of `phase`) whose transform_param changes the data before
+    the first layer: the exported model takes the data after it."""
+    notes = []
+    for lp in layer_params:
+        if lp.type not in DATA_LAYERS or not lp.HasField("transform_param"):
+            continue
+        if lp.include and all(r.HasField("phase") and r.phase != phase for r in lp.include):
+            continue
+        t = lp.transform_param
+        steps = [f"{f.name} {v if f.name != 'mean_value' else list(v)}"
+                 for f, v in t.ListFields() if f.name not in ("mirror", "force_color",
+                                                              "force_gray")]
+        if steps:
+            notes.append(f"the graph input '{lp.top[0]}' is layer '{lp.name}'s output: apply "
+                         f"its transform_param ({', '.join(steps)}) before feeding the model")
+    return notes
 
 
 def check_opset(opset):
@@ -133,7 +153,8 @@ def to_onnx(net, opset=DEFAULT_OPSET, outputs=None):
     return Export(model, data, opset, {n: s for n, s in g.input_shapes() if n in inputs},
                   {n: s for n, s, _ in out}, {n: b for n, _, b in out}, dropped,
                   sum(g.inits[t].size for t in g.prunable if t in g.inits),
-                  sum(int((g.inits[t] == 0).sum()) for t in g.prunable if t in g.inits))
+                  sum(int((g.inits[t] == 0).sum()) for t in g.prunable if t in g.inits),
+                  input_notes(layer.layer_param for layer in net.layers))
 
 
 def _outputs(net, current, shapes, wanted, requested):
