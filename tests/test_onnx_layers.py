@@ -489,3 +489,20 @@ def test_shared_weights_are_one_initializer():
     assert len(convs) == 2 and convs[0].input[1:] == convs[1].input[1:]
     assert len(export.model.graph.initializer) == 2
     compare(net, export)
+
+
+def test_checker_rejects_shapes_that_disagree_with_caffe_lite(monkeypatch):
+    """Each export passes ONNX's shape inference in strict mode: a MaxPool without the ceil
+    padding (2x2 outputs where Caffe has 3x3) is caught before anything is written."""
+    from caffe_lite.io.onnx import converters
+    original = converters.CONVERTERS["Pooling"]
+
+    def floor_pooling(g, site):
+        out = original(g, site)
+        g.nodes[-1].attrs["pads"] = [0, 0, 0, 0]
+        return out
+    monkeypatch.setitem(converters.CONVERTERS, "Pooling", floor_pooling)
+    net = net_from_text(_net(_layer("p", "Pooling", "data", None, "pooling_param { pool: MAX "
+                                    "kernel_size: 2 stride: 2 }"), (1, 2, 5, 5)))
+    with pytest.raises(CaffeLiteError, match="does not pass onnx.checker.*differ"):
+        onnx_io.to_onnx(net)

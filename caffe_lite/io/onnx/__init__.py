@@ -37,6 +37,10 @@ def exportable_types():
     return sorted(set(CONVERTERS) | DATA_LAYERS)
 
 
+def _label(net):
+    return f"net '{net.name}'" if net.name else "the net"
+
+
 def _dropped(layer_type):
     return layer_type in DROPPED_LAYERS or layer_type.endswith("Loss")
 
@@ -95,7 +99,7 @@ def to_onnx(net, opset=DEFAULT_OPSET, outputs=None):
     onnx = _onnx()
     check_opset(opset)
     if net.phase != caffe_pb2.TEST:
-        raise CaffeLiteError(f"net '{net.name}' was built for the TRAIN phase; ONNX export "
+        raise CaffeLiteError(f"{_label(net)} was built for the TRAIN phase; ONNX export "
                              "writes what the net computes in TEST (build it with "
                              "caffe_lite.TEST)")
     g = Graph(opset)
@@ -136,7 +140,7 @@ def to_onnx(net, opset=DEFAULT_OPSET, outputs=None):
                 g.prefer[t] = names[tid]
             current[tid] = t
     if refused:
-        raise CaffeLiteError(f"net '{net.name}' cannot be exported to ONNX: "
+        raise CaffeLiteError(f"{_label(net)} cannot be exported to ONNX: "
                              f"{len(refused)} layer(s) have no ONNX equivalent: "
                              + "; ".join(refused))
     out = _outputs(net, current, shapes, wanted, outputs)
@@ -147,7 +151,7 @@ def to_onnx(net, opset=DEFAULT_OPSET, outputs=None):
         # full_check: ONNX's shape inference must agree with the shapes caffe-lite computed.
         onnx.checker.check_model(data, full_check=True)
     except Exception as exc:  # the checker's error types vary between onnx versions
-        raise CaffeLiteError(f"the ONNX model exported from net '{net.name}' does not pass "
+        raise CaffeLiteError(f"the ONNX model exported from {_label(net)} does not pass "
                              f"onnx.checker (an exporter bug; please report it): {exc}") from exc
     inputs = {i.name for i in model.graph.input}
     return Export(model, data, opset, {n: s for n, s in g.input_shapes() if n in inputs},
@@ -164,10 +168,10 @@ def _outputs(net, current, shapes, wanted, requested):
         out = []
         for name in requested:
             if name not in index:
-                raise CaffeLiteError(f"net '{net.name}' has no blob named '{name}' (outputs "
+                raise CaffeLiteError(f"{_label(net)} has no blob named '{name}' (outputs "
                                      "must be blob names)")
             if index[name] not in current:
-                raise CaffeLiteError(f"blob '{name}' of net '{net.name}' is computed only by "
+                raise CaffeLiteError(f"blob '{name}' of {_label(net)} is computed only by "
                                      "layers left out of the export (losses, Accuracy)")
             out.append((current[index[name]], shapes[index[name]], name))
         return out
@@ -176,7 +180,7 @@ def _outputs(net, current, shapes, wanted, requested):
         if all(t != o[0] for o in out):
             out.append((t, shapes[bid], None))
     if not out:
-        raise CaffeLiteError(f"net '{net.name}' has no output left to export once its loss "
+        raise CaffeLiteError(f"{_label(net)} has no output left to export once its loss "
                              "and Accuracy layers are left out")
     return out
 
