@@ -1,11 +1,19 @@
-"""Running BatchNorm -> Scale (-> ReLU) as one step inside a Net (CPU, compiled kernels).
+"""Chains of layers a Net runs as one step, on either device: BatchNorm -> Scale (-> ReLU).
 
 Caffe nets normalise with three layers that share one blob in place: BatchNorm (bottom X, top
 T, often X itself), Scale with a bias on T, and usually ReLU on T.  Run one by one they read
 and write the activations about ten times forward and as many backward; run as one step, two
-or three times.  The Net runs such a chain as a group when:
-  * the compiled kernels are available (numba; CAFFE_LITE_FUSE=0 turns grouping off) and the
-    Net is in CPU mode;
+or three times.  The prototxt keeps Caffe's form: grouping is decided when the Net first runs.
+
+The mechanism is general: `GROUPS` lists group classes; each has `match(net, i)` (a group
+starting at layer i, or None), `first` / `last` layer indices, `backward_ok`, and
+`forward()` / `backward()` that dispatch, like Layer, to `forward_cpu` / `forward_gpu`.  A
+group runs only where its device has an implementation (`active()`): on the CPU when the
+compiled kernels are there (numba), on the GPU when a class is registered for its `type` with
+`@gpu_impl` (layers/cuda/fusion.py).  Elsewhere, and with CAFFE_LITE_FUSE=0, the Net runs the
+layers one by one.
+
+BatchNorm -> Scale (-> ReLU) forms a group when:
   * Scale and ReLU are in place on BatchNorm's top, Scale multiplies along axis 1 by a (C,)
     blob (with a (C,) bias or none), ReLU has negative_slope 0, none of the tops has a loss
     weight;
@@ -23,6 +31,7 @@ import numpy as np
 
 from ..backend import state as _mode
 from . import jit
+from .base import gpu_impl_for
 from .neuron import ReLULayer
 from .normalization import BatchNormLayer, same_memory
 from .parallel import run_blocks
@@ -35,8 +44,47 @@ def enabled():
     return os.environ.get("CAFFE_LITE_FUSE", "1").lower() not in ("0", "false", "no", "off")
 
 
-class BatchNormScaleGroup:
-    """Layers first..last of a net (BatchNorm, Scale, optional ReLU) run as one step."""
+class Group:
+    """Layers first..last of a net run as one step (subclasses: forward_cpu / backward_cpu,
+    and a @gpu_impl(type) class for the GPU)."""
+    type = None
+
+    def active(self):
+        """Whether the current device can run the group as one step."""
+        if _mode.mode() == _mode.GPU:
+            return gpu_impl_for(self) is not None
+        return self.cpu_available()
+
+    def cpu_available(self):
+        return False
+
+    def forward(self):
+        self._reshape()
+        if _mode.mode() == _mode.GPU:
+            gpu_impl_for(self).forward(self)
+        else:
+            self.forward_cpu()
+
+    def backward(self):
+        if _mode.mode() == _mode.GPU:
+            gpu_impl_for(self).backward(self)
+        else:
+            self.backward_cpu()
+
+    def _reshape(self):
+        net = self.net
+        for i in range(self.first, self.last + 1):
+            net.layers[i].reshape(net.bottom_vecs[i], net.top_vecs[i])
+
+
+class BatchNormScaleGroup(Group):
+    """BatchNorm, Scale and an optional ReLU run as one step."""
+    type = "BatchNorm+Scale"
+
+    @classmethod
+    def match(cls, net, i):
+        ok, relu = _is_chain(net, i)
+        return cls(net, i, relu) if ok else None
 
     def __init__(self, net, first, relu):
         self.net = net
@@ -49,13 +97,8 @@ class BatchNormScaleGroup:
         need = net.layer_need_backward[first:self.last + 1]
         self.backward_ok = all(need) and net.bottom_need_backward[first][0]
 
-    def active(self):
-        return _mode.mode() == _mode.CPU and jit.kernels() is not None
-
-    def _reshape(self):
-        net = self.net
-        for i in range(self.first, self.last + 1):
-            net.layers[i].reshape(net.bottom_vecs[i], net.top_vecs[i])
+    def cpu_available(self):
+        return jit.kernels() is not None
 
     def _params(self):
         scale = self.scale
@@ -64,8 +107,7 @@ class BatchNormScaleGroup:
             else _NO_BIAS
         return s, b
 
-    def forward(self):
-        self._reshape()
+    def forward_cpu(self):
         k = jit.kernels()
         bn = self.bn
         x = bn._view3(self.x_blob.cpu_data)
@@ -99,7 +141,7 @@ class BatchNormScaleGroup:
         else:
             self.scale._saved_input = None
 
-    def backward(self):
+    def backward_cpu(self):
         k = jit.kernels()
         bn, scale = self.bn, self.scale
         tdiff = bn._view3(self.t_blob.diff)
@@ -157,16 +199,19 @@ def _is_chain(net, i):
     return True, relu
 
 
+GROUPS = (BatchNormScaleGroup,)
+
+
 def plan(net):
-    """{first layer index: group} for the net's fusable chains ({} when disabled)."""
-    if not enabled() or jit.kernels() is None:
+    """{first layer index: group} for the net's chains ({} when CAFFE_LITE_FUSE=0).  Chains do
+    not overlap; whether a group runs is decided per call by its `active()`."""
+    if not enabled():
         return {}
     groups = {}
     i = 0
     while i < len(net.layers):
-        ok, relu = _is_chain(net, i)
-        if ok:
-            g = BatchNormScaleGroup(net, i, relu)
+        g = next((g for g in (kind.match(net, i) for kind in GROUPS) if g is not None), None)
+        if g is not None:
             groups[i] = g
             i = g.last + 1
         else:

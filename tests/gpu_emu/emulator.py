@@ -181,6 +181,9 @@ class EmuFunction:
         if err & 2:
             raise RuntimeError(f"kernel {self.name}: some threads of a block finished while "
                                "others waited at __syncthreads (divergent barrier)")
+        if err & 4:
+            raise RuntimeError(f"kernel {self.name}: a float4 access to an address that is not "
+                               "16-byte aligned (a misaligned-address fault on a GPU)")
 
 
 class EmuModule:
