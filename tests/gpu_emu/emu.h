@@ -122,6 +122,7 @@ static inline void emu_check_align4(const void* p) {
 #define __forceinline__
 #define __shared__ static
 #define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
 
 static void emu_set_thread(unsigned t) {
   threadIdx.x = t % blockDim.x;

@@ -50,20 +50,47 @@ def _param_kind(decl):
     return {"int": "i", "float": "f", "double": "d"}[typ]
 
 
+_FUNCTION = re.compile(r"\b(\w+)\s*\(((?:[^()]|\([^()]*\))*)\)\s*(?:const\s*)?\{")
+_IDENT = re.compile(r"\b\w+\b")
+
+
+def _body(source, start):
+    """The text from `start` (just after an opening brace) to its matching close."""
+    depth, i = 1, start
+    while depth:
+        c = source[i]
+        depth += (c == "{") - (c == "}")
+        i += 1
+    return source[start:i]
+
+
+def _synchronising(source):
+    """Names of the functions whose bodies reach __syncthreads, directly or through the
+    functions they call (device helpers and templates included)."""
+    bodies = {}
+    for m in _FUNCTION.finditer(source):
+        if m.group(1) not in ("if", "for", "while", "switch", "return", "sizeof"):
+            bodies.setdefault(m.group(1), _body(source, m.end()))
+    calls = {f: set(_IDENT.findall(b)) & set(bodies) for f, b in bodies.items()}
+    sync = {f for f, b in bodies.items() if "__syncthreads" in b}
+    grew = True
+    while grew:
+        new = {f for f, called in calls.items() if f not in sync and called & sync}
+        sync |= new
+        grew = bool(new)
+    return sync
+
+
 def parse_kernels(source):
     """{name: (param declarations, signature chars, uses __syncthreads)} of a .cu text."""
     kernels = {}
+    sync = _synchronising(source)
     for m in _KERNEL.finditer(source):
         name, params = m.group(1), m.group(2)
         decls = [p.strip() for p in params.split(",") if p.strip()]
-        # the body: from the opening brace to its matching close
-        depth, i = 1, m.end()
-        while depth:
-            c = source[i]
-            depth += (c == "{") - (c == "}")
-            i += 1
-        body = source[m.end():i]
-        kernels[name] = (decls, "".join(_param_kind(d) for d in decls), "__syncthreads" in body)
+        body = _body(source, m.end())
+        threaded = "__syncthreads" in body or bool(set(_IDENT.findall(body)) & sync)
+        kernels[name] = (decls, "".join(_param_kind(d) for d in decls), threaded)
     return kernels
 
 

@@ -15,13 +15,13 @@ GEMM's inner dimension (no per-image loop, no atomics).  1-D, 2-D and 3-D convol
 spatial axes run the layer's CPU code).
 
 DepthwiseGpu (group == input channels, 1-D or 2-D): the dedicated kernels of
-layers/kernels/depthwise.cu."""
+layers/kernels/depthwise.cu, planned in cuda/depthwise.py."""
 import numpy as np
 
 from ...backend import cublas, ops
-from ...backend.kernels import THREADS
 from ..base import gpu_impl
-from .common import I32, data, diff, elementwise, kernel, launch, mdata, mdiff, state
+from .common import I32, data, diff, elementwise, mdata, mdiff, state
+from .depthwise import DepthwiseGpu
 
 # Floats of column buffer a chunk of images may use (256 MiB).
 COL_BUFFER_FLOATS = 1 << 26
@@ -114,38 +114,6 @@ class GemmGpu:
             cublas.gemm_strided_batched(
                 False, True, og, cgk, nc * P, 1.0,
                 dyt, og * nc * P, colt, cgk * nc * P, 1.0, dw, og * cgk, G)
-
-
-class DepthwiseGpu:
-    def __init__(self, layer, st):
-        self.geom = layer.geom
-        self.channels = layer.conv_in
-        self.multiplier = layer.conv_out // layer.conv_in
-
-    def reshape(self, num, in_spatial, out_spatial):
-        g = self.geom
-        self.num = num
-        self.args = (I32(self.channels), I32(self.multiplier),
-                     *(I32(v) for v in _pad3(in_spatial, 1)[1:] + _pad3(out_spatial, 1)[1:]
-                       + _pad3(g.kernel, 1)[1:] + _pad3(g.stride, 1)[1:] + _pad3(g.pad, 0)[1:]
-                       + _pad3(g.dilation, 1)[1:]))
-        self.in_count = int(np.prod(in_spatial, dtype=np.int64))
-        self.out_count = int(np.prod(out_spatial, dtype=np.int64))
-
-    def forward(self, x, w, b, y):
-        n = self.num * self.channels * self.multiplier * self.out_count
-        elementwise("depthwise", "dw_forward", "i" + "i" * 14 + "PPPP", n, *self.args,
-                    x, w, b, y)
-
-    def backward_data(self, dy, w, dx):
-        n = self.num * self.channels * self.in_count
-        elementwise("depthwise", "dw_backward_data", "i" + "i" * 14 + "PPP", n, *self.args,
-                    dy, w, dx)
-
-    def backward_weight(self, x, dy, dw):
-        fn = kernel("depthwise", "dw_backward_filter", "i" + "i" * 14 + "PPP")
-        launch(fn, (self.geom.kernel_count, self.channels * self.multiplier, 1),
-               (THREADS, 1, 1), I32(self.num), *self.args, x, dy, dw)
 
 
 def add_bias(num, channels, spatial, bias, y):
