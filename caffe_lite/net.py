@@ -34,6 +34,14 @@ def _prefix_error(exc, source):
     return exc
 
 
+class _Pending:
+    """A loss layer's place in Net._forward's list, read back later."""
+    __slots__ = ("index",)
+
+    def __init__(self, index):
+        self.index = index
+
+
 class Net:
     """A Caffe net.
 
@@ -355,8 +363,14 @@ class Net:
         return self._fused
 
     def forward_from_to(self, start=0, end=None):
+        return sum(self._forward(start, end, defer=()), 0.0)
+
+    def _forward(self, start, end, defer):
+        """Forward over layers start..end; returns each layer's loss in layer order (0.0 for
+        layers without one), or for the layers in `defer` (see _deferrable_losses) the index
+        of the layer whose loss is still to be read."""
         end = len(self.layers) - 1 if end is None else end
-        loss = 0.0
+        parts = []
         layers, bottoms, tops = self.layers, self.bottom_vecs, self.top_vecs
         by_first = self._groups()[0]
         i = start
@@ -366,9 +380,28 @@ class Net:
                 g.forward()  # no loss weights inside a group
                 i = g.last + 1
                 continue
-            loss += layers[i].forward(bottoms[i], tops[i])
+            if i in defer:
+                layers[i].run_forward(bottoms[i], tops[i])
+                parts.append(_Pending(i))
+            else:
+                parts.append(layers[i].forward(bottoms[i], tops[i]))
             i += 1
-        return loss
+        return parts
+
+    def _deferrable_losses(self):
+        """Loss layers whose tops no later layer reads or writes: their loss can be read
+        after the backward pass, with the same value."""
+        if getattr(self, "_deferrable", None) is None:
+            out = set()
+            for i, layer in enumerate(self.layers):
+                if not any(layer.loss_weights):
+                    continue
+                ids = {id(t) for t in self.top_vecs[i]}
+                if not any(id(b) in ids for j in range(i + 1, len(self.layers))
+                           for b in self.bottom_vecs[j] + self.top_vecs[j]):
+                    out.add(i)
+            self._deferrable = frozenset(out)
+        return self._deferrable
 
     def backward_from_to(self, start=None, end=0):
         start = len(self.layers) - 1 if start is None else start
@@ -426,9 +459,21 @@ class Net:
         return {o: self.blobs[o].diff for o in dict.fromkeys(outs)}
 
     def forward_backward(self):
-        loss = self.forward_from_to()
+        from .backend import state
+        defer = self._deferrable_losses() if state.mode() == state.GPU else ()
+        if not defer:
+            loss = self.forward_from_to()
+            self.backward_from_to()
+            return loss
+        # GPU: the backward pass is queued before the loss is read back (one synchronisation
+        # per step, at its end); the sum runs in layer order, as forward_from_to's.
+        parts = self._forward(0, None, defer)
         self.backward_from_to()
-        return loss
+        total = 0.0
+        for p in parts:
+            total += self.layers[p.index].loss_value(self.top_vecs[p.index]) \
+                if isinstance(p, _Pending) else p
+        return total
 
     def set_input_arrays(self, data, labels, layer=None):
         """Feed a MemoryData layer (the first one, or the one named `layer`), as pycaffe's

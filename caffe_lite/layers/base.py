@@ -132,12 +132,36 @@ class Layer:
         return True
 
     # --- forward / backward ----------------------------------------------------------------
+    _reshape_key = None
+
     def forward(self, bottom, top):
-        self.reshape(bottom, top)  # as Caffe's Layer::Forward: inputs may have changed shape
+        self.run_forward(bottom, top)
+        return self.loss_value(top)
+
+    def run_forward(self, bottom, top):
+        """Forward without reading the loss back (Net.forward_backward reads it after the
+        backward pass on the GPU: no synchronisation in the middle of a step)."""
         if _mode.mode() == _mode.GPU:
+            self.reshape_if_changed(bottom, top)
             self.forward_gpu(bottom, top)
         else:
+            self.reshape(bottom, top)  # as Caffe's Layer::Forward: inputs may have changed shape
             self.forward_cpu(bottom, top)
+
+    def reshape_if_changed(self, bottom, top):
+        """reshape(), unless this is a layer with a GPU implementation whose bottoms and tops
+        are the blobs, shapes and memory of its last reshape: then nothing can have changed,
+        and a repeated step skips the per-layer shape logic (host time per layer)."""
+        key = None
+        if gpu_impl_for(self) is not None:
+            key = _blob_key(bottom, top)
+            if key == self._reshape_key:
+                return
+        self.reshape(bottom, top)
+        self._reshape_key = _blob_key(bottom, top) if key is not None else None
+
+    def loss_value(self, top):
+        """sum(weight * top) over the tops with a loss weight (reads them on the host)."""
         loss = 0.0
         for w, t in zip(self.loss_weights, top):
             if w != 0:
@@ -194,6 +218,11 @@ class Layer:
         for i, (b, s) in enumerate(zip(self.blobs, shapes)):
             if tuple(b.shape) != tuple(s):
                 raise self.error(f"blob {i} has shape {b.shape} but the layer needs {tuple(s)}")
+
+
+def _blob_key(bottom, top):
+    return (tuple((id(b), b.shape, id(b._data.mem)) for b in bottom),
+            tuple((id(t), t.shape, id(t._data.mem)) for t in top))
 
 
 class NeuronLayer(Layer):

@@ -73,8 +73,13 @@ class Group:
 
     def _reshape(self):
         net = self.net
+        gpu = _mode.mode() == _mode.GPU
         for i in range(self.first, self.last + 1):
-            net.layers[i].reshape(net.bottom_vecs[i], net.top_vecs[i])
+            layer = net.layers[i]
+            if gpu:
+                layer.reshape_if_changed(net.bottom_vecs[i], net.top_vecs[i])
+            else:
+                layer.reshape(net.bottom_vecs[i], net.top_vecs[i])
 
 
 class BatchNormScaleGroup(Group):

@@ -16,6 +16,11 @@ import os
 GUARD = 0 if os.environ.get("CAFFE_LITE_EMU_ASAN") else 64
 SENTINEL = np.uint32(0x7FC0DEAD)   # a quiet NaN as float32
 
+# Kernel launches so far; with null_device (CAFFE_LITE_EMU_NULL=1) launches and cuBLAS calls
+# return at once: what is left is the host's own work (benchmarks/gpu/host_overhead.py).
+launches = 0
+null_device = bool(os.environ.get("CAFFE_LITE_EMU_NULL"))
+
 _starts = []        # sorted user-region start addresses
 _regions = {}       # start -> (end, weakref to the raw buffer)
 

@@ -171,6 +171,9 @@ class EmuFunction:
         return self
 
     def prepared_call(self, grid, block, *args):
+        memory.launches += 1
+        if memory.null_device:
+            return
         if self.arg_format is None:
             raise RuntimeError(f"kernel {self.name} launched before prepare()")
         if len(args) != len(self.arg_format):
@@ -257,6 +260,8 @@ class FakeCublas:
 
     def sgemm(self, h, opa, opb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
         FakeCublas.calls += 1
+        if memory.null_device:
+            return
         A = _colmajor(a, k, m, lda, "A") if opa else _colmajor(a, m, k, lda, "A")
         B = _colmajor(b, n, k, ldb, "B") if opb else _colmajor(b, k, n, ldb, "B")
         C = _colmajor(c, m, n, ldc, "C")
@@ -269,12 +274,17 @@ class FakeCublas:
 
     def sgemm_strided_batched(self, h, opa, opb, m, n, k, alpha, a, lda, stride_a, b, ldb,
                               stride_b, beta, c, ldc, stride_c, batch):
+        if memory.null_device:
+            FakeCublas.calls += 1
+            return
         for i in range(batch):
             self.sgemm(h, opa, opb, m, n, k, alpha, a + 4 * i * stride_a, lda,
                        b + 4 * i * stride_b, ldb, beta, c + 4 * i * stride_c, ldc)
 
     def sgemv(self, h, op, m, n, alpha, a, lda, x, incx, beta, y, incy):
         FakeCublas.calls += 1
+        if memory.null_device:
+            return
         assert incx == 1 and incy == 1
         A = _colmajor(a, m, n, lda, "A")
         opA = A.T if op else A
