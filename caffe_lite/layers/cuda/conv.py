@@ -8,11 +8,18 @@ x is the convolution's input (num, conv_in, *in), y its output (num, conv_out, *
 Deconvolution uses them with its bottom and top exchanged, as on the CPU.
 
 GemmGpu: im2col (layers/kernels/conv.cu) + cuBLAS.  The products of all images of a chunk
-are one strided-batched SGEMM per group (the weight's stride is 0); the weight gradient is
-one strided-batched SGEMM over the groups, on columns written image-interleaved by im2col
-and dy transposed to (channels, images, positions), so that the sum over images is the
-GEMM's inner dimension (no per-image loop, no atomics).  1-D, 2-D and 3-D convolutions (more
-spatial axes run the layer's CPU code).
+are one strided-batched SGEMM per group (the weight's stride is 0).  The weight gradient
+sum_n dy_n . col_n^T has two forms, chosen per shape by the bytes each moves beyond the
+products' own reads (`weight_gradient_plan`, no atomics either way):
+  * "transposed": columns written image-interleaved by im2col and dy transposed to
+    (channels, images, positions), so that the sum over images is the inner dimension of one
+    strided-batched SGEMM over the groups -- extra passes over x (1x1) and dy;
+  * "per_image": one strided-batched SGEMM over the images (and `parts` slices of the
+    positions) into partial gradients, read straight from dy and the usual columns (x itself
+    for 1x1), then summed in a fixed order (ops.sum_rows_acc) -- extra bytes: the partials.
+    Large planes with few channels (MobileNet's first layers) take this form; it also turns
+    a product with a tiny output (64 x 32) and a huge inner dimension into many blocks.
+1-D, 2-D and 3-D convolutions (more spatial axes run the layer's CPU code).
 
 DepthwiseGpu (group == input channels, 1-D or 2-D): the dedicated kernels of
 layers/kernels/depthwise.cu, planned in cuda/depthwise.py."""
@@ -105,6 +112,11 @@ class GemmGpu:
         G, P, Kc = self.group, self.out_count, self.conv_in * self.K
         og, cgk = self.conv_out // G, Kc // G
         O = self.conv_out
+        form, parts = weight_gradient_plan(self.chunk, self.conv_in, self.in_count, O, P, Kc, G,
+                                           self.geom.is_1x1)
+        if form == "per_image":
+            self._backward_weight_per_image(x, dy, dw, parts)
+            return
         for n0, n1 in self._chunks():
             nc = n1 - n0
             colt = self.st.buf("col", nc * Kc * P)
@@ -114,6 +126,53 @@ class GemmGpu:
             cublas.gemm_strided_batched(
                 False, True, og, cgk, nc * P, 1.0,
                 dyt, og * nc * P, colt, cgk * nc * P, 1.0, dw, og * cgk, G)
+
+
+    def _backward_weight_per_image(self, x, dy, dw, parts):
+        G, P, Kc = self.group, self.out_count, self.conv_in * self.K
+        og, cgk = self.conv_out // G, Kc // G
+        O = self.conv_out
+        span = -(-P // parts)
+        one_by_one = self.geom.is_1x1
+        for n0, n1 in self._chunks():
+            nc = n1 - n0
+            if one_by_one:
+                col = x + 4 * n0 * self.conv_in * self.in_count     # (nc, Kc, P): x itself
+            else:
+                col = self.st.buf("col", nc * Kc * P)
+                self._im2col(x, n0, n1, col, Kc * P, P)
+            partial = self.st.buf("dw_partial", parts * nc * O * cgk)
+            for part in range(parts):
+                p0 = part * span
+                k = min(span, P - p0)
+                for g in range(G):
+                    # partial[part, n, g*og:(g+1)*og, :] = dy_n[g rows, p0:p0+k] . col_n[g rows, p0:p0+k]^T
+                    cublas.gemm_strided_batched(
+                        False, True, og, cgk, k, 1.0,
+                        dy + 4 * (n0 * O * P + g * og * P + p0), O * P,
+                        col + 4 * (g * cgk * P + p0), Kc * P, 0.0,
+                        partial + 4 * (part * nc * O * cgk + g * og * cgk), O * cgk, nc,
+                        lda=P, ldb=P, ldc=cgk)
+            ops.sum_rows_acc(parts * nc, O * cgk, partial, dw)
+
+
+# Blocks a weight-gradient product should give the GPU (a few per multiprocessor).
+GEMM_BLOCKS = 256
+
+
+def weight_gradient_plan(images, channels_in, in_count, channels_out, positions, rows, group,
+                         one_by_one):
+    """("per_image", parts) or ("transposed", 1) for a chunk of `images` images: the form
+    whose extra device-memory traffic (in floats, written and read back once) is smaller.
+    transposed: x copied image-interleaved (1x1 only: im2col writes the columns either way)
+    and dy transposed; per_image: parts * images * (channels_out x rows / group) partials,
+    with parts slices of the positions when few images would leave the GPU idle."""
+    cgk = rows // group
+    parts = max(1, min(-(-GEMM_BLOCKS // max(images, 1)), positions // 1024))
+    transposed = (images * channels_in * in_count if one_by_one else 0) + \
+        images * channels_out * positions
+    per_image = parts * images * channels_out * cgk
+    return ("per_image", parts) if per_image < transposed else ("transposed", 1)
 
 
 def add_bias(num, channels, spatial, bias, y):
