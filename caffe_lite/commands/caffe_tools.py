@@ -37,6 +37,13 @@ def select_mode(gpu_flag, solver_mode_gpu=False, device_id=0):
     return "CPU"
 
 
+def add_gpu_flag(p, what="run"):
+    """-gpu ID for a verb that runs nets (as Caffe's tools); select_mode(args.gpu) applies it:
+    a GPU that cannot be used is a one-line error."""
+    flag(p, "gpu", default=None, metavar="ID",
+         help=f"GPU id to {what} on (default: the CPU)")
+
+
 def add_source_overrides(p):
     flag(p, "train_source", default=None, metavar="PATH",
          help="use PATH as the source of the TRAIN-phase data layer(s) (caffe-lite's addition: "
@@ -198,7 +205,7 @@ def _configure_test(p):
     flag(p, "model", required=True, help="net prototxt (TEST phase is used)")
     flag(p, "weights", default=None, help="caffemodel(s), comma-separated")
     flag(p, "iterations", type=int, default=50, help="number of batches to run")
-    flag(p, "gpu", default=None, help="GPU id to use")
+    add_gpu_flag(p)
     _stage_args(p)
     add_source_overrides(p)
 

@@ -8,7 +8,8 @@ import os
 
 from .registry import command, flag
 from ..errors import CaffeLiteError, DataError
-from .caffe_tools import _net_param_with_overrides, add_source_overrides
+from .caffe_tools import (_net_param_with_overrides, add_gpu_flag, add_source_overrides,
+                          select_mode)
 
 log = logging.getLogger("caffe_lite")
 
@@ -175,6 +176,7 @@ def thin_cmd(args):
     from ..pruning import netutil
     from ..pruning.thin import max_output_difference, thin_net
     _check_outputs(args, "output_model", "output")
+    select_mode(args.gpu)
     net, user = load_model(args)
     with net:
         result = thin_net(net, user)
@@ -211,6 +213,7 @@ def _configure_thin(p):
          help="largest output difference (relative to max(1, |output|)) accepted in the "
               "random-input check")
     flag(p, "overwrite", action="store_true", help="replace existing output files")
+    add_gpu_flag(p, "check the thinned net's outputs")
 
 
 thin_cmd.configure = _configure_thin
@@ -232,6 +235,7 @@ def sensitivity_cmd(args):
     from ..util.atomic import atomic_write_text
     _check_outputs(args, "output_csv", "output_png", "output_spec")
     sparsities = _float_list(args.sparsities, "-sparsities")
+    select_mode(args.gpu)
     png = args.output_png
     if png:
         try:
@@ -294,6 +298,7 @@ def _configure_sensitivity(p):
     flag(p, "output_spec", default=None, help="PruningSpec prototxt of the proposed targets")
     flag(p, "overwrite", action="store_true", help="replace existing output files")
     add_source_overrides(p)
+    add_gpu_flag(p, "score the pruned nets")
 
 
 sensitivity_cmd.configure = _configure_sensitivity

@@ -1,6 +1,7 @@
 """Prune-then-fine-tune LeNet on MNIST to Han et al.'s LeNet-5 profile, offline.
 
     python examples/mnist/prune_finetune.py [--weights dense.caffemodel] [--workdir runs/mnist]
+                                            [--gpu [ID]]
 
 1. converts ../shared/data/mnist (the 5k training subset, the 10k test set) to LMDBs;
 2. trains BVLC's LeNet (lenet_train_test.prototxt and lenet_solver.prototxt, unchanged but for
@@ -14,7 +15,9 @@
    <workdir>/lenet_dense.caffemodel and <workdir>/lenet_pruned.caffemodel (ordinary
    caffemodels with exact zeros).
 
-Everything is seeded: the same command gives the same numbers."""
+Everything is seeded: the same command gives the same numbers.  --gpu trains, prunes and
+scores on a GPU (PyCUDA; see docs/gpu.md); without a usable GPU it stops with a one-line
+error."""
 import argparse
 import os
 import sys
@@ -70,7 +73,25 @@ def parse_args(argv=None):
                    help="also fine-tune the dense model the same way without pruning, to "
                         "separate the cost of pruning from the benefit of more training")
     p.add_argument("--seed", type=int, default=1701, help="random seed (default 1701)")
+    p.add_argument("--gpu", nargs="?", type=int, const=0, default=None, metavar="ID",
+                   help="run on GPU ID (default 0 when the flag is given alone); the CPU "
+                        "otherwise")
+    p.add_argument("--test-batches", type=int, default=None, metavar="N",
+                   help="score on the first N batches of 100 test images (default: all 100)")
     return p.parse_args(argv)
+
+
+def select_device(gpu):
+    """CPU, or GPU `gpu`; a GPU that cannot be used stops the run with a one-line error."""
+    if gpu is None:
+        caffe_lite.set_mode_cpu()
+        return "CPU"
+    try:
+        caffe_lite.set_device(gpu)
+        caffe_lite.set_mode_gpu()
+    except caffe_lite.CaffeLiteError as exc:
+        die(f"--gpu {gpu}: {exc}")
+    return f"GPU {gpu}"
 
 
 def die(msg):
@@ -96,7 +117,7 @@ def prepare_data(shared, workdir):
     return dbs
 
 
-def solver_param(shared, dbs, max_iter, base_lr, seed, prefix):
+def solver_param(shared, dbs, max_iter, base_lr, seed, prefix, test_batches=None):
     """BVLC's lenet_solver.prototxt and lenet_train_test.prototxt, with our LMDBs."""
     models = os.path.join(shared, "models", "bvlc_mnist")
     solver_file = os.path.join(models, "lenet_solver.prototxt")
@@ -118,7 +139,10 @@ def solver_param(shared, dbs, max_iter, base_lr, seed, prefix):
     param.snapshot = 0
     param.snapshot_after_train = False
     param.snapshot_prefix = prefix
+    # The device is chosen by --gpu (caffe_lite's mode), as the CLI's -gpu does.
     param.solver_mode = caffe_pb2.SolverParameter.CPU
+    if test_batches is not None:
+        param.test_iter[0] = test_batches
     return param
 
 
@@ -133,7 +157,7 @@ def size_line(label, path):
 def main(argv=None):
     args = parse_args(argv)
     t_start = time.perf_counter()
-    caffe_lite.set_mode_cpu()
+    device = select_device(args.gpu)
     shared = os.path.abspath(args.shared)
     if not os.path.isdir(shared):
         die(f"shared folder {shared} not found (pass --shared DIR)")
@@ -146,7 +170,8 @@ def main(argv=None):
         dense_path = os.path.join(args.workdir, "lenet_dense.caffemodel")
         t = time.perf_counter()
         solver = SGDSolver(solver_param(shared, dbs, args.train_iters, 0.01, args.seed,
-                                        os.path.join(args.workdir, "lenet")))
+                                        os.path.join(args.workdir, "lenet"),
+                                        args.test_batches))
         print(f"training LeNet for {args.train_iters} iterations ...", flush=True)
         solver.solve()
         solver.net.save(dense_path)
@@ -156,7 +181,8 @@ def main(argv=None):
         die(f"--weights {dense_path}: no such file")
 
     ft = SGDSolver(solver_param(shared, dbs, args.finetune_iters, args.finetune_lr,
-                                args.seed, os.path.join(args.workdir, "lenet_ft")))
+                                args.seed, os.path.join(args.workdir, "lenet_ft"),
+                                args.test_batches))
     ft.net.copy_from(dense_path)
     acc_dense = accuracy(ft)
     print(f"dense accuracy: {acc_dense:.4f}", flush=True)
@@ -187,7 +213,8 @@ def main(argv=None):
     acc_control = None
     if args.control:
         control = SGDSolver(solver_param(shared, dbs, args.finetune_iters, args.finetune_lr,
-                                         args.seed, os.path.join(args.workdir, "lenet_ctl")))
+                                         args.seed, os.path.join(args.workdir, "lenet_ctl"),
+                                         args.test_batches))
         control.net.copy_from(dense_path)
         print(f"control: fine-tuning the dense model {args.finetune_iters} iterations ...",
               flush=True)
@@ -197,7 +224,9 @@ def main(argv=None):
 
     total = time.perf_counter() - t_start
     print()
-    print("== accuracy on the 10,000 MNIST test images ==")
+    images = 100 * (args.test_batches if args.test_batches is not None else 100)
+    print(f"== accuracy on {'the 10,000' if images == 10000 else f'the first {images:,d}'} "
+          "MNIST test images ==")
     print(f"dense                          {100 * acc_dense:6.2f} %")
     print(f"pruned, before fine-tuning     {100 * acc_pruned:6.2f} %")
     print(f"pruned + fine-tuned ({args.schedule}){' ' * (9 - len(args.schedule))}"
@@ -218,9 +247,10 @@ def main(argv=None):
     print(f"{'parameters':<34} {rep['total']['params']:>10,d} prunable, "
           f"{rep['total']['nonzeros']:,d} nonzero ({rep['total']['compression']:.1f}x fewer)")
     print()
-    print(f"total time {total:.0f} s on {os.cpu_count()} CPU(s)")
+    where = f"{os.cpu_count()} CPU(s)" if device == "CPU" else device
+    print(f"total time {total:.0f} s on {where}")
     return {"dense": acc_dense, "pruned": acc_pruned, "finetuned": acc_ft,
-            "control": acc_control, "report": rep, "seconds": total}
+            "control": acc_control, "report": rep, "seconds": total, "device": device}
 
 
 if __name__ == "__main__":
