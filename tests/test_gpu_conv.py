@@ -18,24 +18,26 @@ def _plan(n, cin, hw, cout, k=1, stride=1, group=1):
 
 
 def test_weight_gradient_plans_for_mobilenet_at_batch_64():
-    # early layers: large planes, few channels -> partial gradients per image (and per part
-    # of the plane), no transposed copies of x and dy
-    assert _plan(64, 3, 224, 32, k=3, stride=2) == ("per_image", 4)      # conv1
-    assert _plan(64, 32, 112, 64) == ("per_image", 4)                      # conv2/sep
-    assert _plan(64, 128, 56, 128) == ("per_image", 3)                     # conv4/sep
-    assert _plan(64, 256, 28, 256)[0] == "per_image"                       # conv6/sep
-    # late layers: small planes, many channels -> the transposed form's one long product
-    assert _plan(64, 512, 14, 512) == ("transposed", 1)                    # conv8..12/sep
-    assert _plan(64, 1024, 7, 1024) == ("transposed", 1)                   # conv14/sep
+    # early layers: large planes, few channels -> partial gradients per image and per part of
+    # the plane (enough thread blocks), no transposed copies of x and dy
+    assert _plan(64, 3, 224, 32, k=3, stride=2) == ("per_image", 5)      # conv1
+    assert _plan(64, 32, 112, 64) == ("per_image", 5)                      # conv2/sep
+    assert _plan(64, 128, 56, 128) == ("per_image", 5)                     # conv4/sep
+    assert _plan(64, 256, 28, 256) == ("per_image", 2)                     # conv6/sep
+    # late layers: small planes, many channels -> the transposed form, its long inner
+    # dimension split so that 16 or 64 output tiles still fill the GPU
+    assert _plan(64, 512, 14, 512) == ("transposed", 17)                   # conv8..12/sep
+    assert _plan(64, 1024, 7, 1024) == ("transposed", 5)                   # conv14/sep
     assert _plan(64, 1024, 1, 1000) == ("transposed", 1)                   # fc7
 
 
-def test_per_image_form_is_chosen_by_bytes():
-    images, cin, cout, positions = 8, 16, 32, 4096
-    form, parts = cuda_conv.weight_gradient_plan(images, cin, positions, cout, positions, cin,
-                                                 1, True)
-    extra_transposed = images * (cin + cout) * positions
-    assert form == "per_image" and parts * images * cout * cin < extra_transposed
+def test_the_plan_weighs_products_and_traffic():
+    opts = cuda_conv.weight_gradient_options(64, 32, 112 * 112, 64, 112 * 112, 32, 1, True)
+    parts, count, k, blocks, seconds, extra = opts["transposed"]
+    # the whole sum over 64 x 12544 positions in slices, enough blocks for the SMs
+    assert parts * k >= 64 * 112 * 112 and blocks >= cuda_conv.SMS
+    # the transposed copies of x (32 channels) and dy (64) cost more than the partials
+    assert extra > 8 * 64 * (32 + 64) * 112 * 112 > opts["per_image"][5]
 
 
 FILL = 'weight_filler { type: "gaussian" std: 0.3 } bias_filler { type: "uniform" min: -1 max: 1 }'
@@ -48,17 +50,25 @@ CASES = [
 ]
 
 
+FORCED = [("transposed", 1), ("transposed", 3), ("per_image", 2)]
+CASES += [(p, s, f) for p, s in (("num_output: 4 kernel_size: 1", (2, 3, 5, 5)),
+                                 ("num_output: 4 kernel_size: 3 pad: 1 group: 2",
+                                  (2, 4, 5, 7))) for f in FORCED]
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("param,shape", CASES, ids=[p for p, _ in CASES])
-def test_per_image_weight_gradient_matches_the_cpu(monkeypatch, param, shape):
+@pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
+def test_weight_gradient_forms_match_the_cpu(monkeypatch, case):
     ok, reason = gpu_backend.available()
     if not ok:
         pytest.skip(f"needs PyCUDA and a CUDA device: {reason}")
+    param, shape = case[:2]
+    forced = case[2] if len(case) > 2 else None
     forms = []
     orig = cuda_conv.weight_gradient_plan
 
     def spy(*a):
-        forms.append(orig(*a))
+        forms.append(forced or orig(*a))
         return forms[-1]
     monkeypatch.setattr(cuda_conv, "weight_gradient_plan", spy)
     if shape[2] == 9:
@@ -82,8 +92,8 @@ def test_per_image_weight_gradient_matches_the_cpu(monkeypatch, param, shape):
         layer.backward([y], [True], [x])
         results[device] = [b.cpu_diff.copy() for b in layer.blobs] + [x.cpu_diff.copy()]
         caffe.set_mode_cpu()
-    assert forms and all(f[0] == "per_image" for f in forms)
+    assert forms and all(f[0] == (forced or ("per_image",))[0] for f in forms)
     if shape[2] == 48:
-        assert forms[0][1] == 2
+        assert forms[0][1] == 9     # 2304 positions in slices of 256
     for a, b in zip(results["gpu"], results["cpu"]):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-4)

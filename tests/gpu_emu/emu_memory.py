@@ -25,9 +25,14 @@ _starts = []        # sorted user-region start addresses
 _regions = {}       # start -> (end, weakref to the raw buffer)
 
 
+live_bytes = 0
+
+
 def alloc(nbytes, owner):
     """A raw buffer for `owner` (freed when owner dies): returns (raw uint32 array, start)."""
+    global live_bytes
     words = max(1, (int(nbytes) + 3) // 4)
+    live_bytes += 4 * words
     raw = np.empty(words + 2 * GUARD, np.uint32)
     raw[:] = SENTINEL
     start = raw.ctypes.data + 4 * GUARD
@@ -38,6 +43,9 @@ def alloc(nbytes, owner):
 
 
 def _free(start):
+    global live_bytes
+    if start in _regions:
+        live_bytes -= _regions[start][0] - start
     i = bisect.bisect_left(_starts, start)
     if i < len(_starts) and _starts[i] == start:
         del _starts[i]

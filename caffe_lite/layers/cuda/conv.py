@@ -123,9 +123,26 @@ class GemmGpu:
             self._im2col(x, n0, n1, colt, P, nc * P)          # (Kc, nc, P)
             dyt = self.st.buf("dy_t", nc * O * P)             # (O, nc, P)
             ops.copy_nd((nc, O, P), dy + 4 * n0 * O * P, (O * P, P, 1), dyt, (P, nc * P, 1))
-            cublas.gemm_strided_batched(
-                False, True, og, cgk, nc * P, 1.0,
-                dyt, og * nc * P, colt, cgk * nc * P, 1.0, dw, og * cgk, G)
+            if parts == 1:
+                cublas.gemm_strided_batched(
+                    False, True, og, cgk, nc * P, 1.0,
+                    dyt, og * nc * P, colt, cgk * nc * P, 1.0, dw, og * cgk, G)
+                continue
+            # split-K by hand: slices of the inner dimension into partials, summed in order
+            L = nc * P
+            span = -(-L // parts)
+            partial = self.st.buf("dw_partial", parts * O * cgk)
+            for g in range(G):
+                for first, count in ((0, L // span), (L // span, 1 if L % span else 0)):
+                    if not count:
+                        continue
+                    cublas.gemm_strided_batched(
+                        False, True, og, cgk, min(span, L - first * span), 1.0,
+                        dyt + 4 * (g * og * L + first * span), span,
+                        colt + 4 * (g * cgk * L + first * span), span, 0.0,
+                        partial + 4 * (first * O * cgk + g * og * cgk), O * cgk, count,
+                        lda=L, ldb=L, ldc=cgk)
+            ops.sum_rows_acc(-(-L // span), O * cgk, partial, dw)
 
 
     def _backward_weight_per_image(self, x, dy, dw, parts):
@@ -156,23 +173,65 @@ class GemmGpu:
             ops.sum_rows_acc(parts * nc, O * cgk, partial, dw)
 
 
-# Blocks a weight-gradient product should give the GPU (a few per multiprocessor).
-GEMM_BLOCKS = 256
+# The weight-gradient planner's model of the GPU (an H100 / H200-class device; only the
+# ratios matter, and the plan is the same on every device, so results are too):
+SMS = 132                  # multiprocessors
+GEMM_FLOPS = 50e12         # what a large FP32 SGEMM reaches (75 % of the H200's 67 TFLOPS)
+COPY_BYTES = 4.2e12        # device-memory bytes per second (the H200's measured copy)
+TILE = 128                 # output tile of one SGEMM thread block
+MIN_SLICE = 256            # shortest inner dimension a product is split into
+
+
+def _gemm(m, n, k, batch):
+    """(thread blocks, expected seconds) of `batch` products m x n x k: the FLOPs at
+    GEMM_FLOPS, scaled by the share of the SMs the output tiles occupy and by k / (k + 64)
+    (a block's fixed cost of loading and storing its tile over a short inner dimension)."""
+    blocks = -(-m // TILE) * -(-n // TILE) * batch
+    occupancy = min(1.0, blocks / SMS)
+    return blocks, 2.0 * m * n * k * batch / (GEMM_FLOPS * occupancy * k / (k + 64))
+
+
+def weight_gradient_options(images, channels_in, in_count, channels_out, positions, rows,
+                            group, one_by_one):
+    """{form: (parts, products, inner per product, blocks, GEMM seconds, extra bytes)} for
+    both forms of the weight gradient of a chunk of `images` images (see
+    weight_gradient_plan)."""
+    og, cgk = channels_out // group, rows // group
+    tiles = -(-og // TILE) * -(-cgk // TILE) * group
+    want = 2 * SMS
+    inner = images * positions
+    pt = max(1, min(-(-want // tiles), inner // MIN_SLICE))
+    extra_t = 2 * ((images * channels_in * in_count if one_by_one else 0)
+                   + images * channels_out * positions
+                   + (pt * channels_out * cgk if pt > 1 else 0))
+    pi = max(1, min(-(-want // (tiles * images)), positions // MIN_SLICE))
+    extra_i = 2 * pi * images * channels_out * cgk
+    out = {}
+    for form, parts, count, k, extra in (
+            ("transposed", pt, pt * group, -(-inner // pt), extra_t),
+            ("per_image", pi, pi * images * group, -(-positions // pi), extra_i)):
+        blocks, seconds = _gemm(og, cgk, k, count)
+        out[form] = (parts, count, k, blocks, seconds, 4 * extra)
+    return out
 
 
 def weight_gradient_plan(images, channels_in, in_count, channels_out, positions, rows, group,
                          one_by_one):
-    """("per_image", parts) or ("transposed", 1) for a chunk of `images` images: the form
-    whose extra device-memory traffic (in floats, written and read back once) is smaller.
-    transposed: x copied image-interleaved (1x1 only: im2col writes the columns either way)
-    and dy transposed; per_image: parts * images * (channels_out x rows / group) partials,
-    with parts slices of the positions when few images would leave the GPU idle."""
-    cgk = rows // group
-    parts = max(1, min(-(-GEMM_BLOCKS // max(images, 1)), positions // 1024))
-    transposed = (images * channels_in * in_count if one_by_one else 0) + \
-        images * channels_out * positions
-    per_image = parts * images * channels_out * cgk
-    return ("per_image", parts) if per_image < transposed else ("transposed", 1)
+    """(form, parts) for the weight gradient of a chunk of `images` images: the form
+    ("transposed" or "per_image", see the module docstring) with the smaller expected time
+    (products by _gemm + extra device-memory traffic at COPY_BYTES), each split into `parts`
+    slices of its inner dimension (summed by ops.sum_rows_acc) so that the products give
+    about 2 * SMS thread blocks -- a product whose output has only a few tiles (64 x 32 for
+    MobileNet's first layers) would otherwise run on a few SMs.  Deterministic: the plan
+    depends on the shapes only."""
+    opts = weight_gradient_options(images, channels_in, in_count, channels_out, positions,
+                                   rows, group, one_by_one)
+
+    def cost(form):
+        o = opts[form]
+        return o[4] + o[5] / COPY_BYTES
+    form = "per_image" if cost("per_image") < cost("transposed") else "transposed"
+    return form, opts[form][0]
 
 
 def add_bias(num, channels, spatial, bias, y):

@@ -117,6 +117,12 @@ class DeviceAllocation:
     __index__ = __int__
 
 
+def mem_get_info():
+    """(free, total) bytes: total as Device.total_memory, used = live allocations."""
+    total = Device(0).total_memory()
+    return total - emu_memory.live_bytes, total
+
+
 def mem_alloc(nbytes):
     return DeviceAllocation(nbytes)
 
