@@ -16,6 +16,8 @@ M = "depthwise"
 DW_R = 4              # as depthwise.cu: outputs per thread item
 SMEM_FLOATS = 6144    # as depthwise.cu's DW_SMEM (tests/test_gpu_depthwise.py checks both)
 TARGET_ITEMS = 1024   # thread items a unit aims for
+MIN_UNITS = 2048      # units (blocks) a grid should have when the planes allow: a few waves
+                      # over a 132-SM GPU, so the last one's idle SMs cost little
 FILTER_BLOCKS = 2048  # blocks the backward-filter grid aims for
 FILTER_THREADS = 256  # its block reduction needs exactly CL_THREADS
 TILED = {(3, 3, 1, 1): "k3s1", (3, 3, 2, 2): "k3s2", (5, 5, 1, 1): "k5s1", (5, 5, 2, 2): "k5s2"}
@@ -31,9 +33,10 @@ def _threads(items):
     return min(256, max(64, _round_up(-(-items // 2), 32)))
 
 
-def _choose(height, width_items, rows_per_plane, rs, planes):
+def _choose(height, width_items, rows_per_plane, rs, planes, min_units=MIN_UNITS):
     """(TH, PB) for units over `planes` planes of `height` rows: whole planes, several per
-    unit when they are small, else bands of TH rows; None when not even DW_R rows fit."""
+    unit when they are small (but at least about min_units units), else bands of TH rows;
+    None when not even DW_R rows fit."""
     full = _round_up(height, DW_R)
 
     def fits(th):
@@ -43,7 +46,7 @@ def _choose(height, width_items, rows_per_plane, rs, planes):
         return th // DW_R * width_items
     if fits(full) and items(full) <= TARGET_ITEMS:
         pb = min(SMEM_FLOATS // (rows_per_plane(full) * rs), max(1, TARGET_ITEMS // items(full)),
-                 planes)
+                 planes, max(1, planes // max(min_units, 1)))
         return full, max(1, pb)
     th = full
     while th > DW_R and not (fits(th) and items(th) <= TARGET_ITEMS):
@@ -100,7 +103,8 @@ def plan_filter(g):
     """Units per output channel over images (bands of output rows, or PB images' whole
     planes); extra = (splits,): blocks per channel, each summing every splits-th unit."""
     rs, shift, rows = _tile_forward(g)
-    got = _choose(g["OH"], g["OW"], rows, rs, g["N"])
+    # (the grid's size comes from splits over the channels, not from the units)
+    got = _choose(g["OH"], g["OW"], rows, rs, g["N"], min_units=0)
     if got is None:
         return None
     th, pb = got
@@ -108,6 +112,7 @@ def plan_filter(g):
     per_channel = -(-g["N"] // pb) * bands
     channels = g["C"] * g["M"]
     splits = max(1, min(-(-FILTER_BLOCKS // channels), per_channel))
+    splits = -(-per_channel // -(-per_channel // splits))   # every block walks as many units
     return Plan(th, pb, bands, rs, shift, per_channel, FILTER_THREADS, (splits,))
 
 
