@@ -492,6 +492,7 @@ def run_cases(args, torch, report):
         shape = (3, size, size) if tmodel == "mobilenet" else (1, 28, 28)
         ncls = classes if tmodel == "mobilenet" else 10
         fns, row = {}, {"batch": batch, "kind": kind}
+        ops._scratch.clear()   # each case's shared scratch buffers are its own (sizes)
         if kind == "inference":
             net, fn = caffe_inference_fn(builder(batch, deploy=True))
             nets, solvers = [net], []

@@ -34,6 +34,13 @@ from .depthwise import DepthwiseGpu
 COL_BUFFER_FLOATS = 1 << 26
 
 
+def _scratch(name, n):
+    """A device buffer of n floats shared by every convolution: columns, transposed dy and
+    partial gradients live only within one call, and calls run one after another on the
+    stream, so one buffer of each kind (the largest any layer needs) serves the whole net."""
+    return ops.scratch(name, n)[1]
+
+
 def _pad3(values, fill):
     values = tuple(values)
     return (fill,) * (3 - len(values)) + values
@@ -75,7 +82,7 @@ class GemmGpu:
             if one_by_one:
                 col = x + 4 * n0 * self.conv_in * self.in_count
             else:
-                col = self.st.buf("col", (n1 - n0) * Kc * P)
+                col = _scratch("conv_col", (n1 - n0) * Kc * P)
                 self._im2col(x, n0, n1, col, Kc * P, P)
             for g in range(G):
                 cublas.gemm_strided_batched(
@@ -95,7 +102,7 @@ class GemmGpu:
             if one_by_one:
                 col = dx + 4 * n0 * self.conv_in * self.in_count
             else:
-                col = self.st.buf("col", (n1 - n0) * Kc * P)
+                col = _scratch("conv_col", (n1 - n0) * Kc * P)
             for g in range(G):
                 cublas.gemm_strided_batched(
                     True, False, cgk, P, og, 1.0,
@@ -119,9 +126,9 @@ class GemmGpu:
             return
         for n0, n1 in self._chunks():
             nc = n1 - n0
-            colt = self.st.buf("col", nc * Kc * P)
+            colt = _scratch("conv_col", nc * Kc * P)
             self._im2col(x, n0, n1, colt, P, nc * P)          # (Kc, nc, P)
-            dyt = self.st.buf("dy_t", nc * O * P)             # (O, nc, P)
+            dyt = _scratch("conv_dy_t", nc * O * P)             # (O, nc, P)
             ops.copy_nd((nc, O, P), dy + 4 * n0 * O * P, (O * P, P, 1), dyt, (P, nc * P, 1))
             if parts == 1:
                 cublas.gemm_strided_batched(
@@ -131,7 +138,7 @@ class GemmGpu:
             # split-K by hand: slices of the inner dimension into partials, summed in order
             L = nc * P
             span = -(-L // parts)
-            partial = self.st.buf("dw_partial", parts * O * cgk)
+            partial = _scratch("conv_dw_partial", parts * O * cgk)
             for g in range(G):
                 for first, count in ((0, L // span), (L // span, 1 if L % span else 0)):
                     if not count:
@@ -156,9 +163,9 @@ class GemmGpu:
             if one_by_one:
                 col = x + 4 * n0 * self.conv_in * self.in_count     # (nc, Kc, P): x itself
             else:
-                col = self.st.buf("col", nc * Kc * P)
+                col = _scratch("conv_col", nc * Kc * P)
                 self._im2col(x, n0, n1, col, Kc * P, P)
-            partial = self.st.buf("dw_partial", parts * nc * O * cgk)
+            partial = _scratch("conv_dw_partial", parts * nc * O * cgk)
             for part in range(parts):
                 p0 = part * span
                 k = min(span, P - p0)

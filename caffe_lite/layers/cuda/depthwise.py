@@ -10,6 +10,7 @@ kernels.  Both give the same numbers up to float32 rounding (the sum order over 
 the same: kh outer, kw inner).  See docs/gpu.md for the bytes each pass moves."""
 import collections
 
+from ...backend import ops
 from .common import I32, elementwise, kernel, launch, launch_1d
 
 M = "depthwise"
@@ -199,7 +200,7 @@ class DepthwiseGpu:
                    I32(self.num), *self.direct_args, x, dy, dw)
             return
         fn, p, args, (n, k, splits) = self.flt
-        partial = self.st.buf("dw_partial", n * splits)
+        partial = ops.scratch("depthwise_partial", n * splits)[1]   # lives within this call
         vec = I32(self.W % 4 == 0 and x % 16 == 0)
         launch(fn, (splits, self.channels * self.multiplier, 1), (p.threads, 1, 1), *args, vec,
                I32(splits), x, dy, partial)
