@@ -556,6 +556,13 @@ class Net:
         formats)."""
         return self.copy_from(path)
 
+    # pycaffe's names for Caffe's ForwardFromTo / BackwardFromTo (layer indices, inclusive)
+    def _forward(self, start, end):
+        return self.forward_from_to(start, end)
+
+    def _backward(self, start, end):
+        return self.backward_from_to(start, end)
+
     @property
     def _blob_loss_weights(self):
         return list(self.blob_loss_weights_list)

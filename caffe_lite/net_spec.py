@@ -38,6 +38,15 @@ def _param_field_for_type():
 PARAM_FIELD = _param_field_for_type()
 
 
+def param_name_dict():
+    """pycaffe's form of the same table: layer type -> its parameter field without '_param'
+    (Convolution -> 'convolution'), from the proto's message names."""
+    return {t: f[: -len("_param")] for t, f in _param_field_for_type().items()}
+
+
+_param_names = param_name_dict()
+
+
 def _is_repeated(field):
     # protobuf >= 5.28 has is_repeated (and 7.x dropped `label`); older versions only label.
     flag = getattr(field, "is_repeated", None)
@@ -120,6 +129,8 @@ class Function:
             autonames[top.fn.type_name] += 1
             names[top] = f"{top.fn.type_name}{autonames[top.fn.type_name]}"
         return names[top]
+
+    _get_name, _get_top_name = _name, _top_name  # pycaffe's names
 
     def _to_proto(self, layers, names, autonames):
         if self in layers:
@@ -225,5 +236,6 @@ class _ParamFactory:
         return msg
 
 
+Layers, Parameters = _LayerFactory, _ParamFactory  # pycaffe's class names
 layers = _LayerFactory()
 params = _ParamFactory()
