@@ -35,8 +35,8 @@ def assert_same_weights(a, b):
 
 
 def test_python_data_layer_trains_lenet_bit_for_bit_as_lmdb(tmp_path, mnist_dir, models_dir):
-    python, lmdb = run_example(tmp_path, "--iters", "60", "--test-iters", "0")
-    assert python["loss"] == lmdb["loss"] < 1.0  # it learned (the first losses are ~2.3)
+    python, lmdb = run_example(tmp_path, "--iters", "40", "--test-iters", "0")
+    assert python["loss"] == lmdb["loss"] < 1.5  # it learned (the first losses are ~2.3)
     assert_same_weights(python["model"], lmdb["model"])
 
 

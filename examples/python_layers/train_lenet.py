@@ -32,19 +32,16 @@ TRAIN = ("train5k-images-idx3-ubyte.gz", "train5k-labels-idx1-ubyte.gz")
 TEST = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 
 
-def lenet(data, workdir):
-    """lenet_train_test.prototxt with Data layers over LMDBs ('lmdb') or Python layers."""
+def lenet(data, workdir, testing=True):
+    """lenet_train_test.prototxt with Data layers over LMDBs ('lmdb') or Python layers (when
+    not testing, the test net reads the training images: it is built but never run)."""
     net, _ = load_message(os.path.join(MODELS, "lenet_train_test.prototxt"),
                           caffe_pb2.NetParameter)
     upgrade_net(net)
     if data == "lmdb":
-        dbs = []
-        for name, (im, lb) in (("train_lmdb", TRAIN), ("test_lmdb", TEST)):
-            db = os.path.join(workdir, name)
-            if not os.path.exists(db):
-                convert_mnist(os.path.join(MNIST, im), os.path.join(MNIST, lb), db)
-            dbs.append(db)
-        override_sources(net, *dbs)
+        train_db = make_lmdb(workdir, "train_lmdb", TRAIN)
+        test_db = make_lmdb(workdir, "test_lmdb", TEST) if testing else train_db
+        override_sources(net, train_db, test_db)
         return net
     for layer in net.layer:
         if layer.type == "Data":
@@ -59,6 +56,13 @@ def lenet(data, workdir):
     return net
 
 
+def make_lmdb(workdir, name, files):
+    db = os.path.join(workdir, name)
+    if not os.path.exists(db):
+        convert_mnist(*(os.path.join(MNIST, f) for f in files), db)
+    return db
+
+
 def python_layer_param(phase, files, batch_size, scale):
     images, labels = (os.path.join(MNIST, f) for f in files)
     param_str = repr({"images": images, "labels": labels, "batch_size": batch_size,
@@ -71,7 +75,7 @@ def python_layer_param(phase, files, batch_size, scale):
 def train(data, iters, test_iters, workdir, seed=1701):
     param = load_solver_param(os.path.join(MODELS, "lenet_solver.prototxt"))
     param.ClearField("net")
-    param.net_param.CopyFrom(lenet(data, workdir))
+    param.net_param.CopyFrom(lenet(data, workdir, testing=bool(test_iters)))
     param.max_iter = iters
     param.random_seed = seed
     param.display = 0
