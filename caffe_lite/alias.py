@@ -67,7 +67,7 @@ def real_pycaffe_locations(exclude=None):
         pkg = os.path.join(entry or os.getcwd(), "caffe")
         if not os.path.isdir(pkg) or os.path.realpath(pkg) == skip:
             continue
-        if glob.glob(os.path.join(pkg, "_caffe*.so")) or glob.glob(os.path.join(pkg, "_caffe*.pyd")):
+        if any(glob.glob(os.path.join(pkg, f"_caffe*{ext}")) for ext in (".so", ".pyd")):
             found.append(os.path.realpath(pkg))
     return list(dict.fromkeys(found))
 
