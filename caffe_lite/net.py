@@ -44,7 +44,11 @@ class Net:
     Net(model, phase, weights=W, level=0, stages=())
     """
 
-    def __init__(self, model, *args, phase=None, weights=None, level=None, stages=None):
+    def __init__(self, model=None, *args, phase=None, weights=None, level=None, stages=None,
+                 network_file=None):
+        model = network_file if model is None else model  # pycaffe's keyword
+        if model is None:
+            raise ArgumentTypeError("Net() needs a net prototxt (path, text or NetParameter)")
         for a in args:
             if isinstance(a, (int, np.integer)) and not isinstance(a, bool):
                 phase = int(a)

@@ -103,6 +103,7 @@ def test_save_legacy_constructor_and_hdf5(net, net_file, tmp_path):
     path = str(tmp_path / "w.caffemodel")
     net.save(path)
     net2 = caffe.Net(net_file, path, caffe.TRAIN)          # pycaffe's legacy form
+    assert caffe.Net(network_file=net_file, phase=caffe.TEST, weights=path).phase == caffe.TEST
     h5 = str(tmp_path / "w.caffemodel.h5")
     net.save_hdf5(h5)
     net3 = caffe.Net(net_file, caffe.TRAIN)
