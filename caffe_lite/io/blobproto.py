@@ -10,12 +10,16 @@ _LEGACY = ("num", "channels", "height", "width")
 def proto_shape(proto):
     """The shape a BlobProto declares: `shape.dim`, or the legacy 4-D fields when set.
 
-    Raises ModelFileError for a blob that declares no shape at all but holds values."""
+    A blob that declares no shape at all is a scalar, as in Caffe (whose empty shape has count
+    1): one value reads as a 0-d array; any other count raises ModelFileError (a ValueError, as
+    pycaffe's io.blobproto_to_array raises)."""
     if any(proto.HasField(f) for f in _LEGACY):
         return tuple(int(getattr(proto, f)) for f in _LEGACY)
     if proto.HasField("shape"):
         return tuple(int(d) for d in proto.shape.dim)
     n = len(proto.data) or len(proto.double_data)
+    if n == 1:
+        return ()
     raise ModelFileError(f"a BlobProto holds {n} values but declares no shape "
                          "(neither shape.dim nor num/channels/height/width)")
 

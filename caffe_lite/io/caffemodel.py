@@ -4,7 +4,7 @@ import os
 
 from google.protobuf.message import DecodeError
 
-from ..errors import CaffeLiteError, ModelFileError
+from ..errors import CaffeLiteError, MissingFileError, ModelFileError
 from ..proto import caffe_pb2
 from ..util.atomic import atomic_write_bytes
 from .blobproto import proto_to_array
@@ -19,7 +19,7 @@ def _read_bytes(path):
         with open(path, "rb") as f:
             return f.read()
     except FileNotFoundError:
-        raise CaffeLiteError(f"{path}: no such file") from None
+        raise MissingFileError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise CaffeLiteError(f"{path}: is a directory, expected a weights file") from None
 
@@ -77,7 +77,7 @@ def load_weights(path):
 def _missing(path):
     if os.path.isdir(path):
         raise CaffeLiteError(f"{path}: is a directory, expected a weights file")
-    raise CaffeLiteError(f"{path}: no such file")
+    raise MissingFileError(f"{path}: no such file")
 
 
 def _load_hdf5(path):
