@@ -6,10 +6,11 @@ compressed file (relative indices with padding zeros, codebook indices, canonica
 coding, dense blobs as float32, versioned and checksummed), which `Net(..., weights=...)`
 loads like a caffemodel; `deepcompression` reads the files Han et al. published with the
 paper (per layer: nz_num, codebook, bias, spm_stream, ind_stream).  See docs/compression.md."""
-from . import format, huffman, positions, quantize
+from . import deepcompression, format, huffman, positions, quantize, sharing
 from .format import compress, decompress, is_compressed
 from .quantize import Codebook, QuantizationError, kmeans_1d, parse_bits, quantize_net
+from .sharing import WeightSharing
 
-__all__ = ["Codebook", "QuantizationError", "compress", "decompress", "format", "huffman",
-           "is_compressed", "kmeans_1d", "parse_bits", "positions", "quantize",
-           "quantize_net"]
+__all__ = ["Codebook", "QuantizationError", "WeightSharing", "compress", "decompress",
+           "deepcompression", "format", "huffman", "is_compressed", "kmeans_1d", "parse_bits",
+           "positions", "quantize", "quantize_net", "sharing"]

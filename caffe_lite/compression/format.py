@@ -105,11 +105,14 @@ def _encode_weight(values):
     inverse = inverse.ravel()
     if pos.size and uniq.size <= MAX_CODEBOOK:
         vfreq = np.bincount(inverse + 1, minlength=uniq.size + 1)
+        memo = {}
 
         def shared_cost(n_pad, n):
-            f = vfreq.copy()
-            f[0] += n_pad
-            return 4 + 4 * uniq.size + huffman.stream_bytes(f, n)
+            if n_pad not in memo:
+                f = vfreq.copy()
+                f[0] += n_pad
+                memo[n_pad] = 4 + 4 * uniq.size + huffman.stream_bytes(f, n)
+            return memo[n_pad]
         w_shared, c_shared = _best_width(pos, shared_cost)
         candidates.append((c_shared, SHARED))
     cost, kind = min(candidates)

@@ -15,8 +15,6 @@ Stream layout (little-endian; docs/compression.md gives it byte by byte):
                            the last byte padded with zero bits
 
 The number of symbols n is not stored here: the caller knows it."""
-import heapq
-
 import numpy as np
 
 MAX_BITS = 15
@@ -51,22 +49,47 @@ def code_lengths(freqs, max_bits=MAX_BITS):
 
 
 def _tree_depths(f):
-    """Depths of the leaves of a Huffman tree over frequencies f (ties broken by order)."""
+    """Huffman code lengths for frequencies f: Moffat and Katajainen's in-place algorithm
+    (1995) over the frequencies sorted in increasing order, O(n) after the sort."""
     n = f.size
-    parent = np.full(2 * n - 1, -1, np.int64)
-    heap = [(int(w), i) for i, w in enumerate(f)]
-    heapq.heapify(heap)
-    nxt = n
-    while len(heap) > 1:
-        w1, a = heapq.heappop(heap)
-        w2, b = heapq.heappop(heap)
-        parent[a] = parent[b] = nxt
-        heapq.heappush(heap, (w1 + w2, nxt))
-        nxt += 1
-    depth = np.zeros(2 * n - 1, np.int64)
-    for node in range(2 * n - 3, -1, -1):      # parents are numbered after their children
-        depth[node] = depth[parent[node]] + 1
-    return depth[:n]
+    order = np.argsort(f, kind="stable")
+    a = [int(x) for x in f[order]]
+    # Phase 1: build the tree; a[i] becomes the weight, then the parent, of internal node i.
+    a[0] += a[1]
+    root, leaf = 0, 2
+    for nxt in range(1, n - 1):
+        if leaf >= n or a[root] < a[leaf]:
+            a[nxt] = a[root]
+            a[root] = nxt
+            root += 1
+        else:
+            a[nxt] = a[leaf]
+            leaf += 1
+        if leaf >= n or (root < nxt and a[root] < a[leaf]):
+            a[nxt] += a[root]
+            a[root] = nxt
+            root += 1
+        else:
+            a[nxt] += a[leaf]
+            leaf += 1
+    # Phase 2: depths of the internal nodes.
+    a[n - 2] = 0
+    for nxt in range(n - 3, -1, -1):
+        a[nxt] = a[a[nxt]] + 1
+    # Phase 3: depths of the leaves, the most frequent first.
+    avail, used, depth, root, nxt = 1, 0, 0, n - 2, n - 1
+    while avail > 0:
+        while root >= 0 and a[root] == depth:
+            used += 1
+            root -= 1
+        while avail > used:
+            a[nxt] = depth
+            nxt -= 1
+            avail -= 1
+        avail, depth, used = 2 * used, depth + 1, 0
+    depths = np.empty(n, np.int64)
+    depths[order] = a
+    return depths
 
 
 def canonical_codes(lengths):
