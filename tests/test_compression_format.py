@@ -321,3 +321,19 @@ def test_deep_compression_files_load_in_one_call(lenet, tmp_path):
         load_weights(str(dc))
     with pytest.raises(ModelFileError, match="not a Deep Compression file"):
         deepcompression.load_weights(str(cut), loaded)
+
+
+def test_empty_and_tiny_weights_round_trip():
+    net = caffe_lite.Net(SMALL, caffe_lite.TEST)
+    net.params["conv"][0].data[...] = 0               # a fully pruned layer
+    w = net.params["ip"][0].data
+    w[...] = 0
+    w[3, 7] = -2.5                                     # one weight left
+    data, stats = F.encode_net(net)
+    sizes = {s.layer: (s.kind, s.entries, s.nbytes) for s in stats if s.index == 0}
+    assert sizes["conv"] == (F.SPARSE, 0, 10)        # kind, entries, bytes: an empty stream
+    assert sizes["ip"][0] != F.DENSE and sizes["ip"][2] < 60     # of 5,121 dense
+    skeleton, arrays = F.decode_arrays(data)
+    back = {lp.name: v for lp, v in zip(skeleton.layer, arrays)}
+    np.testing.assert_array_equal(back["conv"][0], 0)
+    np.testing.assert_array_equal(back["ip"][0], w)

@@ -24,9 +24,8 @@ def quantize_cmd(args):
         raise CaffeLiteError("give -bits (e.g. conv=8,fc=5) or -spec with a quantize block")
     net, _ = load_model(args)
     with net:
-        make_plan(net, args.bits, args.spec)        # every name checked before any work
-        before = {n: net.layer_dict[n].blobs[0].cpu_data.copy()
-                  for n in make_plan(net, args.bits, args.spec)}
+        plan = make_plan(net, args.bits, args.spec)   # every name checked before any work
+        before = {n: net.layer_dict[n].blobs[0].cpu_data.copy() for n in plan}
         books = quantize_net(net, args.bits, args.spec)
         write_net_binary(args.output, net.to_proto(), overwrite=args.overwrite)
         width = max([len(n) for n in books] + [5])

@@ -27,7 +27,7 @@ import zlib
 import numpy as np
 
 from ..errors import CaffeLiteError, ModelFileError
-from ..io.blobproto import proto_shape, proto_values
+from ..io.blobproto import merge_packed_floats, proto_shape, proto_values
 from ..proto import caffe_pb2
 from ..util.atomic import atomic_write_bytes
 from . import huffman, positions
@@ -132,50 +132,75 @@ def _encode_weight(values):
     return kind, b"".join(parts), symbols.size, width, int(uniq.size)
 
 
-def encode_net_param(net_param):
-    """(file bytes, [BlobStat]) for a NetParameter with weights (a caffemodel's content)."""
-    prunable = _prunable_types()
+def _skeleton(net_param):
+    """A copy of the NetParameter with every blob's values (and gradients) removed."""
     skeleton = caffe_pb2.NetParameter()
     skeleton.CopyFrom(net_param)
     if skeleton.layers and not skeleton.layer:
         raise CaffeLiteError("a V1 (legacy `layers`) NetParameter: upgrade it first "
                              "(caffe_lite.io.upgrade_net)")
-    body, stats = [], []
     dropped_diff = False
-    for lp_src, lp in zip(net_param.layer, skeleton.layer):
-        for i, (b_src, b) in enumerate(zip(lp_src.blobs, lp.blobs)):
-            shape = proto_shape(b_src)
-            values = proto_values(b_src).reshape(shape)
-            if len(b_src.double_data):
-                log.warning("layer '%s' blob %d holds double-precision values; they are "
-                            "stored as float32", lp.name, i)
+    for lp in skeleton.layer:
+        for b in lp.blobs:
             dropped_diff |= bool(len(b.diff) or len(b.double_diff))
+            if len(b.double_data):
+                log.warning("layer '%s' holds double-precision values; they are stored as "
+                            "float32", lp.name)
             for f in ("data", "diff", "double_data", "double_diff"):
                 b.ClearField(f)
+    if dropped_diff:
+        log.warning("the gradients (diff) stored in the caffemodel are not kept")
+    return skeleton
+
+
+def encode(skeleton, arrays):
+    """(file bytes, [BlobStat]) for a skeleton NetParameter (blobs holding shapes only) and
+    the values of its blobs: arrays[i] lists those of skeleton.layer[i]."""
+    prunable = _prunable_types()
+    body, stats = [], []
+    for lp, values_list in zip(skeleton.layer, arrays):
+        if len(values_list) != len(lp.blobs):
+            raise CaffeLiteError(f"layer '{lp.name}': {len(values_list)} arrays for "
+                                 f"{len(lp.blobs)} blobs")
+        for i, (b, values) in enumerate(zip(lp.blobs, values_list)):
+            values = np.ascontiguousarray(values, np.float32)
+            count = int(np.prod(proto_shape(b), dtype=np.int64))
+            if values.size != count:
+                raise CaffeLiteError(f"layer '{lp.name}' blob {i}: {values.size} values for "
+                                     f"shape {proto_shape(b)}")
             if i == 0 and lp.type in prunable:
                 kind, payload, entries, width, k = _encode_weight(values)
             else:
                 kind, payload, entries, width, k = \
-                    DENSE, values.astype("<f4").tobytes(), values.size, 0, 0
+                    DENSE, values.astype("<f4").tobytes(), count, 0, 0
             body.append(bytes([kind]) + payload)
-            stats.append(BlobStat(lp.name, i, kind, int(values.size), int(entries),
-                                  1 + len(payload), width, k))
-    if dropped_diff:
-        log.warning("the gradients (diff) stored in the caffemodel are not kept")
+            stats.append(BlobStat(lp.name, i, kind, count, int(entries), 1 + len(payload),
+                                  width, k))
     skel = zlib.compress(skeleton.SerializeToString(), 9)
     blobs = b"".join(body)
     length = _HEADER.size + len(skel) + len(blobs) + 4
-    head = _HEADER.pack(MAGIC, VERSION, 0, length, len(skel))
-    data = head + skel + blobs
+    data = _HEADER.pack(MAGIC, VERSION, 0, length, len(skel)) + skel + blobs
     return data + struct.pack("<I", zlib.crc32(data)), stats
 
 
+def encode_net_param(net_param):
+    """(file bytes, [BlobStat]) for a NetParameter with weights (a caffemodel's content)."""
+    arrays = [[proto_values(b) for b in lp.blobs] for lp in net_param.layer]
+    return encode(_skeleton(net_param), arrays)
+
+
+def encode_net(net):
+    """(file bytes, [BlobStat]) for a Net: what net.save() writes, compressed."""
+    skeleton = _skeleton(net.to_proto())
+    arrays = [[b.cpu_data for b in net.layer_dict[lp.name].blobs] if lp.blobs else []
+              for lp in skeleton.layer]
+    return encode(skeleton, arrays)
+
+
 def _net_param_of(source):
-    """A NetParameter with weights from a Net, a NetParameter, or a weights file."""
+    """A NetParameter with weights from a NetParameter or a weights file."""
     if isinstance(source, caffe_pb2.NetParameter):
         return source
-    if hasattr(source, "to_proto"):
-        return source.to_proto()
     path = os.fspath(source)
     if is_compressed(path):
         return read(path)
@@ -190,7 +215,10 @@ def _net_param_of(source):
 def compress(source, output, overwrite=True):
     """Write `source` (a Net, a NetParameter with weights, or a caffemodel path) as a
     compressed file; returns the [BlobStat] of its blobs."""
-    data, stats = encode_net_param(_net_param_of(source))
+    if hasattr(source, "to_proto"):
+        data, stats = encode_net(source)
+    else:
+        data, stats = encode_net_param(_net_param_of(source))
     atomic_write_bytes(output, data, overwrite=overwrite)
     return stats
 
@@ -277,21 +305,8 @@ def _decode_blob(r, count, where):
     return out
 
 
-def _set_values(blob, values):
-    """blob.data = values, through the wire format (a packed float field, parsed in C)."""
-    raw = values.astype("<f4").tobytes()
-    n, varint = len(raw), bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        varint.append(byte | (0x80 if n else 0))
-        if not n:
-            break
-    blob.MergeFromString(b"\x2a" + bytes(varint) + raw)   # field 5 (data), wire type 2
-
-
-def decode_bytes(data, path="<compressed model>"):
-    """The NetParameter (with its weights) that a compressed file's bytes hold."""
+def decode_arrays(data, path="<compressed model>"):
+    """(skeleton NetParameter, [[float32 arrays] per layer]) of a compressed file's bytes."""
     _check_container(data, path)
     _, _, _, _, skel_len = _HEADER.unpack_from(data)
     r = _Reader(data, path)
@@ -303,7 +318,9 @@ def decode_bytes(data, path="<compressed model>"):
             from None
     from ..io.caffemodel import parse_binary
     net = parse_binary(skel, caffe_pb2.NetParameter(), path, "net description")
+    arrays = []
     for lp in net.layer:
+        values = []
         for i, b in enumerate(lp.blobs):
             where = f"layer '{lp.name}' blob {i}"
             try:
@@ -311,31 +328,42 @@ def decode_bytes(data, path="<compressed model>"):
             except ModelFileError as exc:
                 r.fail(f"{where}: {exc}")
             count = int(np.prod(shape, dtype=np.int64))
-            _set_values(b, _decode_blob(r, count, where))
+            values.append(_decode_blob(r, count, where).reshape(shape))
+        arrays.append(values)
     if r.pos != len(data) - 4:
         r.fail(f"{len(data) - 4 - r.pos} unexpected bytes after the last blob")
+    return net, arrays
+
+
+def decode_bytes(data, path="<compressed model>"):
+    """The NetParameter (with its weights) that a compressed file's bytes hold."""
+    net, arrays = decode_arrays(data, path)
+    for lp, values in zip(net.layer, arrays):
+        for b, v in zip(lp.blobs, values):
+            merge_packed_floats(b, 5, v)
     return net
 
 
-def read(path):
-    """The NetParameter (a caffemodel's content) of a compressed file."""
+def _read_bytes(path):
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            return f.read()
     except FileNotFoundError:
         raise CaffeLiteError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise CaffeLiteError(f"{path}: is a directory, expected a compressed model") from None
-    return decode_bytes(data, path)
+
+
+def read(path):
+    """The NetParameter (a caffemodel's content) of a compressed file."""
+    return decode_bytes(_read_bytes(path), os.fspath(path))
 
 
 def load_weights(path):
     """[(layer name, [float32 arrays])], as caffe_lite.io.load_weights gives."""
-    from ..io.blobproto import proto_to_array
-    net = read(path)
-    return [(lp.name, [proto_to_array(b, f"{path}: layer '{lp.name}'") for b in lp.blobs])
-            for lp in net.layer if lp.blobs]
+    net, arrays = decode_arrays(_read_bytes(path), os.fspath(path))
+    return [(lp.name, values) for lp, values in zip(net.layer, arrays) if lp.blobs]
 
 
 def decompress(path, output, overwrite=True):

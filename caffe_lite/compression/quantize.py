@@ -206,8 +206,13 @@ def make_plan(net, bits=None, spec=None):
     return plan
 
 
-def quantize_net(net, bits=None, spec=None, max_iter=100):
-    """Quantise the net's weights in place; returns {layer: Codebook} in net order."""
+def quantize_net(net, bits=None, spec=None, max_iter=None):
+    """Quantise the net's weights in place; returns {layer: Codebook} in net order.
+    `max_iter` (k-means steps) defaults to the spec's quantize.max_iter, 100."""
+    if spec is not None and not isinstance(spec, caffe_lite_pb2.PruningSpec):
+        spec = load_spec(spec)
+    if max_iter is None:
+        max_iter = spec.quantize.max_iter if spec is not None else 100
     plan = make_plan(net, bits, spec)
     books = {}
     for name, b in plan.items():
