@@ -210,6 +210,23 @@ def test_snapshot_resume_keeps_clusters_bit_exact(tmp_path):
         c.restore(f"{tmp_path}/q_iter_4.solverstate")
 
 
+def test_resuming_a_snapshot_taken_without_sharing_quantises_it(tmp_path):
+    model = _pruned_model(tmp_path, sparsity=0.5)
+    text = _solver_text("SGD", "L2", f'snapshot_prefix: "{tmp_path}/plain"')
+    a = get_solver(text, weights=str(model))
+    _feed(a)
+    a.step(3)
+    a.snapshot()                                    # no weight sharing in this run
+    b = get_solver(text)
+    _feed(b)
+    ws = WeightSharing(b, "conv=3,fc=2").attach()
+    b.restore(f"{tmp_path}/plain_iter_3.solverstate")
+    assert ws.untied()["ip"] > 0                    # the snapshot's own weights, untied
+    b.step(2)
+    assert ws.untied() == {"conv": 0, "ip": 0}
+    assert len(np.unique(b.net.params["ip"][0].data[b.net.params["ip"][0].mask != 0])) <= 4
+
+
 def test_history_is_tied_when_sharing_starts_mid_run(tmp_path):
     model = _pruned_model(tmp_path, sparsity=0.5)
     s = get_solver(_solver_text("RMSProp", "L2"), weights=str(model))

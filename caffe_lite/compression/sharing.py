@@ -15,8 +15,9 @@ clipping measures the norm over the weights, each member counting.)
     ws.codebooks()["ip1"].values                          # the trained shared values
 
 The cluster assignment is saved in snapshots (the `.masks` sidecar, as this callback's
-`state_dict()`), so `-snapshot` resumes with the same clusters.  Masks may shrink while
-sharing (gradual pruning): a pruned weight just leaves its cluster."""
+`state_dict()`), so `-snapshot` resumes with the same clusters; a snapshot taken without
+weight sharing is quantised afresh at the first iteration after it is restored.  Masks may
+shrink while sharing (gradual pruning): a pruned weight just leaves its cluster."""
 import logging
 
 import numpy as np
@@ -78,12 +79,20 @@ class WeightSharing:
         self.max_iter = int(max_iter if max_iter is not None else q.max_iter)
         self.plan = make_plan(solver.net, bits, sp)
         self.layers = []
+        self._verified = False
 
     # --- setting up ------------------------------------------------------------------------
     def attach(self):
         """Quantise the net now (k-means, or the values it already shares), tie the solver's
         history per cluster, and register as a solver callback."""
-        net, s = self.solver.net, self.solver
+        self._quantize()
+        s = self.solver
+        if self not in s.callbacks:
+            s.callbacks.append(self)
+        return self
+
+    def _quantize(self):
+        net = self.solver.net
         self.layers = []
         for name, bits in self.plan.items():
             blob = net.layer_dict[name].blobs[0]
@@ -96,9 +105,7 @@ class WeightSharing:
                      f", {book.iterations} k-means iterations" if book.iterations else
                      ", values adopted")
         self.tie_history()
-        if self not in s.callbacks:
-            s.callbacks.append(self)
-        return self
+        self._verified = False      # checked once more at the first iteration
 
     def tie_history(self):
         """Set the solver history (momentum, squared-gradient sums, ...) of every cluster to
@@ -126,6 +133,14 @@ class WeightSharing:
     # --- solver callback -------------------------------------------------------------------
     def on_start(self, solver):
         self._follow_masks()
+        if not self._verified:
+            # Weights replaced since the clusters were made, without clusters of their own
+            # (a restored snapshot taken without weight sharing): share them afresh.
+            self._verified = True
+            if any(self.untied().values()):
+                log.info("Weight sharing: the weights changed since they were quantised "
+                         "(restored without clusters); quantising them again")
+                self._quantize()
 
     def on_gradients_ready(self, solver):
         for L in self.layers:
