@@ -11,7 +11,7 @@ import caffe_lite
 from caffe_lite.compression import deepcompression, format as F, huffman, positions
 from caffe_lite.compression.quantize import quantize_net
 from caffe_lite.errors import ModelFileError
-from caffe_lite.io import load_weights, parse_text, read_net_binary
+from caffe_lite.io import load_weights, parse_text
 from caffe_lite.proto import caffe_pb2
 
 
@@ -199,9 +199,11 @@ def test_damaged_files_are_clear_errors(tmp_path):
     data = _tiny_file()
     path = tmp_path / "m.cmodel"
     cases = {"truncated": data[:-9], "checksum": data[:40] + bytes([data[40] ^ 1]) + data[41:],
-             "version": data[:8] + b"\x02\x00" + data[10:], "empty": data[:5]}
+             "version": data[:8] + b"\x02\x00" + data[10:], "empty": data[:5],
+             "header": data[:12]}
     messages = {"truncated": "truncated or damaged", "checksum": "checksum mismatch",
-                "version": "version 2", "empty": "not a valid binary caffemodel"}
+                "version": "version 2", "empty": "not a valid binary caffemodel",
+                "header": "12 bytes: truncated"}
     for name, bad in cases.items():
         path.write_bytes(bad)
         with pytest.raises(ModelFileError, match=messages[name]) as exc:
@@ -214,7 +216,8 @@ def _with_crc(data):
 
 
 SMALL = """name: "small"
-layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 6 dim: 6 } } }
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 1 dim: 3 dim: 6 dim: 6 } } }
 layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
         convolution_param { num_output: 8 kernel_size: 3 weight_filler { type: "gaussian" } } }
 layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }

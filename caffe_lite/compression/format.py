@@ -251,8 +251,10 @@ class _Reader:
 
 
 def _check_container(data, path):
-    if len(data) < _HEADER.size + 4 or not data.startswith(MAGIC):
+    if not data.startswith(MAGIC):
         raise ModelFileError(f"{path}: not a caffe-lite compressed model (no magic number)")
+    if len(data) < _HEADER.size + 4:
+        raise ModelFileError(f"{path}: a compressed model of {len(data)} bytes: truncated")
     _, version, flags, length, _ = _HEADER.unpack_from(data)
     if version != VERSION:
         raise ModelFileError(f"{path}: compressed model format version {version}; this "
