@@ -618,11 +618,12 @@ class Net:
     # weights
     # ------------------------------------------------------------------------------------
     def copy_from(self, path):
-        """Copy trained weights by layer name from a caffemodel (binary or HDF5).
+        """Copy trained weights by layer name from a caffemodel (binary or HDF5) or a
+        compressed model (caffe-lite's, or one Deep Compression published for this net).
 
         Every shape is checked before anything is copied, so a mismatch leaves the net as it
         was.  Every prunable weight copied gets mask = (weight != 0)."""
-        weights = load_weights(path)
+        weights = load_weights(path, net=self)
         plan = []
         for lname, arrays in weights:
             if lname not in self.layer_dict:

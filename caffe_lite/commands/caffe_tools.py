@@ -107,6 +107,8 @@ def train_cmd(args):
             solver.net.copy_from(w)
     from .prune_tools import attach_gradual
     attach_gradual(solver, args)  # before restore: a snapshot carries the schedule's progress
+    from .compression_tools import attach_sharing
+    attach_sharing(solver, args)  # likewise the clusters of shared weights
     start = 0
     if args.snapshot:
         solver.restore(args.snapshot)
@@ -153,6 +155,8 @@ def _configure_train(p):
     add_source_overrides(p)
     from .prune_tools import add_gradual_flags
     add_gradual_flags(p)
+    from .compression_tools import add_sharing_flags
+    add_sharing_flags(p)
 
 
 train_cmd.configure = _configure_train

@@ -52,11 +52,24 @@ def array_to_proto(array, proto=None, diff=None):
     proto.shape.SetInParent()  # a 0-axis (scalar) blob still declares its empty shape
     proto.shape.dim.extend(array.shape)
     proto.ClearField("data")
-    proto.data.extend(array.ravel().tolist())
+    merge_packed_floats(proto, 5, array)
     if diff is not None:
         proto.ClearField("diff")
-        proto.diff.extend(np.asarray(diff, dtype=np.float32).ravel().tolist())
+        merge_packed_floats(proto, 6, np.asarray(diff, dtype=np.float32))
     return proto
+
+
+def merge_packed_floats(proto, field, array):
+    """Append float32 values to a packed repeated float field through the wire format (parsed
+    in C: several times faster than extending the field from a Python list)."""
+    raw = np.ascontiguousarray(array, dtype="<f4").tobytes()
+    n, head = len(raw), bytearray([field << 3 | 2])
+    while True:
+        head.append((n & 0x7F) | (0x80 if n >> 7 else 0))
+        n >>= 7
+        if not n:
+            break
+    proto.MergeFromString(bytes(head) + raw)
 
 
 def blob_to_proto(blob, proto=None, write_diff=False):

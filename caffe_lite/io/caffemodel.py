@@ -55,8 +55,10 @@ def read_net_binary(path):
     return net
 
 
-def load_weights(path):
-    """[(layer_name, [float32 arrays])] from a binary caffemodel or an HDF5 caffemodel.
+def load_weights(path, net=None):
+    """[(layer_name, [float32 arrays])] from a binary caffemodel, an HDF5 caffemodel or a
+    caffe-lite compressed model (told apart by their first bytes), or, given the `net` it
+    belongs to, a compressed model published by Deep Compression (recognised by its size).
     (An HDF5 file may hold None for a parameter a layer shares with another.)"""
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -65,6 +67,11 @@ def load_weights(path):
         head = f.read(8)
     if head == HDF5_SIGNATURE:
         return _load_hdf5(path)
+    from ..compression import deepcompression, format as compressed
+    if head == compressed.MAGIC:
+        return compressed.load_weights(path)
+    if net is not None and deepcompression.matches(path, net):
+        return deepcompression.load_weights(path, net)
     net = read_net_binary(path)
     out = []
     for layer in net.layer:
