@@ -178,7 +178,7 @@ def compute_mean(db_path, out_path=None, backend="lmdb"):
     count = 0
     progress = _Progress("files", db.entries)
     try:
-        for key, value in iterate(db):
+        for key, value in iterate(db, db_path):
             where = f"LMDB '{db_path}' key '{key_text(key)}'"
             arr = decode_datum(parse_datum(value, where), "unchanged", where)
             if total is None:
