@@ -7,6 +7,9 @@ from .registry import command, flag
 def check_db_cmd(args):
     import logging
     from ..data.check_db import check_db, format_report
+    from ..errors import CaffeLiteError
+    if args.limit < 0:
+        raise CaffeLiteError(f"-limit must be >= 0, got {args.limit}")
     log = logging.getLogger("caffe_lite")
 
     def progress(report):
