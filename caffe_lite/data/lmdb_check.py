@@ -175,10 +175,12 @@ def _ovpages(size, psize):
 
 
 _FIELD = np.arange(NODESIZE)
+_SMALL = 24                  # pages with fewer nodes are parsed with struct, others with numpy
 
 
 def _check_page(page, pgno, meta, want_leaf):
-    """(nodes as arrays, or a problem string) for one branch or leaf page."""
+    """A problem string, or the page's nodes: [(offset, ksize, dsize, big)] for a leaf page,
+    [child page number] for a branch page."""
     psize = meta.psize
     if len(page) < psize:
         return f"lies past the end of the file ({len(page)} of {psize} bytes readable)"
@@ -197,28 +199,35 @@ def _check_page(page, pgno, meta, want_leaf):
     n = (lower - PAGEHDRSZ) // 2
     if n < (1 if want_leaf else 2):
         return f"holds {n} node(s)"
-    buf = np.frombuffer(page, np.uint8)
-    ptrs = buf[PAGEHDRSZ:lower].view("<u2").astype(np.int64)
-    if ptrs.min() < upper or ptrs.max() > psize - NODESIZE:
+    ptrs = struct.unpack_from(f"<{n}H", page, PAGEHDRSZ)
+    if min(ptrs) < upper or max(ptrs) > psize - NODESIZE:
         return f"has node offsets outside {upper}..{psize - NODESIZE}"
-    hdr = buf[ptrs[:, None] + _FIELD].view("<u2").astype(np.int64)
-    lo, hi, nflags, ksize = hdr[:, 0], hdr[:, 1], hdr[:, 2], hdr[:, 3]
+    if n <= _SMALL:   # struct is faster than numpy's per-call cost on a few nodes
+        hdrs = [struct.unpack_from("<HHHH", page, o) for o in ptrs]
+    else:
+        buf = np.frombuffer(page, np.uint8)
+        idx = np.asarray(ptrs, np.int64)[:, None] + _FIELD
+        hdrs = buf[idx].view("<u2").tolist()
     if want_leaf:
-        dsize = lo | (hi << 16)
-        big = (nflags & F_BIGDATA) != 0
-        if np.any(nflags & ~(F_BIGDATA | F_SUBDATA)) or np.any(big & ((nflags & F_SUBDATA) != 0)):
-            return "holds nodes with invalid flags"
-        end = ptrs + NODESIZE + ksize + np.where(big, 8, dsize)
-        if end.max() > psize:
+        nodes = []
+        for o, (lo, hi, nflags, ks) in zip(ptrs, hdrs):
+            big = nflags == F_BIGDATA
+            if nflags not in (0, F_BIGDATA, F_SUBDATA):
+                return "holds nodes with invalid flags"
+            ds = lo | (hi << 16)
+            if o + NODESIZE + ks + (8 if big else ds) > psize:
+                return "holds a node that runs past the end of the page"
+            nodes.append((o, ks, ds, big))
+        return nodes
+    children = []
+    for o, (lo, hi, nflags, ks) in zip(ptrs, hdrs):
+        child = lo | (hi << 16) | (nflags << 32)
+        if o + NODESIZE + ks > psize:
             return "holds a node that runs past the end of the page"
-        return ptrs, ksize, dsize, big
-    child = lo | (hi << 16) | (nflags << 32)
-    if (ptrs + NODESIZE + ksize).max() > psize:
-        return "holds a node that runs past the end of the page"
-    bad = (child < 2) | (child > meta.last_pg)
-    if bad.any():
-        return f"points to page {int(child[bad][0])}, outside the file's pages 2..{meta.last_pg}"
-    return child
+        if not 2 <= child <= meta.last_pg:
+            return f"points to page {child}, outside the file's pages 2..{meta.last_pg}"
+        children.append(child)
+    return children
 
 
 def scan(path, meta=None, records=False, problems_limit=1000):
@@ -259,35 +268,35 @@ def _walk(path, meta, records, problems_limit):
                 continue
             if depth < meta.depth:
                 result.branch_pages += 1
-                stack.extend((int(c), depth + 1, pgno) for c in checked[::-1])
+                stack.extend((c, depth + 1, pgno) for c in reversed(checked))
                 continue
             result.leaf_pages += 1
-            ptrs, ksize, dsize, big = checked
-            result.entries += len(ptrs)
-            if big.any():
-                pages = _ovpages(dsize[big], psize).tolist()
-                firsts = [struct.unpack_from("<Q", page, o)[0]
-                          for o in (ptrs[big] + NODESIZE + ksize[big]).tolist()]
-                bad = [(f, n) for f, n in zip(firsts, pages)
-                       if f < 2 or f + n - 1 > meta.last_pg]
-                if bad:
-                    f, n = bad[0]
-                    p = Problem(pgno, f"a value's overflow pages {f}..{f + n - 1} lie outside "
-                                      f"the file's pages 2..{meta.last_pg}", parent)
-                    result.problems.append(p)
-                    if records:
-                        yield "problem", p
-                    continue
-                result.overflow_pages += sum(pages)
+            result.entries += len(checked)
+            bad = None
+            for o, ks, ds, big in checked:
+                if big:
+                    first = struct.unpack_from("<Q", page, o + NODESIZE + ks)[0]
+                    pages = _ovpages(ds, psize)
+                    if first < 2 or first + pages - 1 > meta.last_pg:
+                        bad = (first, pages)
+                        break
+                    result.overflow_pages += pages
+            if bad is not None:
+                p = Problem(pgno, f"a value's overflow pages {bad[0]}..{bad[0] + bad[1] - 1} "
+                                  f"lie outside the file's pages 2..{meta.last_pg}", parent)
+                result.problems.append(p)
+                if records:
+                    yield "problem", p
+                continue
             if records:
-                yield from _records(fd, page, meta, pgno, ptrs, ksize, dsize, big, result)
+                yield from _records(fd, page, meta, pgno, checked, result)
     finally:
         os.close(fd)
     yield "done", result
 
 
-def _records(fd, page, meta, pgno, ptrs, ksize, dsize, big, result):
-    for off, ks, ds, b in zip(ptrs.tolist(), ksize.tolist(), dsize.tolist(), big.tolist()):
+def _records(fd, page, meta, pgno, nodes, result):
+    for off, ks, ds, b in nodes:
         start = off + NODESIZE
         key = page[start:start + ks]
         if not b:
@@ -296,7 +305,8 @@ def _records(fd, page, meta, pgno, ptrs, ksize, dsize, big, result):
         first = struct.unpack_from("<Q", page, start + ks)[0]
         head = os.pread(fd, PAGEHDRSZ, first * meta.psize)
         own, _pad, flags, count = struct.unpack("<QHHI", head.ljust(PAGEHDRSZ, b"\0"))
-        if len(head) < PAGEHDRSZ or own != first or not flags & P_OVERFLOW or count != _ovpages(ds, meta.psize):
+        if (len(head) < PAGEHDRSZ or own != first or not flags & P_OVERFLOW
+                or count != _ovpages(ds, meta.psize)):
             p = Problem(first, f"the value of key {key!r} (leaf page {pgno}) starts on a page "
                                "whose header is not an overflow page header", pgno)
             result.problems.append(p)

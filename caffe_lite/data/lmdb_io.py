@@ -24,8 +24,9 @@ log = logging.getLogger("caffe_lite")
 COMMIT_EVERY = 1000          # Caffe's tools commit a transaction every 1000 records
 _INITIAL_MAP = 64 << 20      # the map grows (doubling) as the database outgrows it
 # Databases whose tree (branch + leaf pages) is at most this many pages are walked page by page
-# when first opened (about 20 us a page: MNIST's 60,000 images take 0.3 s); larger ones get
-# the header checks only, and `caffe-lite check-db` walks them on request.
+# when first opened (about as long as one epoch read through liblmdb when values live in the
+# leaves, far less when they are on overflow pages: benchmarks/bench_lmdb_check.py); larger
+# ones get the header checks only, and `caffe-lite check-db` walks them on request.
 VERIFY_PAGES = 1 << 18
 
 
@@ -264,6 +265,10 @@ class DBWriter:
             except self._lmdb.MapFullError:
                 self._map_size *= 2
                 self._env.set_mapsize(self._map_size)
+            except self._lmdb.Error as exc:  # a full disk, a key too long, ...
+                self.abort()
+                raise DataError(f"writing LMDB '{self.path}': {type(exc).__name__}: {exc}") \
+                    from None
         self._pending = []
 
     def close(self):
