@@ -15,17 +15,17 @@ def check_policy(param):
         raise SolverError(f"unknown lr_policy '{p}'; known: {', '.join(POLICIES)}")
     for name in ("base_lr", "gamma", "power"):
         if not math.isfinite(getattr(param, name)):
-            raise SolverError(f"{name} must be finite, got {getattr(param, name)}")
+            raise SolverError(f"{name} must be finite, got {getattr(param, name):g}")
     if param.base_lr < 0:
-        raise SolverError(f"base_lr must be >= 0, got {param.base_lr}")
+        raise SolverError(f"base_lr must be >= 0, got {param.base_lr:g}")
     if p in ("step", "sigmoid") and param.stepsize <= 0:
         raise SolverError(f"lr_policy '{p}' needs stepsize > 0, got {param.stepsize}")
     if p == "poly" and param.max_iter <= 0:
         raise SolverError(f"lr_policy 'poly' needs max_iter > 0, got {param.max_iter}")
     if p in ("step", "exp", "multistep", "inv") and param.gamma < 0:
-        raise SolverError(f"lr_policy '{p}' needs gamma >= 0, got {param.gamma}")
+        raise SolverError(f"lr_policy '{p}' needs gamma >= 0, got {param.gamma:g}")
     if p == "poly" and param.power < 0:
-        raise SolverError(f"lr_policy 'poly' needs power >= 0, got {param.power} (the rate "
+        raise SolverError(f"lr_policy 'poly' needs power >= 0, got {param.power:g} (the rate "
                           "would divide by zero at max_iter)")
     last = max(param.max_iter, 0)
     steps = {v for v in param.stepvalue if 0 <= v <= last} if p == "multistep" else set()

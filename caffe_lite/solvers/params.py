@@ -118,7 +118,7 @@ def check_numbers(param):
     policy's are check_policy's)."""
     def need(ok, name, rule):
         if not ok:
-            raise SolverError(f"{name} must be {rule}, got {getattr(param, name)}")
+            raise SolverError(f"{name} must be {rule}, got {getattr(param, name):g}")
     for name in ("max_iter", "display", "test_interval", "device_id"):
         need(getattr(param, name) >= 0, name, ">= 0")
     for i, n in enumerate(param.test_iter):
