@@ -16,15 +16,12 @@ it, records a crash for it, and starts a new worker at the next case.
 """
 import collections
 import contextlib
-import io
 import json
-import math
 import os
 import random
 import selectors
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile

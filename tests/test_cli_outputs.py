@@ -13,7 +13,6 @@ import pytest
 
 import caffe_lite
 from caffe_lite.cli import main
-from caffe_lite.io import array_to_datum
 
 from data_util import datum_lmdb, restore_logging  # noqa: F401  (autouse fixture)
 from pruning_nets import mlp_solver

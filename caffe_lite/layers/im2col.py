@@ -13,7 +13,6 @@ w (conv_out, conv_in / group, *kernel) and y (num, conv_out, *out):
     backward_weight(x, dy, dw)   dw += d(sum y*dy)/dw           accumulate
 Deconvolution uses the same three with the roles of its bottom and top swapped."""
 import itertools
-import math
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
