@@ -258,3 +258,26 @@ def test_check_db_path_errors(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert cli(["check-db", str(tmp_path / "empty")]) == 1
     assert "no data.mdb" in capsys.readouterr().err
+
+
+def test_header_counts_that_disagree_with_the_tree(db, tmp_path, capsys):
+    bad = _copy(db, tmp_path / "counts")
+    with open(bad / "data.mdb", "r+b") as f:
+        for meta_page in (0, 1):      # the main database's entry count, in both meta pages
+            f.seek(meta_page * PSIZE + 120)
+            f.write((301).to_bytes(8, "little"))
+    assert cli(["check-db", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert "header mismatch: entries: the header says 301, the tree holds 300" in out
+
+
+def test_a_database_with_duplicate_keys_is_refused(db, tmp_path):
+    """A main database flagged MDB_DUPSORT (which no Datum database is; liblmdb would read its
+    leaves as sub-databases) is refused at open."""
+    bad = _copy(db, tmp_path / "dup")
+    with open(bad / "data.mdb", "r+b") as f:
+        for meta_page in (0, 1):      # the main database's md_flags
+            f.seek(meta_page * PSIZE + 92)
+            f.write((lmdb_check.MDB_DUPSORT).to_bytes(2, "little"))
+    with pytest.raises(DataError, match="MDB_DUPSORT"):
+        _net(bad)
