@@ -281,3 +281,17 @@ def test_a_database_with_duplicate_keys_is_refused(db, tmp_path):
             f.write((lmdb_check.MDB_DUPSORT).to_bytes(2, "little"))
     with pytest.raises(DataError, match="MDB_DUPSORT"):
         _net(bad)
+
+
+def test_a_tree_above_verify_pages_gets_the_header_checks_only(db, tmp_path, monkeypatch,
+                                                               caplog):
+    monkeypatch.setattr(lmdb_io, "VERIFY_PAGES", 2)
+    bad = _copy(db, tmp_path / "zeroed")
+    _zero_page(bad, _leaf_pages(bad)[3])
+    with caplog.at_level("INFO", logger="caffe_lite"):
+        meta = lmdb_io.verify(str(bad))       # the zeroed page is not looked at
+    assert meta.tree_pages > 2
+    assert "more than are walked at open; header checked" in caplog.text
+    os.truncate(bad / "data.mdb", 3 * PSIZE)  # the header checks still run
+    with pytest.raises(DataError, match="truncated"):
+        lmdb_io.verify(str(bad))
