@@ -65,6 +65,15 @@ class DataError(CaffeLiteError):
     """A data source (LMDB, HDF5, image list) that is missing, empty or corrupt."""
 
 
+class BlobSizeError(CaffeLiteError):
+    """A blob shape beyond Caffe's limits: a negative dimension, more than 32 axes, or 2^31
+    elements or more (checked before any memory is allocated)."""
+
+
+class OutOfMemoryError(CaffeLiteError):
+    """Memory a net, a layer or a data set needs could not be allocated."""
+
+
 class DeviceError(CaffeLiteError):
     """The GPU was requested but PyCUDA or a device is missing."""
 

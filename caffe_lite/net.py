@@ -7,8 +7,8 @@ import os
 import numpy as np
 
 from .blob import Blob
-from .errors import (ArgumentTypeError, CaffeLiteError, NameNotFoundError, NetError,
-                     ShapeMismatchError)
+from .errors import (ArgumentTypeError, CaffeLiteError, LayerSetupError, NameNotFoundError,
+                     NetError, OutOfMemoryError, ShapeMismatchError)
 from .io.blobproto import array_to_proto
 from .io.caffemodel import load_weights, write_net_binary
 from .io.prototxt import load_message
@@ -33,6 +33,16 @@ def _legacy_equal(a, b):
 def _prefix_error(exc, source):
     if source and not str(exc).startswith(str(source)):
         exc.args = (f"{source}: {exc}",) + exc.args[1:]
+    return exc
+
+
+def _in_layer(exc, layer, doing):
+    """`exc` (a CaffeLiteError, or a MemoryError made an OutOfMemoryError) naming `layer`."""
+    prefix = f"layer '{layer.name}' ({layer.type})"
+    if isinstance(exc, MemoryError):
+        return OutOfMemoryError(f"{prefix}: out of memory {doing}")
+    if not isinstance(exc, LayerSetupError) and not str(exc).startswith("layer '"):
+        exc.args = (f"{prefix}: {exc}",) + exc.args[1:]
     return exc
 
 
@@ -185,8 +195,8 @@ class Net:
 
             try:
                 layer.setup(self.bottom_vecs[-1], self.top_vecs[-1])
-            except CaffeLiteError as exc:
-                raise _prefix_error(exc, src)
+            except (CaffeLiteError, MemoryError) as exc:
+                raise _prefix_error(_in_layer(exc, layer, "setting it up"), src) from None
             for j, tid in enumerate(self.top_ids[-1]):
                 self.blob_loss_weights_list[tid] = layer.loss(j)
             log.debug("%s -> %s", lp.name, [t.shape for t in self.top_vecs[-1]])
@@ -371,14 +381,17 @@ class Net:
         layers, bottoms, tops = self.layers, self.bottom_vecs, self.top_vecs
         by_first = self._groups()[0]
         i = start
-        while i <= end:
-            g = by_first.get(i) if by_first else None
-            if g is not None and g.last <= end and g.active():
-                g.forward()  # no loss weights inside a group
-                i = g.last + 1
-                continue
-            loss += layers[i].forward(bottoms[i], tops[i])
-            i += 1
+        try:
+            while i <= end:
+                g = by_first.get(i) if by_first else None
+                if g is not None and g.last <= end and g.active():
+                    g.forward()  # no loss weights inside a group
+                    i = g.last + 1
+                    continue
+                loss += layers[i].forward(bottoms[i], tops[i])
+                i += 1
+        except (CaffeLiteError, MemoryError) as exc:
+            raise _in_layer(exc, layers[i], "in forward") from None
         return loss
 
     def backward_from_to(self, start=None, end=0):
@@ -388,16 +401,19 @@ class Net:
         by_last = self._groups()[1]
         need = self.layer_need_backward
         i = start
-        while i >= end:
-            g = by_last.get(i) if by_last else None
-            if g is not None and g.first >= end and g.backward_ok and g.active():
-                g.backward()
-                i = g.first - 1
-                continue
-            if need[i]:
-                self.layers[i].backward(self.top_vecs[i], self.bottom_need_backward[i],
-                                        self.bottom_vecs[i])
-            i -= 1
+        try:
+            while i >= end:
+                g = by_last.get(i) if by_last else None
+                if g is not None and g.first >= end and g.backward_ok and g.active():
+                    g.backward()
+                    i = g.first - 1
+                    continue
+                if need[i]:
+                    self.layers[i].backward(self.top_vecs[i], self.bottom_need_backward[i],
+                                            self.bottom_vecs[i])
+                i -= 1
+        except (CaffeLiteError, MemoryError) as exc:
+            raise _in_layer(exc, self.layers[i], "in backward") from None
 
     def forward(self, blobs=None, start=None, end=None, **kwargs):
         """Run forward; inputs may be given as keyword arrays (an input whose shape differs

@@ -1,2 +1,2 @@
 """CLI verbs, one module per family; importing registers them in commands.registry."""
-from . import caffe_tools, compression_tools, darknet_tools, data_tools, draw, info, interop, prune_tools  # noqa: F401
+from . import caffe_tools, check_tools, compression_tools, darknet_tools, data_tools, draw, info, interop, prune_tools  # noqa: F401

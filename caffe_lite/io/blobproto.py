@@ -1,4 +1,6 @@
 """BlobProto <-> Blob / numpy, including Caffe's legacy 4-D (num, channels, height, width) form."""
+import math
+
 import numpy as np
 
 from ..errors import ModelFileError, ShapeMismatchError
@@ -34,11 +36,16 @@ def proto_values(proto, source="", what="data"):
 
 
 def proto_to_array(proto, source="", what="data"):
+    from ..blob import MAX_BLOB_AXES, MAX_BLOB_COUNT
     shape = proto_shape(proto)
+    where = f"{source}: " if source else ""
+    count = math.prod(shape)
+    if any(d < 0 for d in shape) or len(shape) > MAX_BLOB_AXES or count > MAX_BLOB_COUNT:
+        raise ModelFileError(f"{where}blob shape {shape} is not a valid blob shape (dimensions "
+                             f">= 0, at most {MAX_BLOB_AXES} axes, fewer than 2^31 elements): "
+                             "the file is corrupt")
     values = proto_values(proto, source, what)
-    count = int(np.prod(shape, dtype=np.int64))
     if values.size != count:
-        where = f"{source}: " if source else ""
         raise ModelFileError(f"{where}blob of shape {shape} needs {count} values but holds "
                              f"{values.size}: the file is truncated or corrupt")
     return values.reshape(shape)

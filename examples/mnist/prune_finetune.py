@@ -18,9 +18,14 @@
    compressed <workdir>/lenet_compressed.cmodel, and prints their sizes and accuracy
    (--bits none skips this stage).
 
-Everything is seeded: the same command gives the same numbers."""
+Everything is seeded: the same command gives the same numbers.  Training shows a progress bar
+on a terminal (a line every 10 % otherwise); Ctrl-C stops as `caffe-lite train` does: the
+iteration in flight finishes, a snapshot is written, and one line says where (a second
+Ctrl-C stops at once)."""
 import argparse
+import contextlib
 import os
+import signal
 import sys
 import time
 
@@ -38,6 +43,7 @@ from caffe_lite.proto import caffe_pb2  # noqa: E402
 from caffe_lite.pruning import (GradualPruner, load_spec, prune_net, report,  # noqa: E402
                                 sparsity_report)
 from caffe_lite.solvers import SGDSolver, load_solver_param  # noqa: E402
+from caffe_lite.util.progress import training_bar  # noqa: E402
 
 FILES = {"train_images": "train5k-images-idx3-ubyte.gz",
          "train_labels": "train5k-labels-idx1-ubyte.gz",
@@ -88,6 +94,26 @@ def parse_args(argv=None):
 def die(msg):
     print(f"prune_finetune.py: error: {msg}", file=sys.stderr)
     sys.exit(1)
+
+
+class Stopped(Exception):
+    """Training stopped on SIGINT / SIGTERM (after its snapshot)."""
+
+
+def train(solver):
+    """solver.solve() as `caffe-lite train` runs it: the solver's own SIGINT / SIGTERM
+    handling, and its progress bar."""
+    total = solver.param.max_iter - solver.iter
+    previous = solver.install_signal_handlers()
+    try:
+        with training_bar(solver, total, lines_every=max(total // 10, 1)):
+            solver.solve()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if solver.requested_early_exit:
+        raise Stopped(f"stopped at iteration {solver.iter}; snapshot "
+                      f"{solver.param.snapshot_prefix}_iter_{solver.iter}.caffemodel")
 
 
 def prepare_data(shared, workdir):
@@ -213,9 +239,9 @@ def main(argv=None):
         solver = SGDSolver(solver_param(shared, dbs, args.train_iters, 0.01, args.seed,
                                         os.path.join(args.workdir, "lenet")))
         print(f"training LeNet for {args.train_iters} iterations ...", flush=True)
-        solver.solve()
-        solver.net.save(dense_path)
-        solver.net.close()
+        with contextlib.closing(solver.net):
+            train(solver)
+            solver.net.save(dense_path)
         print(f"trained in {time.perf_counter() - t:.0f} s -> {dense_path}")
     elif not os.path.isfile(dense_path):
         die(f"--weights {dense_path}: no such file")
@@ -242,7 +268,7 @@ def main(argv=None):
         print(f"fine-tuning {args.finetune_iters} iterations ...", flush=True)
     del saved
     t = time.perf_counter()
-    ft.solve()
+    train(ft)
     acc_ft = accuracy(ft)
     print(f"fine-tuned in {time.perf_counter() - t:.0f} s", flush=True)
     pruned_path = os.path.join(args.workdir, "lenet_pruned.caffemodel")
@@ -256,7 +282,7 @@ def main(argv=None):
         control.net.copy_from(dense_path)
         print(f"control: fine-tuning the dense model {args.finetune_iters} iterations ...",
               flush=True)
-        control.solve()
+        train(control)
         acc_control = accuracy(control)
         control.net.close()
 
@@ -298,3 +324,9 @@ if __name__ == "__main__":
         main()
     except caffe_lite.CaffeLiteError as exc:
         die(str(exc))
+    except Stopped as exc:  # the CLI's convention: one line, status 130
+        print(f"prune_finetune.py: {exc}", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        print("prune_finetune.py: interrupted", file=sys.stderr)
+        sys.exit(130)
