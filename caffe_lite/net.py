@@ -8,7 +8,7 @@ import numpy as np
 from .blob import Blob
 from .errors import CaffeLiteError, NetError, ShapeMismatchError
 from .io.blobproto import array_to_proto
-from .io.caffemodel import load_weights, write_net_binary
+from .io.caffemodel import load_weights
 from .io.prototxt import load_message
 from .io.upgrade import upgrade_net
 from .layers import create_layer
@@ -573,9 +573,7 @@ class Net:
     def save(self, path, overwrite=True):
         """Write a binary caffemodel (atomically) and its `.masks` sidecar (io/masks.py)."""
         from .io import masks
-        masks.check_writable(path, overwrite)
-        write_net_binary(path, self.to_proto(), overwrite=overwrite)
-        masks.write_sidecar(path, masks.net_mask_entries(self), overwrite=overwrite)
+        masks.save_model(path, self.to_proto(), masks.net_mask_entries(self), overwrite)
 
     def save_hdf5(self, path, write_diff=False, overwrite=True):
         """Write an HDF5 caffemodel (atomically) and its `.masks` sidecar."""

@@ -89,6 +89,16 @@ def write_sidecar(model_path, entries, overwrite=True):
                        overwrite=overwrite)
 
 
+def save_model(path, net_param, entries, overwrite=True):
+    """Write a binary caffemodel (a NetParameter with blobs) and its sidecar with `entries`
+    [(layer, param index, weights, mask)], each file atomically.  (Should a crash fall
+    between the two, the fingerprint tells the old sidecar from the new model's.)"""
+    from .caffemodel import write_net_binary
+    check_writable(path, overwrite)
+    write_net_binary(path, net_param, overwrite=overwrite)
+    write_sidecar(path, entries, overwrite=overwrite)
+
+
 def parse_masks(ex, path):
     """[(layer, param index, mask array)] from a parsed sidecar, every field checked."""
     out = []
