@@ -232,8 +232,14 @@ def restore(solver, state_file):
 
 def _read_state_binary(path):
     data = _read_bytes(path)
-    s = parse_binary(data, caffe_pb2.SolverState(), path, "solverstate")
-    if not (s.HasField("iter") or s.HasField("learned_net") or len(s.history)):
+    s = None
+    if data and not _looks_like_text(data):
+        try:
+            s = parse_binary(data, caffe_pb2.SolverState(), path, "solverstate")
+        except ModelFileError:
+            if _what_is(data) == _UNKNOWN:
+                raise
+    if s is None or not s.HasField("iter"):  # Caffe and caffe-lite always write iter
         raise ModelFileError(f"{path}: not a solverstate ({_what_is(data)}); -snapshot takes "
                              "the .solverstate a snapshot wrote (to start from trained weights, "
                              "give the caffemodel to -weights)")
@@ -262,7 +268,10 @@ def _what_is(data):
             return "it is a caffe-lite .masks sidecar"
     except Exception:  # noqa: BLE001
         pass
-    return "it holds no iteration, weights file or history"
+    return _UNKNOWN
+
+
+_UNKNOWN = "it holds no iteration, weights file or history"
 
 
 def _check_state_values(solver, path, it, step, history):

@@ -107,10 +107,11 @@ class FileSet:
         for d in directories:
             _fsync_dir(d)
         _test_pause("journal")
-        last = self.pairs[-1][1]
-        if os.path.exists(last):
-            # The old set at this name stops being usable before any of its files is replaced.
-            os.unlink(last)
+        for _, path in reversed(self.pairs):
+            # An old set under these names is removed first, its last file (the one that made
+            # it usable) before the others: it never mixes with the new one.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
         for tmp, path in self.pairs:
             os.replace(tmp, path)
             _test_pause("renamed")
@@ -125,7 +126,8 @@ def recover(directory, pattern):
     (a glob, relative to `directory`) and delete stray temp files `.{pattern}*.tmp`.  Only
     the holder of the lock may call this.  Returns the paths removed."""
     removed = []
-    for journal in sorted(glob.glob(os.path.join(glob.escape(directory), pattern + ".journal"))):
+    for journal in sorted(glob.glob(os.path.join(glob.escape(directory),
+                                                 "." + pattern + ".journal"))):
         try:
             with open(journal, encoding="utf-8") as f:
                 pairs = json.load(f)["pairs"]
