@@ -244,7 +244,10 @@ def _read_state_binary(path):
                              "the .solverstate a snapshot wrote (to start from trained weights, "
                              "give the caffemodel to -weights)")
     history = [proto_to_array(h, f"{path}: history {i}") for i, h in enumerate(s.history)]
-    return s.iter, s.learned_net, s.current_step, history
+    learned = s.learned_net
+    if isinstance(learned, bytes):  # protobuf hands back invalid UTF-8 as bytes
+        raise ModelFileError(f"{path}: learned_net {learned!r} is not valid UTF-8")
+    return s.iter, learned, s.current_step, history
 
 
 def _what_is(data):
