@@ -264,3 +264,39 @@ def test_data_layer_state_is_what_the_net_consumed_not_what_was_prefetched(tmp_p
         np.testing.assert_array_equal(a.blobs["a"].data, b.blobs["a"].data)
     a.close()
     b.close()
+
+
+MEMORY_NET = """name: "mem"
+layer { name: "data" type: "MemoryData" top: "data" top: "label"
+  memory_data_param { batch_size: 4 channels: 3 height: 1 width: 1 } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+  inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "drop" type: "Dropout" bottom: "ip" top: "ip" }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+
+
+@pytest.mark.parametrize("arrays_first", [True, False])
+def test_memory_data_resumes_at_its_item(tmp_path, arrays_first):
+    g = np.random.default_rng(1)
+    x = g.normal(size=(12, 3, 1, 1)).astype(np.float32)
+    y = g.integers(0, 2, 12).astype(np.float32)
+    net = tmp_path / "net.prototxt"
+    net.write_text(MEMORY_NET)
+    text = (f'net: "{net}" base_lr: 0.1 lr_policy: "fixed" random_seed: 2 display: 0 '
+            f'snapshot_prefix: "{tmp_path}/m"')
+    a = get_solver(text)
+    a.net.set_input_arrays(x, y)
+    a.step(4)  # 16 items read: mid-way through the second pass
+    a.snapshot()
+    a.step(5)
+    b = get_solver(text)
+    if arrays_first:
+        b.net.set_input_arrays(x, y)
+    b.restore(str(tmp_path / "m_iter_4.solverstate"))
+    if not arrays_first:
+        b.net.set_input_arrays(x, y)
+    assert b.net.layer_dict["data"].pos == 4
+    b.step(5)
+    for pa, pb in zip(a.net.learnable_params, b.net.learnable_params):
+        assert pa.data.tobytes() == pb.data.tobytes()

@@ -270,6 +270,9 @@ class MemoryDataLayer(Layer):
         self._data = data
         self._labels = np.ascontiguousarray(labels.reshape(n), dtype=np.float32)
         self.pos = 0
+        resume, self._resume = getattr(self, "_resume", None), None
+        if resume is not None and resume[1] == n:  # restored before the arrays were given
+            self.pos = resume[0]
 
     def set_batch_size(self, batch_size):
         if self._data is not None and self._data.shape[0] % batch_size:
@@ -289,7 +292,7 @@ class MemoryDataLayer(Layer):
 
     def state_dict(self):
         """The read position in the arrays (the arrays are the caller's: give the same ones
-        with set_input_arrays before restoring)."""
+        with set_input_arrays, before or after restoring)."""
         return {"pos": self.pos, "items": None if self._data is None else self._data.shape[0]}
 
     def load_state_dict(self, state):
@@ -299,17 +302,19 @@ class MemoryDataLayer(Layer):
         items = state.get("items")
         if items is not None:
             items = _int(state, "items", 1)
-        have = None if self._data is None else self._data.shape[0]
+            if pos >= items or pos % self.batch_size:
+                raise ValueError(f"'pos' {pos} is not a batch start among {items} items")
+        self.pos, self._resume = 0, None
         if items is None or pos == 0:
-            self.pos = 0
-        elif have != items or pos % self.batch_size or pos >= items:
-            log.warning("layer '%s' (MemoryData): the snapshot was reading item %d of %s, this "
-                        "net has %s (call set_input_arrays with the same arrays before "
-                        "restoring); reading starts over", self.name, pos, items,
-                        "no arrays" if have is None else f"{have} items")
-            self.pos = 0
-        else:
+            return
+        if self._data is None:
+            self._resume = (pos, items)  # applied by reset() when it gets as many items
+        elif self._data.shape[0] == items:
             self.pos = pos
+        else:
+            log.warning("layer '%s' (MemoryData): the snapshot was reading item %d of %d, "
+                        "the arrays given have %d items; reading starts over", self.name, pos,
+                        items, self._data.shape[0])
 
 
 @register("DummyData")
