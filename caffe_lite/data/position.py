@@ -23,7 +23,8 @@ def draw_seed(rng):
     return int(rng.integers(0, 2**63 - 1))
 
 
-def _int(state, name, low=0, high=None):
+def state_int(state, name, low=0, high=None):
+    """state[name], checked to be an int in [low, high); ValueError naming it otherwise."""
     v = state.get(name)
     if isinstance(v, bool) or not isinstance(v, int) or v < low or (high is not None and
                                                                    v >= high):
@@ -93,12 +94,12 @@ class ReadPosition:
         it cannot apply to this source (other size, shuffled vs not), or None."""
         if not isinstance(state, dict):
             raise ValueError(f"a read position must be an object, got {type(state).__name__}")
-        size = _int(state, "size", 1)
-        _int(state, "epoch")
-        _int(state, "index", 0, size)
+        size = state_int(state, "size", 1)
+        state_int(state, "epoch")
+        state_int(state, "index", 0, size)
         seed = state.get("seed")
         if seed is not None:
-            _int(state, "seed")
+            state_int(state, "seed")
         if size != self.size:
             return f"the snapshot was taken reading {size} records, the source now has " \
                    f"{self.size}"

@@ -15,7 +15,7 @@ from ..io.datum import parse_datum
 from . import _deps
 from .images import hwc_to_chw, read_image
 from .lmdb_io import Cursor, first_record, key_text, open_db
-from .position import ReadPosition, _int, draw_seed, permutation
+from .position import ReadPosition, draw_seed, permutation, state_int
 
 log = logging.getLogger("caffe_lite")
 
@@ -387,7 +387,7 @@ class HDF5Source:
             raise ValueError(f"an HDF5 read position must be an object, got "
                              f"{type(state).__name__}")
         why = self.position.check_state(state.get("files"))
-        _int(state, "row")
+        state_int(state, "row")
         return why
 
     def load_state_dict(self, state):

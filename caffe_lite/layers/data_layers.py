@@ -18,7 +18,7 @@ import numpy as np
 from ..data.prefetch import Prefetcher, attach
 from ..data.transformer import DataTransformer, derive_rng
 from ..errors import DataError
-from ..data.position import _int
+from ..data.position import state_int
 from ..fillers import fill
 from ..proto import caffe_pb2
 from .base import Layer
@@ -298,10 +298,10 @@ class MemoryDataLayer(Layer):
     def load_state_dict(self, state):
         if not isinstance(state, dict):
             raise ValueError("expected an object")
-        pos = _int(state, "pos")
+        pos = state_int(state, "pos")
         items = state.get("items")
         if items is not None:
-            items = _int(state, "items", 1)
+            items = state_int(state, "items", 1)
             if pos >= items or pos % self.batch_size:
                 raise ValueError(f"'pos' {pos} is not a batch start among {items} items")
         self.pos, self._resume = 0, None
