@@ -1,9 +1,10 @@
 """Files written as one set (a snapshot's caffemodel, sidecar and solverstate), and the lock
 that keeps two runs from writing sets under one prefix.
 
-A set is written in four steps: every file goes to a hidden temp file beside its target
+A set is written in steps: every file goes to a hidden temp file beside its target
 (`.NAME.XXXXXX.tmp`, flushed and fsynced); a journal (`.PREFIX_iter_N.journal`, itself written
-atomically) lists the (temp, target) pairs; the temps are renamed onto their targets in order,
+atomically) lists the (temp, target) pairs; files already at the targets (an old set) are
+removed, the one that made it usable first; the temps are renamed onto their targets in order,
 the last one being the file that makes the set usable (the solverstate); the journal is
 removed.  A crash leaves either the journal's whole set or none of it usable: until the last
 rename nothing refers to the new files.  `recover()` -- run by whoever holds the lock, before
@@ -62,12 +63,11 @@ class FileSet:
             with fs.open(model, "wb") as f: ...
             with fs.open(state, "wb") as f: ...      # renamed last: commits the set
 
-    Leaving the block normally commits; an exception removes the temps.  `overwrite=False`
-    refuses targets that exist (checked before anything is written)."""
+    Leaving the block normally commits (replacing files at the targets); an exception
+    removes the temps."""
 
-    def __init__(self, journal, overwrite=True):
+    def __init__(self, journal):
         self.journal = os.fspath(journal)
-        self.overwrite = overwrite
         self.pairs = []
 
     def __enter__(self):
@@ -76,10 +76,6 @@ class FileSet:
     @contextlib.contextmanager
     def open(self, path, mode="wb"):
         path = os.fspath(path)
-        if not self.overwrite and os.path.exists(path):
-            from .atomic import OutputExistsError
-            raise OutputExistsError(f"{path} already exists; refusing to overwrite it "
-                                    "(choose another name or pass the overwrite flag)")
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
@@ -103,7 +99,8 @@ class FileSet:
 
     def commit(self):
         directories = {os.path.dirname(os.path.abspath(p)) for pair in self.pairs for p in pair}
-        atomic_write_text(self.journal, json.dumps({"pairs": self.pairs}))
+        atomic_write_text(self.journal, json.dumps(
+            {"pairs": [[os.path.abspath(t), os.path.abspath(p)] for t, p in self.pairs]}))
         for d in directories:
             _fsync_dir(d)
         _test_pause("journal")
