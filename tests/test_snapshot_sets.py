@@ -141,6 +141,42 @@ def test_recover_finishes_a_set_whose_renames_all_happened(tmp_path):
     assert len(removed) == 3
 
 
+def test_an_interrupted_rollback_is_finished_by_the_next_start(tmp_path, monkeypatch):
+    solver_file = mlp_solver(tmp_path, max_iter=6, snapshot=1)
+    prefix = tmp_path / "snap" / "mlp"
+    s = get_solver(str(solver_file))
+    s.step(1)
+    calls = []
+
+    def pause(point):
+        calls.append(point)
+        if len(calls) == 6:  # after the caffemodel and the sidecar are renamed
+            raise Crash
+    monkeypatch.setattr(fileset, "_test_pause", pause)
+    monkeypatch.setattr(fileset.FileSet, "__exit__", _exit_without_cleanup)
+    with pytest.raises(Crash):
+        s.step(1)
+    monkeypatch.undo()
+    assert len(orphans(prefix)) == 2
+    unlink, deleted = os.unlink, []
+
+    def dying_unlink(path):
+        if len(deleted) == 1:
+            raise Crash  # the start doing the rollback dies after its first deletion
+        deleted.append(path)
+        unlink(path)
+    monkeypatch.setattr(fileset.os, "unlink", dying_unlink)
+    with pytest.raises(Crash):
+        snapshot_state.recover(str(prefix))
+    monkeypatch.undo()
+    journal = tmp_path / "snap" / ".mlp_iter_2.journal"
+    assert '"rollback"' in journal.read_text()
+    assert orphans(prefix) != [] or leftovers(tmp_path / "snap") != []
+    snapshot_state.recover(str(prefix))
+    assert leftovers(tmp_path / "snap") == [] and orphans(prefix) == []
+    assert check_whole(prefix) == [1]
+
+
 def test_an_existing_set_is_replaced_safely(tmp_path, monkeypatch):
     """Rewriting the set of an iteration (-overwrite): the old solverstate goes first, so a
     crash never pairs the old solverstate with new weights."""
@@ -239,8 +275,18 @@ def kill_loop(tmp_path, kills, seed, max_iter):
     slow = {"CAFFE_LITE_TEST_SNAPSHOT_PAUSE": "0.01"}
     inside = 0
     def pending():
-        return {n for n in (os.listdir(snap) if snap.exists() else ())
-                if n.endswith((".journal", ".tmp"))}
+        """Journals and temp files, each with what tells it from a later file of that name
+        (temps have random names; a journal lists its random temp names)."""
+        out = set()
+        for n in os.listdir(snap) if snap.exists() else ():
+            if n.endswith(".tmp"):
+                out.add((n, ""))
+            elif n.endswith(".journal"):
+                try:
+                    out.add((n, (snap / n).read_text()))
+                except FileNotFoundError:
+                    pass
+        return out
     for k in range(kills):
         states = solverstates(prefix)
         before, left = check_whole(prefix), pending()  # (left: by the run killed last)
@@ -250,8 +296,9 @@ def kill_loop(tmp_path, kills, seed, max_iter):
         # wait until this run writes (or has written) a set of its own, then kill it soon
         deadline = time.monotonic() + 60
         while p.poll() is None and time.monotonic() < deadline:
-            if pending() - left or len(solverstates(prefix)) != len(before):
-                break
+            if any(not n.startswith("..") for n, _ in pending() - left if n.endswith(".tmp")) \
+                    or len(solverstates(prefix)) != len(before):
+                break  # (its own temp files, not those of a journal rewritten by recovery)
             time.sleep(0.002)
         time.sleep(rnd.uniform(0, 0.1 if k % 2 == 0 else 0.3))
         if p.poll() is not None:  # it finished (or failed) before the kill

@@ -10,7 +10,8 @@ removed.  A crash leaves either the journal's whole set or none of it usable: un
 rename nothing refers to the new files.  `recover()` -- run by whoever holds the lock, before
 writing -- finishes the picture: a journal whose renames all happened is dropped (the set is
 whole); otherwise the set is rolled back (the temps and the targets already renamed are
-deleted), and stray temp files of the prefix (from a write that never reached its journal)
+deleted; the list of them is written into the journal first, so an interrupted rollback is
+finished by the next one), and stray temp files of the prefix (from a write that never reached its journal)
 are removed.
 
 The lock is an advisory `flock` on `PREFIX.lock`, held for a whole run; the kernel releases
@@ -127,21 +128,25 @@ def recover(directory, pattern):
                                                  "." + pattern + ".journal"))):
         try:
             with open(journal, encoding="utf-8") as f:
-                pairs = json.load(f)["pairs"]
-            pairs = [(str(t), str(p)) for t, p in pairs]
-        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+                entry = json.load(f)
+            pairs = [(str(t), str(p)) for t, p in entry["pairs"]]
+            victims = entry.get("rollback")
+            victims = None if victims is None else [str(v) for v in victims]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             log.warning("%s: unreadable snapshot journal (%s); removed", journal, exc)
-            pairs = []
-        if pairs and any(os.path.exists(t) for t, _ in pairs):
+            pairs, victims = [], None
+        if victims is None and any(os.path.exists(t) for t, _ in pairs):
             # Interrupted before the last rename: the set never became usable.  Targets whose
-            # temp is gone were renamed by that write, so they are its files.
-            for tmp, path in pairs:
-                victim = tmp if os.path.exists(tmp) else path
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(victim)
-                    removed.append(victim)
-            log.warning("Removed the incomplete snapshot set of an interrupted write (%s)",
+            # temp is gone were renamed by that write, so they are its files.  The list is
+            # recorded first, so a rollback that is itself interrupted is finished next time.
+            victims = [t if os.path.exists(t) else p for t, p in pairs]
+            atomic_write_text(journal, json.dumps({"pairs": pairs, "rollback": victims}))
+            log.warning("Removing the incomplete snapshot set of an interrupted write (%s)",
                         ", ".join(p for _, p in pairs))
+        for victim in victims or ():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(victim)
+                removed.append(victim)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(journal)
             removed.append(journal)
