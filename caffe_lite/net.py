@@ -10,7 +10,7 @@ from .blob import Blob
 from .errors import (ArgumentTypeError, CaffeLiteError, LayerSetupError, NameNotFoundError,
                      NetError, OutOfMemoryError, ShapeMismatchError)
 from .io.blobproto import array_to_proto
-from .io.caffemodel import load_weights, write_net_binary
+from .io.caffemodel import load_weights
 from .io.prototxt import load_message
 from .io.upgrade import upgrade_net
 from .layers import create_layer
@@ -638,12 +638,17 @@ class Net:
         compressed model (caffe-lite's, or one Deep Compression published for this net).
 
         Every shape is checked before anything is copied, so a mismatch leaves the net as it
-        was.  Every prunable weight copied gets mask = (weight != 0)."""
+        was.  Every prunable weight copied gets its mask from the `.masks` sidecar beside the
+        file when there is one (io/masks.py), else mask = (weight != 0).  A WARNING names each
+        layer with parameters that got no weights and each layer of the file that matched
+        none of the net (with the nearest name when one is close)."""
+        from .errors import ModelFileError
+        from .io.masks import read_masks, sidecar_path
         weights = load_weights(path, net=self)
+        masks = read_masks(path, weights) or {}
         plan = []
         for lname, arrays in weights:
             if lname not in self.layer_dict:
-                log.info("Ignoring source layer %s", lname)
                 continue
             lid = self._layer_names.index(lname)
             target = self.layers[lid].blobs
@@ -664,14 +669,47 @@ class Net:
                         f"{path}: cannot copy param {j} of layer '{lname}': shape mismatch, "
                         f"weights file has {a.shape}, net has {t.shape} (to learn this layer "
                         "from scratch instead, rename it)")
-                plan.append((t, a, j == 0 and self.layers[lid].prunable))
-        for t, a, prunable_weight in plan:
+                prunable_weight = j == 0 and self.layers[lid].prunable
+                mask = masks.get((lname, j)) if prunable_weight else None
+                if mask is not None:
+                    mask = mask.reshape(t.shape)
+                    stray = int(np.count_nonzero(a.reshape(t.shape)[mask == 0]))
+                    if stray:
+                        raise ModelFileError(
+                            f"{sidecar_path(path)}: the mask of layer '{lname}' param {j} "
+                            f"prunes {stray} weight(s) that are not zero in {path}")
+                plan.append((t, a, prunable_weight, mask))
+        self._warn_unmatched(path, weights)
+        for t, a, prunable_weight, mask in plan:
             t.data[...] = a.reshape(t.shape)
-            if prunable_weight:
+            if mask is not None:
+                t.mask = mask
+            elif prunable_weight:
                 # Only layers whose weights came from the file: a layer learned from scratch
                 # (renamed, or absent from the file) keeps its all-ones mask.
                 t.mask_from_data()
         return self
+
+    def _warn_unmatched(self, path, weights):
+        import difflib
+        in_file = [name for name, _ in weights]
+        unused = [name for name in in_file if name not in self.layer_dict]
+        have = set(in_file)
+        empty = [name for lid, (name, layer) in enumerate(zip(self._layer_names, self.layers))
+                 if name not in have and any(self.param_owners[self.param_ids[lid][j]] == -1
+                                             for j in range(len(layer.blobs)))]
+
+        def nearest(name, candidates):
+            close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+            return f" (did you mean '{close[0]}'?)" if close else ""
+        for name in empty:
+            log.warning("%s holds no weights for layer '%s' (%s) of net '%s': it keeps its "
+                        "initial values%s", path, name, self.layer_dict[name].type, self.name,
+                        nearest(name, unused))
+        for name in unused:
+            log.warning("%s: layer '%s' matches no layer of net '%s'; its weights are not "
+                        "used%s", path, name, self.name, nearest(name, empty or
+                                                                   self._layer_names))
 
     def init_masks_from_weights(self):
         """mask = (weight != 0) for every prunable layer's weight."""
@@ -695,12 +733,17 @@ class Net:
         return out
 
     def save(self, path, overwrite=True):
-        """Write a binary caffemodel (atomically)."""
-        write_net_binary(path, self.to_proto(), overwrite=overwrite)
+        """Write a binary caffemodel (atomically) and its `.masks` sidecar (io/masks.py)."""
+        from .io import masks
+        masks.save_model(path, self.to_proto(), masks.net_mask_entries(self), overwrite)
 
-    def save_hdf5(self, path, write_diff=False):
+    def save_hdf5(self, path, write_diff=False, overwrite=True):
+        """Write an HDF5 caffemodel (atomically) and its `.masks` sidecar."""
+        from .io import masks
         from .io.hdf5 import save_net_hdf5
-        save_net_hdf5(self, path, write_diff)
+        masks.check_writable(path, overwrite)
+        save_net_hdf5(self, path, write_diff, overwrite=overwrite)
+        masks.write_sidecar(path, masks.net_mask_entries(self), overwrite=overwrite)
 
     def close(self):
         """Stop the background threads of data layers (garbage collection also does)."""

@@ -10,9 +10,6 @@ COUNT = 200
 SEED = 20261204
 FORMATS = ["net", "solver", "caffemodel", "binaryproto", "solverstate", "masks", "lmdb",
            "hdf5", "imagelist"]
-# The solverstate and .masks parsing (caffe_lite/solvers/state.py) is validated on the i11a
-# branch; until it is merged, some of these cases still end in tracebacks.
-ELSEWHERE = {"solverstate", "masks"}
 
 
 @pytest.fixture(scope="module")
@@ -20,9 +17,7 @@ def results():
     return fuzzing.run(FORMATS, COUNT, seed=SEED, jobs=2)
 
 
-@pytest.mark.parametrize("fmt", [
-    pytest.param(f, marks=pytest.mark.xfail(strict=False, reason="validated on the i11a branch"))
-    if f in ELSEWHERE else f for f in FORMATS])
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_only_typed_errors(results, fmt):
     counts, failures = results[fmt]
     assert sum(counts.values()) == COUNT

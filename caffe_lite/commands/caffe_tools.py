@@ -121,16 +121,17 @@ def train_cmd(args):
     attach_gradual(solver, args)  # before restore: a snapshot carries the schedule's progress
     from .compression_tools import attach_sharing
     attach_sharing(solver, args)  # likewise the clusters of shared weights
-    start = 0
-    if args.snapshot:
-        solver.restore(args.snapshot)
-        start = solver.iter
-        log.info("Resuming from %s at iteration %d", args.snapshot, start)
-    if not args.overwrite:
-        _refuse_snapshot_overwrite(param, start)
-    solver.install_signal_handlers()
-    with training_bar(solver, param.max_iter - start):
-        solver.solve()
+    with solver.snapshot_lock():  # for the whole run; clears an interrupted snapshot write
+        start = 0
+        if args.snapshot:
+            solver.restore(args.snapshot)
+            start = solver.iter
+            log.info("Resuming from %s at iteration %d", args.snapshot, start)
+        if not args.overwrite:
+            _refuse_snapshot_overwrite(param, start)
+        solver.install_signal_handlers()
+        with training_bar(solver, param.max_iter - start):
+            solver.solve()
     if solver.requested_early_exit:
         log.info("Stopped at iteration %d; resume with -snapshot %s_iter_%d.solverstate",
                  solver.iter, param.snapshot_prefix, solver.iter)

@@ -94,10 +94,11 @@ def _write_bytes(path, data, overwrite):
 @command("prune", "prune a caffemodel (magnitude, std, global or l1-filter) and write the "
                   "pruned caffemodel: pruned weights are exact zeros")
 def prune_cmd(args):
-    from ..io.caffemodel import write_net_binary
+    from ..io.masks import check_writable
     from ..pruning import load_spec, make_plan, prune_net, sparsity_report
     from ..pruning.spec import check_sparsity
     _check_outputs(args, "output")
+    check_writable(args.output, args.overwrite)  # and its .masks sidecar
     if args.sparsity is not None:
         check_sparsity(args.sparsity, "-sparsity")  # before the (slow) net build
     spec = load_spec(args.spec)
@@ -106,7 +107,7 @@ def prune_cmd(args):
         plan = make_plan(net, spec, args.method, args.sparsity, args.q,
                          where=args.spec or "pruning spec")
         results = prune_net(net, plan=plan)
-        write_net_binary(args.output, net.to_proto(), overwrite=args.overwrite)
+        net.save(args.output, overwrite=args.overwrite)
         width = max([len(r.name) for r in results] + [5])
         print(f"{'layer':<{width}}  {'type':<14} {'params':>9} {'before':>8} {'after':>8}  "
               "detail")
@@ -163,11 +164,12 @@ sparsity_cmd.configure = _configure_sparsity
 def thin_cmd(args):
     import caffe_lite
     from ..io import to_text
-    from ..io.caffemodel import write_net_binary
+    from ..io.masks import check_writable, save_model
     from ..net import Net
     from ..pruning import netutil
     from ..pruning.thin import max_output_difference, thin_net
     _check_outputs(args, "output_model", "output")
+    check_writable(args.output, args.overwrite)  # and its .masks sidecar
     net, user = load_model(args)
     with net:
         result = thin_net(net, user)
@@ -182,7 +184,7 @@ def thin_cmd(args):
             raise CaffeLiteError(f"the thinned net's outputs differ from the pruned net's by "
                                  f"{diff:.3g} (> -tolerance {args.tolerance:g}); nothing "
                                  "written")
-        write_net_binary(args.output, result.weights, overwrite=args.overwrite)
+        save_model(args.output, result.weights, result.masks, overwrite=args.overwrite)
         from ..util.atomic import atomic_write_text
         atomic_write_text(args.output_model, to_text(result.net_param),
                           overwrite=args.overwrite)
