@@ -100,6 +100,7 @@ def make_data(d):
 def write_solver(path, net, prefix, max_iter=12, snapshot=4, iter_size=2, mode="CPU"):
     path.write_text(SOLVER.format(net=net, prefix=prefix, max_iter=max_iter, snapshot=snapshot,
                                   iter_size=iter_size) + f"solver_mode: {mode}\n")
+    pathlib.Path(prefix).parent.mkdir(parents=True, exist_ok=True)  # `train` creates none
     return path
 
 
