@@ -3,6 +3,7 @@ type, NMS (with the adaptive eta), DetectionOutput (keep_top_k, per-class locati
 no-detection placeholder) and Normalize (forward values, finite-difference gradients); the
 fork's proto fields and the refusal of its training layers."""
 import math
+import pathlib
 
 import numpy as np
 import pytest
@@ -187,6 +188,15 @@ def test_nms_ties_keep_index_order():
     boxes = F([[0, 0, 1, 1], [2, 2, 3, 3], [0, 0, 1, 1]])
     assert bbox.nms(boxes, F([0.5, 0.5, 0.5]), 0.0, 0.5) == [0, 1]
     assert bbox.max_score_index(F([0.3, 0.5, 0.3, 0.5]), 0.0, -1).tolist() == [1, 3, 0, 2]
+    scores = np.tile(F([0.25, 0.75]), 50)
+    assert bbox.max_score_index(scores, 0.0, -1).tolist() == \
+        list(range(1, 100, 2)) + list(range(0, 100, 2))
+
+
+def test_nms_keeps_an_overlap_equal_to_the_threshold():
+    boxes = F([[0, 0, 1, 1], [0, 0, 1, 0.5]])          # IoU exactly 0.5
+    assert bbox.nms(boxes, F([0.9, 0.8]), 0.0, 0.5) == [0, 1]
+    assert bbox.nms(boxes, F([0.9, 0.8]), 0.0, 0.49) == [0]
 
 
 # ---------------------------------------------------------------------------------- DetectionOutput
@@ -435,3 +445,34 @@ def test_training_prototxts_parse_and_their_layers_are_refused(tmp_path):
     p.expand_param.max_expand_ratio = 4
     with pytest.raises(DataError, match="expand_param is the SSD fork's data augmentation"):
         DataTransformer(p, where="layer 'data'")
+
+
+def test_example_detect_script(tmp_path, capsys):
+    """examples/ssd/detect.py (docs/ssd.md): MobileNet-SSD's preprocessing of an image file,
+    detections printed in the image's pixels."""
+    import importlib.util
+    Image = pytest.importorskip("PIL.Image")
+    spec = importlib.util.spec_from_file_location(
+        "ssd_detect", pathlib.Path(__file__).resolve().parents[1] / "examples/ssd/detect.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    img = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    Image.fromarray(img).save(tmp_path / "img.png")
+    Image.fromarray(np.full((240, 320, 3), [10, 200, 90], np.uint8)).save(tmp_path / "c.png")
+    x, size = mod.preprocess(tmp_path / "c.png", 300, 300)
+    assert size == (240, 320) and x.shape == (1, 3, 300, 300)
+    # BGR, (pixel - 127.5) * 0.007843
+    np.testing.assert_allclose(x[0, :, 7, 9], [(90 - 127.5) * 0.007843, (200 - 127.5) * 0.007843,
+                                               (10 - 127.5) * 0.007843], rtol=1e-5)
+    det = mod.main(["--image", str(tmp_path / "img.png"), "--threshold", "0.5"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{len(det)} detection(s)" and len(lines) == len(det) + 1 >= 2
+    assert np.all(det[:, 2] > 0.5) and np.all(np.diff(det[:, 1]) >= 0)
+    name, score = lines[1].split()[:2]
+    assert name == mod.VOC[int(det[0, 1])] and float(score) == pytest.approx(det[0, 2], abs=5e-4)
+    # the output docs/ssd.md shows (random weights, random input: the structure runs)
+    mod.main([])
+    out = capsys.readouterr().out.splitlines()
+    doc = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "ssd.md").read_text()
+    shown = doc.split("$ python examples/ssd/detect.py\n", 1)[1].split("...\n", 1)[0]
+    assert out[:len(shown.splitlines())] == shown.splitlines()

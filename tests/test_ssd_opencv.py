@@ -13,26 +13,12 @@ import pytest
 
 import caffe_lite as caffe
 from caffe_lite.layers import bbox
+from ssd_nets import CASES, PRIOR_A, PRIOR_B, random_weights, small_ssd
 
 cv2 = pytest.importorskip("cv2", reason="opencv-python-headless (the test extra) is absent")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MOBILENET_SSD = ROOT / "examples" / "ssd" / "mobilenet_ssd_deploy.prototxt"
-
-
-def random_weights(net, seed, conf_gain=1.0):
-    """He-scaled Gaussian weights, small biases; the confidence heads' weights times
-    conf_gain (a wider spread of class scores gives detections above the threshold)."""
-    g = np.random.default_rng(seed)
-    for name, ps in net.params.items():
-        w = ps[0].data
-        std = np.sqrt(2.0 / max(w[0].size, 1)) if w.ndim > 1 else 0.5
-        if "mbox_conf" in name:
-            std *= conf_gain
-        w[...] = g.normal(1.0 if w.ndim <= 1 else 0.0, std, w.shape)
-        if len(ps) > 1:
-            ps[1].data[...] = g.normal(0, 0.05, ps[1].data.shape)
-    return g
 
 
 def save_for_opencv(net, path):
@@ -48,9 +34,10 @@ def save_for_opencv(net, path):
 
 
 def opencv_detections(prototxt, caffemodel, x, out="detection_out"):
+    """OpenCV's blob `out` (or list of blobs) for input x."""
     cv = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
     cv.setInput(x)
-    return cv.forward(out)
+    return cv.forward(out) if isinstance(out, str) else dict(zip(out, cv.forward(out)))
 
 
 def canonical(det):
@@ -104,14 +91,16 @@ def test_mobilenet_ssd_structure(mobilenet_ssd):
 def test_mobilenet_ssd_matches_opencv(mobilenet_ssd):
     net, weights, x, all_kept = mobilenet_ssd
     out = net.forward(data=x)
+    names = ["mbox_priorbox", "mbox_loc", "mbox_conf_flatten", "detection_out"]
+    ref = opencv_detections(MOBILENET_SSD, weights, x, out=names)
     # the intermediate blobs first: priors, locations, class probabilities
-    for name in ("mbox_priorbox", "mbox_loc", "mbox_conf_flatten"):
-        ref = opencv_detections(MOBILENET_SSD, weights, x, out=name)
-        np.testing.assert_allclose(net.blobs[name].data, ref.reshape(net.blobs[name].shape),
+    for name in names[:3]:
+        np.testing.assert_allclose(net.blobs[name].data,
+                                   ref[name].reshape(net.blobs[name].shape),
                                    rtol=1e-4, atol=1e-5, err_msg=name)
     det = out["detection_out"]
     assert det.shape == (1, 1, 100, 7)          # keep_top_k 100 of ...
-    assert_same_detections(det, opencv_detections(MOBILENET_SSD, weights, x))
+    assert_same_detections(det, ref["detection_out"])
 
     every = caffe.Net(str(all_kept), caffe.TEST, weights=str(weights))
     det_all = every.forward(data=x)["detection_out"]
@@ -125,77 +114,6 @@ def test_mobilenet_ssd_matches_opencv(mobilenet_ssd):
 
 
 # ------------------------------------------------------------------------------ a small SSD
-def small_ssd(prior_a, prior_b, det, norm="across_spatial: false channel_shared: false",
-              classes=4):
-    """Two heads over a 24 x 40 input: conv1 (12 x 20) through Normalize, conv2 (6 x 10)."""
-    def head(name, n):
-        return "".join(f"""
-layer {{ name: "{name}_{k}" type: "Convolution" bottom: "{name}" top: "{name}_{k}"
-        convolution_param {{ num_output: {n * m} kernel_size: 3 pad: 1 }} }}
-layer {{ name: "{name}_{k}_perm" type: "Permute" bottom: "{name}_{k}" top: "{name}_{k}_perm"
-        permute_param {{ order: 0 order: 2 order: 3 order: 1 }} }}
-layer {{ name: "{name}_{k}_flat" type: "Flatten" bottom: "{name}_{k}_perm"
-        top: "{name}_{k}_flat" flatten_param {{ axis: 1 }} }}""" for k, m in (
-            ("loc", 4 * det.get("loc_classes", 1)), ("conf", classes)))
-    pa, pb = prior_a, prior_b
-    return f"""name: "small_ssd"
-input: "data" input_shape {{ dim: 2 dim: 3 dim: 24 dim: 40 }}
-layer {{ name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
-        convolution_param {{ num_output: 8 kernel_size: 3 stride: 2 pad: 1 }} }}
-layer {{ name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }}
-layer {{ name: "norm1" type: "Normalize" bottom: "conv1" top: "norm1"
-        norm_param {{ {norm} scale_filler {{ type: "constant" value: 20 }} }} }}
-layer {{ name: "conv2" type: "Convolution" bottom: "conv1" top: "conv2"
-        convolution_param {{ num_output: 8 kernel_size: 3 stride: 2 pad: 1 }} }}
-{head("norm1", pa["n"])}
-{head("conv2", pb["n"])}
-layer {{ name: "norm1_prior" type: "PriorBox" bottom: "norm1" bottom: "data" top: "norm1_prior"
-        prior_box_param {{ {pa["text"]} }} }}
-layer {{ name: "conv2_prior" type: "PriorBox" bottom: "conv2" bottom: "data" top: "conv2_prior"
-        prior_box_param {{ {pb["text"]} }} }}
-layer {{ name: "mbox_loc" type: "Concat" bottom: "norm1_loc_flat" bottom: "conv2_loc_flat"
-        top: "mbox_loc" concat_param {{ axis: 1 }} }}
-layer {{ name: "mbox_conf" type: "Concat" bottom: "norm1_conf_flat" bottom: "conv2_conf_flat"
-        top: "mbox_conf" concat_param {{ axis: 1 }} }}
-layer {{ name: "mbox_prior" type: "Concat" bottom: "norm1_prior" bottom: "conv2_prior"
-        top: "mbox_prior" concat_param {{ axis: 2 }} }}
-layer {{ name: "conf_reshape" type: "Reshape" bottom: "mbox_conf" top: "conf_reshape"
-        reshape_param {{ shape {{ dim: 0 dim: -1 dim: {classes} }} }} }}
-layer {{ name: "conf_softmax" type: "Softmax" bottom: "conf_reshape" top: "conf_softmax"
-        softmax_param {{ axis: 2 }} }}
-layer {{ name: "conf_flat" type: "Flatten" bottom: "conf_softmax" top: "conf_flat" }}
-layer {{ name: "detection_out" type: "DetectionOutput" bottom: "mbox_loc"
-        bottom: "conf_flat" bottom: "mbox_prior" top: "detection_out"
-        detection_output_param {{ num_classes: {classes} {det["text"]} }} }}
-"""
-
-
-PRIOR_A = dict(n=6, text="min_size: 4 min_size: 8 max_size: 7 max_size: 12 aspect_ratio: 2 "
-                         "flip: false clip: true variance: 0.1 variance: 0.1 variance: 0.2 "
-                         "variance: 0.2")
-PRIOR_B = dict(n=6, text="min_size: 10 max_size: 20 aspect_ratio: 2 aspect_ratio: 0.5 "
-                         "aspect_ratio: 3 flip: true clip: false step_h: 5 step_w: 4.5 "
-                         "offset: 0.25 variance: 0.15")
-# OpenCV wants share_location and background_label_id written out.  It reads no variances
-# with variance_encoded_in_target and ignores img_h / img_w; those are checked by hand only.
-DET = "nms_param { nms_threshold: 0.45 top_k: 60 } keep_top_k: 80 confidence_threshold: 0.3"
-CASES = {
-    "center_size": dict(text=f"{DET} share_location: true background_label_id: 0 "
-                             "code_type: CENTER_SIZE"),
-    "corner": dict(text=f"{DET} share_location: true background_label_id: 0 code_type: CORNER"),
-    "per_class_boxes": dict(text=f"{DET} share_location: false background_label_id: 0 "
-                                 "code_type: CENTER_SIZE", loc_classes=4),
-    "background_2": dict(text=f"{DET} share_location: true background_label_id: 2 "
-                              "code_type: CENTER_SIZE"),
-    "all_nms_kept": dict(text="nms_param { nms_threshold: 0.45 top_k: 60 } keep_top_k: 400 "
-                              "confidence_threshold: 0.3 share_location: true "
-                              "background_label_id: 0 code_type: CENTER_SIZE"),
-    "few_kept": dict(text="nms_param { nms_threshold: 0.3 top_k: 10 } keep_top_k: 7 "
-                          "confidence_threshold: 0.5 code_type: CENTER_SIZE share_location: true "
-                          "background_label_id: 0"),
-}
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_small_ssd_matches_opencv(case, tmp_path):
     det = CASES[case]
@@ -207,12 +125,12 @@ def test_small_ssd_matches_opencv(case, tmp_path):
     net.save(str(weights))
     x = g.uniform(-1, 1, (2, 3, 24, 40)).astype(np.float32)
     out = net.forward(data=x)["detection_out"]
+    ref = opencv_detections(proto, weights, x, out=["norm1", "mbox_prior", "detection_out"])
     for name in ("norm1", "mbox_prior"):
-        np.testing.assert_allclose(net.blobs[name].data,
-                                   opencv_detections(proto, weights, x, out=name),
-                                   rtol=1e-5, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(net.blobs[name].data, ref[name], rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
     assert out.shape[2] >= 5 and set(out[0, 0, :, 0]) == {0, 1}    # both images detect
-    assert_same_detections(out, opencv_detections(proto, weights, x))
+    assert_same_detections(out, ref["detection_out"])
 
 
 # (OpenCV refuses a per-channel scale with across_spatial: true)
@@ -231,3 +149,38 @@ def test_normalize_matches_opencv(norm, tmp_path):
     np.testing.assert_allclose(net.blobs["norm1"].data,
                                opencv_detections(proto, weights, x, out="norm1"),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_pruned_ssd_keeps_its_zeros_and_matches_opencv(tmp_path):
+    """Magnitude-pruned convolutions of an SSD deploy net: an ordinary caffemodel whose zeros
+    survive the round trip, and OpenCV detects what caffe-lite detects."""
+    from caffe_lite import pruning
+    proto = tmp_path / "small_ssd.prototxt"
+    proto.write_text(small_ssd(PRIOR_A, PRIOR_B, CASES["all_nms_kept"]))
+    net = caffe.Net(str(proto), caffe.TEST)
+    g = random_weights(net, seed=7, conf_gain=2.0)
+    pruning.prune_net(net, method="magnitude", sparsity=0.6)
+    weights = tmp_path / "pruned.caffemodel"
+    net.save(str(weights))
+    back = caffe.Net(str(proto), caffe.TEST, weights=str(weights))
+    for name, ps in back.params.items():
+        if back.layer_dict[name].type == "Convolution":
+            assert np.mean(ps[0].data == 0) == pytest.approx(0.6, abs=0.01), name
+            np.testing.assert_array_equal(ps[0].mask, ps[0].data != 0)
+    x = g.uniform(-1, 1, (2, 3, 24, 40)).astype(np.float32)
+    out = back.forward(data=x)["detection_out"]
+    assert out.shape[2] > 100
+    assert_same_detections(out, opencv_detections(proto, weights, x))
+
+
+def test_l1_filter_leaves_the_heads_inputs_alone(tmp_path):
+    from caffe_lite import pruning
+    proto = tmp_path / "small_ssd.prototxt"
+    proto.write_text(small_ssd(PRIOR_A, PRIOR_B, CASES["center_size"]))
+    net = caffe.Net(str(proto), caffe.TEST)
+    random_weights(net, seed=7)
+    before = {n: ps[0].data.copy() for n, ps in net.params.items()}
+    pruning.prune_net(net, method="l1-filter", sparsity=0.5)
+    # conv1 feeds Normalize, conv2 PriorBox, the heads Permute: nothing is removed
+    for n, ps in net.params.items():
+        np.testing.assert_array_equal(ps[0].data, before[n], err_msg=n)
