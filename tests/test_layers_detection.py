@@ -271,6 +271,19 @@ def test_detection_output_variance_encoded_in_target():
     np.testing.assert_allclose(top.data[0, 0, 0, 3:], PRIORS3[1] + [0.1, 0, 0.1, 0], atol=1e-7)
 
 
+def test_detection_output_ignores_result_files_with_a_warning(caplog):
+    # VGG-SSD's deploy.prototxt carries the fork's evaluation output settings
+    save = ('save_output_param { output_directory: "/nonexistent/VOC2007/Main" '
+            'output_name_prefix: "comp4_det_test_" output_format: "VOC" '
+            'label_map_file: "data/VOC0712/labelmap_voc.prototxt" '
+            'name_size_file: "data/VOC0712/test_name_size.txt" num_test_image: 4952 }')
+    with caplog.at_level("WARNING", logger="caffe_lite"):
+        top = detection_out(f"{BASE} {save} visualize: true", np.zeros((1, 3, 4), F),
+                            CONF3[None])
+    assert "save_output_param is ignored" in caplog.text and "visualize is ignored" in caplog.text
+    assert top.shape == (1, 1, 3, 7)
+
+
 def test_detection_output_errors():
     with pytest.raises(LayerSetupError, match="num_classes"):
         detection_out("nms_param { nms_threshold: 0.5 }", np.zeros((1, 3, 4), F), CONF3[None])
