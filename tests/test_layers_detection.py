@@ -489,3 +489,27 @@ def test_example_detect_script(tmp_path, capsys):
     doc = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "ssd.md").read_text()
     shown = doc.split("$ python examples/ssd/detect.py\n", 1)[1].split("...\n", 1)[0]
     assert out[:len(shown.splitlines())] == shown.splitlines()
+
+
+@pytest.mark.parametrize("eta", [1.0, 0.9])
+def test_nms_paths_agree(eta, monkeypatch):
+    """Pairwise-overlap matrix (few candidates) and kept-box overlaps (many) keep the same
+    boxes, in the same order, as the direct transcription of the fork's loop."""
+    g = np.random.default_rng(5)
+    xy = g.uniform(0.3, 0.7, (300, 2))
+    wh = g.uniform(0.2, 0.8, (300, 2))
+    boxes = np.concatenate([xy - wh / 2, xy + wh / 2], 1).astype(F)
+    scores = g.uniform(0, 1, 300).astype(F)
+    sizes = bbox.box_size(boxes)
+    kept, thr = [], F(0.7)                 # the fork's ApplyNMSFast, line by line
+    for i in bbox.max_score_index(scores, 0.2, 250):
+        keep = all(bbox.overlap(boxes[i], sizes[i], boxes[k], sizes[k]) <= thr for k in kept)
+        if keep:
+            kept.append(int(i))
+            if eta < 1 and thr > 0.5:
+                thr = F(thr * F(eta))
+    assert 20 < len(kept) < 150      # eta 1: 143 kept, eta .9: 30
+    assert bbox.nms(boxes, scores, 0.2, 0.7, eta, 250) == kept
+    monkeypatch.setattr(bbox, "MATRIX_LIMIT", 10)
+    assert bbox.nms(boxes, scores, 0.2, 0.7, eta, 250) == kept
+    assert bbox.nms(boxes, scores, 2.0, 0.7, eta) == []

@@ -55,17 +55,18 @@ def decode(prior, variance, loc, code_type, variance_encoded_in_target):
     return np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=-1).astype(_F)
 
 
-def overlap(box, size, boxes, sizes):
-    """Jaccard overlap (intersection over union) of one box with each of `boxes`, the fork's
-    JaccardOverlap for normalised boxes: 0 when they do not intersect with positive area."""
-    disjoint = ((boxes[:, 0] > box[2]) | (boxes[:, 2] < box[0]) |
-                (boxes[:, 1] > box[3]) | (boxes[:, 3] < box[1]))
-    iw = np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0])
-    ih = np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1])
+def overlap(a, size_a, b, size_b):
+    """Jaccard overlap (intersection over union) of boxes `a` and `b` (broadcast against each
+    other), the fork's JaccardOverlap for normalised boxes: 0 when they do not intersect with
+    positive area.  Symmetric in a and b, bit for bit."""
+    disjoint = ((b[..., 0] > a[..., 2]) | (b[..., 2] < a[..., 0]) |
+                (b[..., 1] > a[..., 3]) | (b[..., 3] < a[..., 1]))
+    iw = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])
+    ih = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])
     inter = iw * ih
     hit = ~disjoint & (iw > 0) & (ih > 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = inter / ((size + sizes) - inter)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        iou = inter / ((size_a + size_b) - inter)
     return np.where(hit, iou, _F(0))
 
 
@@ -77,6 +78,11 @@ def max_score_index(scores, threshold, top_k):
     return idx[:top_k] if top_k > -1 else idx
 
 
+# Up to this many candidates NMS works on their pairwise overlaps (a k x k float32 matrix);
+# beyond it, on the overlaps with the boxes kept so far.  Both give the same boxes.
+MATRIX_LIMIT = 2048
+
+
 def nms(boxes, scores, score_threshold, nms_threshold, eta=1.0, top_k=-1, sizes=None):
     """The fork's ApplyNMSFast: visit the candidates (max_score_index) best first and keep one
     when its overlap with every box kept so far is <= the threshold.  With eta < 1 the
@@ -84,16 +90,27 @@ def nms(boxes, scores, score_threshold, nms_threshold, eta=1.0, top_k=-1, sizes=
     Returns the kept indices in the order kept (descending score)."""
     if sizes is None:
         sizes = box_size(boxes)
-    thr = _F(nms_threshold)
-    eta = _F(eta)
+    order = max_score_index(scores, score_threshold, top_k)
+    b, s = boxes[order], sizes[order]
+    thr, eta = _F(nms_threshold), _F(eta)
     kept = []
-    for i in max_score_index(scores, score_threshold, top_k):
-        keep = True
+    if len(order) <= MATRIX_LIMIT and eta >= 1:
+        # A fixed threshold: each kept box strikes out the later candidates it overlaps.
+        alive = np.ones(len(order), bool)
+        ious = overlap(b[:, None], s[:, None], b[None], s[None])
+        for i in range(len(order)):
+            if alive[i]:
+                kept.append(i)
+                alive &= ious[i] <= thr
+        return order[kept].tolist()
+    ious = overlap(b[:, None], s[:, None], b[None], s[None]) if len(order) <= MATRIX_LIMIT \
+        else None
+    for i in range(len(order)):
         if kept:
-            k = np.asarray(kept)
-            keep = bool(np.all(overlap(boxes[i], sizes[i], boxes[k], sizes[k]) <= thr))
-        if keep:
-            kept.append(int(i))
-            if eta < 1 and thr > 0.5:
-                thr = _F(thr * eta)
-    return kept
+            ov = ious[i, kept] if ious is not None else overlap(b[i], s[i], b[kept], s[kept])
+            if not np.all(ov <= thr):
+                continue
+        kept.append(i)
+        if eta < 1 and thr > 0.5:
+            thr = _F(thr * eta)
+    return order[kept].tolist()
