@@ -197,6 +197,11 @@ def test_nms_keeps_an_overlap_equal_to_the_threshold():
     boxes = F([[0, 0, 1, 1], [0, 0, 1, 0.5]])          # IoU exactly 0.5
     assert bbox.nms(boxes, F([0.9, 0.8]), 0.0, 0.5) == [0, 1]
     assert bbox.nms(boxes, F([0.9, 0.8]), 0.0, 0.49) == [0]
+    # boxes overflowed to infinity overlap by NaN, which is not <= the threshold: suppressed
+    inf = F([[-np.inf, -np.inf, np.inf, np.inf]] * 2)
+    with np.errstate(invalid="ignore"):
+        assert bbox.nms(inf, F([0.9, 0.8]), 0.0, 0.5) == [0]
+        assert bbox.nms(inf, F([0.9, 0.8]), 0.0, 0.7, eta=0.9) == [0]
 
 
 # ---------------------------------------------------------------------------------- DetectionOutput
