@@ -4,6 +4,8 @@
 is how users feed inputs).  Layer code reads through `cpu_data` / `cpu_diff` / `cpu_mask`,
 read-only views that leave a GPU copy valid, and writes through `data` / `diff`; the GPU side
 (`gpu_data`, `mutable_gpu_data`, ...) is the same memory seen from the device."""
+import math
+
 import numpy as np
 
 from .backend import state as _mode
@@ -48,7 +50,7 @@ class Blob:
         """Change the shape; memory is reallocated only when the count outgrows the capacity,
         so reshaping back and forth reuses the same buffers, as in Caffe."""
         shape = _as_shape(shape)
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)
         self._shape = shape
         self._count = count
         need = max(count, 1)
@@ -85,7 +87,7 @@ class Blob:
     def count_range(self, start, end=None):
         """Product of dims in [start, end): Caffe's Blob::count(start, end)."""
         end = self.num_axes if end is None else end
-        return int(np.prod(self._shape[start:end], dtype=np.int64))
+        return math.prod(self._shape[start:end])
 
     def canonical_axis_index(self, axis):
         n = self.num_axes
@@ -144,6 +146,12 @@ class Blob:
     @diff.setter
     def diff(self, value):
         self._assign(self.diff, value, "diff")
+
+    @property
+    def data_version(self):
+        """Changes whenever the data may have been written (a writable view was handed out on
+        either side; shared data shares it); see SyncedMemory.version."""
+        return self._data.mem.version
 
     @property
     def cpu_data(self):
