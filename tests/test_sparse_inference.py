@@ -496,3 +496,34 @@ def test_report_and_time_forward():
     assert {n: v["ran"] for n, v in t["layers"].items()} == dict.fromkeys(HAN, "sparse")
     assert net.layer_dict["ip1"].sparse.mode == "sparse"       # restored
     assert net.layer_dict["ip2"].sparse.mode is None
+
+
+# --- the command line -------------------------------------------------------------------------
+@needs_jit
+def test_cli_sparse_report_and_flags(tmp_path, capsys):
+    from caffe_lite.cli import main
+    weights = str(tmp_path / "lenet.caffemodel")
+    _lenet().save(weights)
+    assert main(["sparse", "-model", LENET, "-weights", weights, "-batch", "1",
+                 "-iterations", "2", "-format", "json"]) == 0
+    import json
+    out = json.loads(capsys.readouterr().out)
+    ran = {r["layer"]: r["ran"] for r in out["layers"]}
+    assert ran["ip1"] == "sparse" and ran["conv2"] == "sparse"
+    assert out["timing"]["dense_ms"] > 0
+    spec = tmp_path / "spec.prototxt"
+    spec.write_text('mode: DENSE layer { name: "ip1" mode: SPARSE }')
+    assert main(["sparse", "-model", LENET, "-weights", weights, "-mode", str(spec),
+                 "-iterations", "0"]) == 0
+    table = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in table.splitlines()[1:] if line.strip()}
+    assert "sparse: density" in lines["ip1"] and "mode dense" in lines["conv2"]
+    assert main(["test", "-model", LENET, "-weights", weights, "-iterations", "1",
+                 "-sparse", "sparse"]) == 0
+    assert main(["time", "-model", LENET, "-weights", weights, "-iterations", "1",
+                 "-sparse", str(spec)]) == 0
+    capsys.readouterr()
+    assert main(["test", "-model", LENET, "-weights", weights, "-iterations", "1",
+                 "-sparse", "fastest"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "'fastest' is neither a mode" in err[-1] and "Traceback" not in "".join(err)

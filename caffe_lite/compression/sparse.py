@@ -233,8 +233,9 @@ def format_report(rows):
 
 # --- timing -----------------------------------------------------------------------------------
 def time_forward(net, sparse_mode="sparse", repeats=50, warmup=5, per_layer=True):
-    """Median forward times of `net` on the dense path and with `sparse_mode` ("sparse" or
-    "auto"), measured alternately in one run (so that load on the machine hits both alike).
+    """Median forward times of `net` on the dense path and with `sparse_mode` ("sparse",
+    "auto", or None: each layer's mode as configured), measured alternately in one run (so
+    that load on the machine hits both alike).
 
     The net's inputs are used as they are (fill them first).  Returns {"dense_ms",
     "sparse_ms", "speedup" (dense / sparse), "layers": {name: {"dense_ms", "sparse_ms",
@@ -242,7 +243,7 @@ def time_forward(net, sparse_mode="sparse", repeats=50, warmup=5, per_layer=True
     afterwards."""
     layers = sparse_layers(net)
     saved = {name: layer.sparse.mode for name, layer in layers.items()}
-    modes = ("dense", check_mode(sparse_mode))
+    modes = ("dense", check_mode(sparse_mode) or "configured")
     index = {name: i for i, name in enumerate(net.layer_names)}
     totals = {m: [] for m in modes}
     per = {m: {name: [] for name in layers} for m in modes}
@@ -250,8 +251,8 @@ def time_forward(net, sparse_mode="sparse", repeats=50, warmup=5, per_layer=True
     try:
         for it in range(warmup + repeats):
             for m in modes:
-                for layer in layers.values():
-                    layer.sparse.mode = m
+                for name, layer in layers.items():
+                    layer.sparse.mode = saved[name] if m == "configured" else m
                 t0 = time.perf_counter()
                 net.forward_from_to()
                 elapsed = time.perf_counter() - t0

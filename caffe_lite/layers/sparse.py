@@ -75,6 +75,7 @@ class SparsePath:
         self.transpose = transpose
         self.unsupported = unsupported
         self.mode = None            # None: default_mode()
+        self.kernels = None         # the numba kernels, as the last CPU choose() found them
         self.active = False         # what the last choose() decided
         self.reason = "not run yet"
         self.scratch = Scratch()
@@ -106,6 +107,10 @@ class SparsePath:
                                               self.transpose)
         return self._csr
 
+    def _kernels(self):
+        self.kernels = jit.kernels("sparse")
+        return self.kernels
+
     # --- the decision --------------------------------------------------------------------
     def _needs_weight_gradient(self):
         layer = self.layer
@@ -123,7 +128,7 @@ class SparsePath:
             reason = "auto: no thresholds measured on a GPU (mode sparse forces it)"
         elif mode == "auto" and self._needs_weight_gradient():
             reason = "auto: weights are trained (TRAIN phase, lr_mult != 0)"
-        elif not gpu and jit.kernels("sparse") is None:
+        elif not gpu and self._kernels() is None:
             reason = "no compiled kernels (numba absent or CAFFE_LITE_JIT=0)"
         else:
             density = self.density
@@ -172,10 +177,10 @@ def _tile(run_bytes_per_position, positions):
     return max(16, -(-positions // pieces))
 
 
-def spmm(csr, col_offset, src, bias, y):
+def spmm(path, csr, col_offset, src, bias, y):
     """y (n, R, L) = csr (R, K) x the runs of src (n, S) at col_offset (see
     numba/sparse.py:csr_spmm) (+ bias (R,)), on the thread pool."""
-    k = jit.kernels("sparse")
+    k = path.kernels
     b = _NO_BIAS if bias is None else bias
     n, _, length = y.shape
     tile = _tile(4 * csr.shape[1], length)
@@ -196,7 +201,7 @@ def _offsets(path, key, make):
 
 def inner_product(path, csr, x, bias, y):
     """y (M, N) = x (M, K) x W^T (+ bias) with W as csr (N, K)."""
-    k = jit.kernels("sparse")
+    k = path.kernels
     b = _NO_BIAS if bias is None else bias
     m, kk = x.shape
     if m == 1:
@@ -209,7 +214,7 @@ def inner_product(path, csr, x, bias, y):
     np.copyto(xt, x.T)
     yt = path.scratch.get("yt", (1, y.shape[1], m))
     offsets = _offsets(path, ("ip", m), lambda: np.arange(kk, dtype=np.int64) * m)
-    spmm(csr, offsets, xt.reshape(1, -1), b, yt)
+    spmm(path, csr, offsets, xt.reshape(1, -1), b, yt)
     np.copyto(y, yt[0].T)
 
 
@@ -271,17 +276,17 @@ def convolution(path, csr, x, bias, y):
     plan = _offsets(path, key, lambda: _ConvPlan(layer, csr.shape[1]))
     num, rows, p = eng.num, csr.shape[0], eng.out_count
     if plan.kind == "1x1":
-        spmm(csr, plan.offsets, x.reshape(num, -1), bias, y.reshape(num, rows, p))
+        spmm(path, csr, plan.offsets, x.reshape(num, -1), bias, y.reshape(num, rows, p))
     elif plan.kind == "direct":
         if plan.padded is not None:
             plan.padded[plan.interior] = x
             src = plan.padded
         else:
             src = x
-        spmm(csr, plan.offsets, src.reshape(num, -1), bias, plan.wide)
+        spmm(path, csr, plan.offsets, src.reshape(num, -1), bias, plan.wide)
         np.copyto(y, plan.wide_out)
     else:
         for n0, n1 in eng._chunks():
             col = eng._im2col(x, n0, n1)
-            spmm(csr, plan.offsets, col.reshape(n1 - n0, -1), bias,
+            spmm(path, csr, plan.offsets, col.reshape(n1 - n0, -1), bias,
                  y[n0:n1].reshape(n1 - n0, rows, p))
