@@ -527,3 +527,19 @@ def test_cli_sparse_report_and_flags(tmp_path, capsys):
                  "-sparse", "fastest"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert "'fastest' is neither a mode" in err[-1] and "Traceback" not in "".join(err)
+
+
+@needs_jit
+def test_time_model_for_the_mnist_example(tmp_path):
+    weights = str(tmp_path / "lenet.caffemodel")
+    _lenet().save(weights)
+    images = np.random.default_rng(0).random((3, 1, 28, 28)).astype(np.float32)
+    net = sparse.inference_net(LENET, weights, data=images)
+    assert net.blobs["data"].shape == (3, 1, 28, 28)
+    np.testing.assert_array_equal(net.blobs["data"].data, images)
+    assert sparse.inference_net(LENET, weights, batch=1).blobs["data"].shape == (1, 1, 28, 28)
+    t = sparse.time_model(LENET, weights, batch=1, repeats=2)
+    assert set(t) == {"dense_ms", "sparse_ms", "speedup", "layers"}
+    assert all(v["ran"] == "sparse" for v in t["layers"].values())
+    with pytest.raises(CaffeLiteError, match="batch must be at least 1"):
+        sparse.inference_net(LENET, weights, batch=0)

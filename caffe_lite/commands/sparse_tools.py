@@ -2,32 +2,16 @@
 dense and CSR sizes and the path taken — and the forward time dense vs sparse, side by side."""
 import json
 
-import numpy as np
-
 from .registry import command, flag
 
 
 @command("sparse", "per-layer density and sparse vs dense forward time of a pruned model")
 def sparse_cmd(args):
     from ..compression import sparse
-    from ..errors import CaffeLiteError
-    from ..net import Net
-    from ..proto import caffe_pb2
     from .caffe_tools import select_mode
     select_mode(args.gpu)
-    net = Net(args.model, caffe_pb2.TEST)
-    if args.weights:
-        for w in args.weights.split(","):
-            net.copy_from(w)
-    if args.batch is not None and args.batch < 1:
-        raise CaffeLiteError(f"-batch must be at least 1, got {args.batch}")
-    g = np.random.default_rng(0)
-    for name in net.inputs:
-        b = net.blobs[name]
-        if args.batch is not None and b.num_axes:
-            b.reshape((args.batch,) + tuple(b.shape[1:]))
-        b.data[...] = g.uniform(0, 1, b.shape)
-    net.reshape()
+    net = sparse.inference_net(args.model, args.weights.split(",") if args.weights else None,
+                               args.batch)
     sparse.configure(net, args.mode)
     net.forward_from_to()
     rows = sparse.report(net)

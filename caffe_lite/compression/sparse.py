@@ -232,6 +232,42 @@ def format_report(rows):
 
 
 # --- timing -----------------------------------------------------------------------------------
+def inference_net(model, weights=None, batch=None, data=None, seed=0):
+    """A TEST-phase Net of `model` (prototxt) with `weights` (caffemodel path(s)), its inputs
+    reshaped to `batch` and filled with `data` (an array for the first input) or uniform
+    random values."""
+    from ..net import Net
+    from ..proto import caffe_pb2
+    net = Net(model, caffe_pb2.TEST)
+    for w in ([weights] if isinstance(weights, (str, os.PathLike)) else weights or []):
+        net.copy_from(w)
+    if batch is not None and batch < 1:
+        raise CaffeLiteError(f"batch must be at least 1, got {batch}")
+    g = np.random.default_rng(seed)
+    for i, name in enumerate(net.inputs):
+        b = net.blobs[name]
+        if i == 0 and data is not None:
+            data = np.asarray(data, np.float32)
+            b.reshape(data.shape)
+            b.data[...] = data
+            continue
+        if batch is not None and b.num_axes:
+            b.reshape((batch,) + tuple(b.shape[1:]))
+        b.data[...] = g.uniform(0, 1, b.shape)
+    net.reshape()
+    return net
+
+
+def time_model(model, weights=None, batch=1, data=None, sparse_mode="sparse", repeats=50):
+    """Dense vs sparse forward of a deploy prototxt + (pruned) caffemodel, as time_forward
+    measures it (e.g. the MNIST example's last stage: `time_model("lenet.prototxt",
+    "pruned.caffemodel")`)."""
+    net = inference_net(model, weights, batch, data)
+    configure(net, sparse_mode)
+    net.forward_from_to()
+    return time_forward(net, sparse_mode, repeats=repeats)
+
+
 def time_forward(net, sparse_mode="sparse", repeats=50, warmup=5, per_layer=True):
     """Median forward times of `net` on the dense path and with `sparse_mode` ("sparse",
     "auto", or None: each layer's mode as configured), measured alternately in one run (so
