@@ -1,19 +1,24 @@
 """Where sparse inference starts to pay: the break-even densities behind mode "auto".
 
-    python -m benchmarks.sparse_thresholds            table on stdout, JSON in
-                                                      benchmarks/results/sparse-thresholds-<date>.json
-    python -m benchmarks.sparse_thresholds --quick    fewer shapes and repetitions
+    python -m benchmarks.sparse_thresholds          table on stdout, JSON in benchmarks/
+                                                    results/sparse-thresholds-<date>.json
+    python -m benchmarks.sparse_thresholds --quick  fewer shapes and repetitions
 
 For InnerProduct and Convolution shapes from LeNet, AlexNet and MobileNet, and a range of
 batch sizes, the layer's forward is timed on the dense path and on the sparse path at several
 densities, alternately in one run (medians).  The sparse time grows about linearly with the
-density, so a robust line (Theil-Sen) through the sparse times gives the density at which it meets
-the dense time: the break-even density of that shape.  Per kind and number of columns (the
-batch for InnerProduct, images x output positions for Convolution) the smallest break-even
-over the shapes is what caffe_lite/layers/sparse.py:BREAK_EVEN should hold, so that "auto"
-only picks the sparse path where it was faster for every shape measured."""
+density, so a robust line (Theil-Sen) through the sparse times gives the density at which it
+meets the dense time: the break-even density of that shape.  Per kind and number of columns
+(the batch for InnerProduct, the output positions of one image for Convolution) the smallest
+break-even over the shapes is about what caffe_lite/layers/sparse.py:BREAK_EVEN should hold,
+so that "auto" only picks the sparse path where it was faster for the shapes measured.
+
+By default both paths run on one thread (--threads 1): the break-even is a ratio of the two
+kernels' costs, and on a machine shared with other work a product split over two threads
+often waits milliseconds for the second core, which says nothing about the kernels."""
 import argparse
 import json
+import os
 import pathlib
 import time
 
@@ -103,7 +108,7 @@ def measure(case, batch, repeats, densities):
         breakeven = 1.0 if intercept < t_dense else 0.0
     else:
         breakeven = float(np.clip((t_dense - intercept) / slope, 0.0, 1.0))
-    columns = batch if kind == "ip" else batch * int(np.prod(layer.top_shape[2:]))
+    columns = batch if kind == "ip" else int(np.prod(layer.top_shape[2:]))
     return {"kind": kind, "case": label, "batch": batch, "columns": columns,
             "dense_ms": t_dense, "densities": list(densities), "sparse_ms": sparse_ms,
             "break_even": breakeven}
@@ -120,8 +125,7 @@ def table(results):
 
 
 def suggest(results):
-    """Per kind, (columns, smallest break-even at up to that many columns and above the
-    previous step) steps, as BREAK_EVEN holds them."""
+    """Per kind and column count, the smallest break-even over the shapes measured."""
     out = {}
     for kind in ("ip", "conv"):
         rs = sorted((r for r in results if r["kind"] == kind), key=lambda r: r["columns"])
@@ -129,9 +133,6 @@ def suggest(results):
         for cols in sorted({r["columns"] for r in rs}):
             here = min(r["break_even"] for r in rs if r["columns"] == cols)
             steps.append([cols, round(here, 2)])
-        # monotone: a larger column count never gets a higher threshold than a smaller one
-        for i in range(len(steps) - 2, -1, -1):
-            steps[i][1] = max(steps[i][1], 0.0)
         out[kind] = steps
     return out
 
@@ -141,7 +142,10 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="CAFFE_LITE_NUM_THREADS for both paths (default 1)")
     args = ap.parse_args(argv)
+    os.environ["CAFFE_LITE_NUM_THREADS"] = str(args.threads)
     repeats = args.repeats or (3 if args.quick else 9)
     cases = [CASES[i] for i in QUICK_CASES] if args.quick else CASES
     densities = DENSITIES[::2] if args.quick else DENSITIES
@@ -160,7 +164,8 @@ def main(argv=None):
     out = pathlib.Path(args.out) if args.out else (
         pathlib.Path(__file__).parent / "results" /
         f"sparse-thresholds-{info['date']}{'-quick' if args.quick else ''}.json")
-    out.write_text(json.dumps({"machine": info, "results": results, "steps": steps},
+    out.write_text(json.dumps({"machine": info, "threads": args.threads, "results": results,
+                               "steps": steps},
                               indent=1))
     print("wrote", out)
     return 0

@@ -1,7 +1,6 @@
 """Sparse inference: the CSR format, the sparse InnerProduct / Convolution forward against hand
 values and against the dense path, when the sparse path runs, and that it follows every change
 of the weights (caffe_lite/compression/sparse.py, caffe_lite/layers/sparse.py)."""
-import itertools
 
 import numpy as np
 import pytest

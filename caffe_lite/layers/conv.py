@@ -138,7 +138,7 @@ class BaseConvolution(Layer):
             t.reshape(top_shape)
         self.bottom_shape = (self.num, self.channels) + tuple(in_spatial)
         self.top_shape = (self.num, self.num_output) + tuple(out_spatial)
-        self.columns = self.num * math.prod(out_spatial)  # per weight row, for the sparse path
+        self.columns = math.prod(out_spatial)  # positions per image, for the sparse path
         # A zero-size bottom or top (Caffe allows e.g. (1 - 3) / 2 + 1 = 0): every product is
         # empty, so the top is just the bias and every gradient but the bias's is zero.
         self.empty = 0 in self.bottom_shape or 0 in self.top_shape

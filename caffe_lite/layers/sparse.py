@@ -3,9 +3,9 @@ copy of their weight (caffe_lite/compression/sparse.py), when that is faster tha
 product.
 
 Each such layer owns a `SparsePath` (`layer.sparse`) and asks it once per forward:
-`csr = self.sparse.choose(columns)`; None means "run dense".  `columns` is the number of
-dense columns the weight multiplies: the batch for InnerProduct, images x output positions for
-Convolution.  The sparse path runs when:
+`csr = self.sparse.choose(columns)`; None means "run dense".  `columns` says how much dense
+work each nonzero weight meets: the batch for InnerProduct, the output positions of one image
+for Convolution.  The sparse path runs when:
 
   * mode "dense": never;
   * mode "sparse": whenever the layer can (InnerProduct; Convolution on the im2col engine, any
@@ -33,17 +33,21 @@ from ..compression.sparse import CSRMatrix, check_mode
 from ..proto import caffe_pb2
 from . import jit
 from .im2col import Scratch
-from .parallel import num_threads, run_tasks
+from .parallel import MIN_PARALLEL_MACS, num_threads, run_tasks
 
 _NO_BIAS = np.zeros(0, np.float32)
 
 # Break-even densities (fraction of nonzero weights) below which the sparse CPU product beats
 # the dense one, per kind of product, as (most columns, density) steps: the first entry whose
-# column count is >= the layer's applies.  Measured by benchmarks/sparse_thresholds.py
-# (python -m benchmarks.sparse_thresholds; figures and machine in docs/performance.md).
+# column count is >= the layer's applies.  Columns: the batch for InnerProduct; the output
+# positions of one image for Convolution (each nonzero weight meets a run that long per
+# image).  About the smallest break-even measured by benchmarks/sparse_thresholds.py on
+# 2026-12-04 (benchmarks/results/sparse-thresholds-2026-12-04.json, docs/performance.md):
+#   InnerProduct  batch 1: 0.20 (LeNet ip1) .. 0.35 (AlexNet fc8); batch 2-256: 0.09 .. 0.36
+#   Convolution   7x7 outputs: 0.17 .. 0.26; 8x8 .. 14x14: 0.35 .. 0.69; 28x28: 0.47 .. 0.65
 BREAK_EVEN = {
-    "ip": ((1, 0.5), (8, 0.2), (64, 0.1), (math.inf, 0.05)),
-    "conv": ((math.inf, 0.2),),
+    "ip": ((1, 0.2), (math.inf, 0.1)),
+    "conv": ((63, 0.15), (783, 0.35), (math.inf, 0.45)),
 }
 
 
@@ -147,11 +151,13 @@ class SparsePath:
 
 
 # --- CPU products -----------------------------------------------------------------------------
-# Splitting over the pool costs 20-50 us; split only products worth several times that.  Work
-# is counted in multiply-adds of the many-column kernel; one nonzero of a matrix-vector
-# product (a gather) costs about as much as 16 of those.
-MIN_PARALLEL_WORK = 1 << 20
-GEMV_WORK_PER_NONZERO = 16
+# Split over the pool under the same rule as the dense products (parallel.MIN_PARALLEL_MACS):
+# handing work to another thread costs 20-50 us on an idle machine, and far more when that
+# thread has to wait for a busy core.  Work is counted in multiply-adds of the many-column
+# kernel; one nonzero of a matrix-vector product (a gather) costs about as much as 4 of them
+# (0.5 ns against 0.1-0.2 ns per weight of a dense matrix-vector product).
+MIN_PARALLEL_WORK = MIN_PARALLEL_MACS
+GEMV_WORK_PER_NONZERO = 4
 
 
 def _run_rows(csr, work, fn):
