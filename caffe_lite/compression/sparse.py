@@ -210,7 +210,7 @@ def report(net):
             "layer": name, "type": layer.type, "shape": tuple(w.shape),
             "density": density, "nnz": nnz, "dense_bytes": 4 * w.count,
             "csr_bytes": csr_bytes, "mode": path.mode or _default_mode(),
-            "ran": ("-" if path.reason == "not run yet" else
+            "ran": ("-" if path._why is None else
                     "sparse" if path.active else "dense"),
             "reason": path.reason})
     return rows

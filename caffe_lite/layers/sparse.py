@@ -81,7 +81,7 @@ class SparsePath:
         self.mode = None            # None: default_mode()
         self.kernels = None         # the numba kernels, as the last CPU choose() found them
         self.active = False         # what the last choose() decided
-        self.reason = "not run yet"
+        self._why = None
         self.scratch = Scratch()
         self.offsets = {}           # column-offset table (or convolution plan) of one shape
         self._version = None
@@ -123,31 +123,40 @@ class SparsePath:
     def choose(self, columns, gpu=False):
         """The CSR weight to run this forward on, or None for the dense path."""
         mode = self.mode or default_mode()
-        csr, reason = None, ""
+        csr, why = None, None
         if mode == "dense":
-            reason = "mode dense"
+            why = ("mode dense",)
         elif self.kind is None:
-            reason = self.unsupported
+            why = (self.unsupported,)
         elif mode == "auto" and gpu:
-            reason = "auto: no thresholds measured on a GPU (mode sparse forces it)"
+            why = ("auto: no thresholds measured on a GPU (mode sparse forces it)",)
         elif mode == "auto" and self._needs_weight_gradient():
-            reason = "auto: weights are trained (TRAIN phase, lr_mult != 0)"
+            why = ("auto: weights are trained (TRAIN phase, lr_mult != 0)",)
         elif not gpu and self._kernels() is None:
-            reason = "no compiled kernels (numba absent or CAFFE_LITE_JIT=0)"
+            why = ("no compiled kernels (numba absent or CAFFE_LITE_JIT=0)",)
         else:
             density = self.density
             limit = break_even(self.kind, columns) if mode == "auto" else None
-            if limit is not None and density >= limit:
-                reason = (f"auto: density {density:.3f} >= break-even {limit:.3f} at "
-                          f"{columns} columns")
-            else:
+            if limit is None or density < limit:
                 csr = self.matrix()
-                reason = (f"{mode}: density {density:.3f}" +
-                          (f" < break-even {limit:.3f} at {columns} columns"
-                           if limit is not None else ""))
+            why = (mode, density, limit, columns)
         self.active = csr is not None
-        self.reason = reason
+        self._why = why     # formatted only when asked for (this runs every forward)
         return csr
+
+    @property
+    def reason(self):
+        """Why the last forward ran the path it ran."""
+        why = self._why
+        if why is None:
+            return "not run yet"
+        if len(why) == 1:
+            return why[0]
+        mode, density, limit, columns = why
+        if limit is None:
+            return f"{mode}: density {density:.3f}"
+        return (f"auto: density {density:.3f} {'<' if self.active else '>='} break-even "
+                f"{limit:.3f} at {columns} columns")
 
 
 # --- CPU products -----------------------------------------------------------------------------
@@ -164,8 +173,8 @@ def _run_rows(csr, work, fn):
     """fn(r0, r1) over row ranges with about equal numbers of nonzeros, one per thread (one
     range in all when `work` is too small to be worth splitting)."""
     rows = csr.shape[0]
-    threads = min(num_threads(), rows)
-    if threads <= 1 or work < MIN_PARALLEL_WORK:
+    threads = 1 if work < MIN_PARALLEL_WORK else min(num_threads(), rows)
+    if threads <= 1:
         fn(0, rows)
         return
     cuts = np.searchsorted(csr.indptr, np.linspace(0, csr.nnz, threads + 1)[1:-1])
