@@ -184,12 +184,13 @@ def _run_rows(csr, work, fn):
 
 def _tile(run_bytes_per_position, positions):
     """Positions per tile: all of them while one tile of every input run fits in 1 MiB, else
-    even tiles of at most 512 KiB."""
+    even tiles of at most 512 KiB, but never fewer than 256 positions (shorter runs cost more
+    in loop overhead than the cache saves: an InnerProduct's batch is never split)."""
     total = run_bytes_per_position * positions
-    if total <= 1 << 20:
+    if total <= 1 << 20 or positions <= 512:
         return max(positions, 1)
     pieces = -(-total // (1 << 19))
-    return max(16, -(-positions // pieces))
+    return max(256, -(-positions // pieces))
 
 
 def spmm(path, csr, col_offset, src, bias, y):
