@@ -35,3 +35,9 @@ def test_full_run_meets_the_target(mnist_dir, models_dir, tmp_path):
     rows = {r["name"]: r["sparsity"] for r in out["report"]["layers"]}
     assert rows == pytest.approx({"conv1": 0.34, "conv2": 0.88, "ip1": 0.92, "ip2": 0.81})
     assert out["report"]["total"]["compression"] > 11.5
+    # the last stage: weights shared (conv 8 / fc 4 bits), fine-tuned, compressed
+    c = out["compressed"]
+    assert c["untied"] == 0
+    assert c["quantized"] >= out["dense"] - 0.002 and c["loaded"] == c["quantized"]
+    assert c["sizes"]["dense"] / c["sizes"]["compressed"] >= 39
+    assert c["values"]["ip1"] <= 16 and c["values"]["conv2"] <= 256

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from .outputs import at_least_one, check_snapshot_prefix
 from .registry import command, flag
 from ..errors import CaffeLiteError, DeviceError
 
@@ -19,7 +20,7 @@ def select_mode(gpu_flag, solver_mode_gpu=False, device_id=0):
     that cannot be met is an error."""
     from .. import backend
     if gpu_flag:
-        ids = [int(x) for x in gpu_flag.split(",")] if gpu_flag != "all" else [0]
+        ids = _gpu_ids(gpu_flag) if gpu_flag != "all" else [0]
         if len(ids) > 1:
             log.warning("multi-GPU training is not supported; using GPU %d", ids[0])
         backend.set_device(ids[0])
@@ -35,6 +36,16 @@ def select_mode(gpu_flag, solver_mode_gpu=False, device_id=0):
                     "training on the CPU", reason)
     backend.set_mode_cpu()
     return "CPU"
+
+
+def _gpu_ids(text):
+    try:
+        ids = [int(x) for x in text.split(",")]
+    except ValueError:
+        ids = [-1]
+    if any(i < 0 for i in ids):
+        raise CaffeLiteError(f"-gpu takes device ids like 0 or 0,1 (or 'all'), got '{text}'")
+    return ids
 
 
 def add_source_overrides(p):
@@ -98,6 +109,7 @@ def train_cmd(args):
         param.train_state.stage.extend(s for s in args.stage.split(",") if s)
     if args.max_iter is not None:
         param.max_iter = args.max_iter
+    check_snapshot_prefix(param.snapshot_prefix)
     where = select_mode(args.gpu, param.solver_mode == param.GPU, param.device_id)
     log.info("Using %s", where)
     solver = solver_from_type(param.type)(param)
@@ -107,6 +119,8 @@ def train_cmd(args):
             solver.net.copy_from(w)
     from .prune_tools import attach_gradual
     attach_gradual(solver, args)  # before restore: a snapshot carries the schedule's progress
+    from .compression_tools import attach_sharing
+    attach_sharing(solver, args)  # likewise the clusters of shared weights
     start = 0
     if args.snapshot:
         solver.restore(args.snapshot)
@@ -153,6 +167,8 @@ def _configure_train(p):
     add_source_overrides(p)
     from .prune_tools import add_gradual_flags
     add_gradual_flags(p)
+    from .compression_tools import add_sharing_flags
+    add_sharing_flags(p)
 
 
 train_cmd.configure = _configure_train
@@ -163,6 +179,7 @@ train_cmd.configure = _configure_train
 def test_cmd(args):
     from ..net import Net
     from ..proto import caffe_pb2
+    at_least_one(args, "iterations")
     select_mode(args.gpu)
     param = _net_param_with_overrides(args.model, args)
     stages = [s for s in args.stage.split(",") if s]
@@ -226,6 +243,7 @@ test_cmd.configure = _configure_test
 def time_cmd(args):
     from ..net import Net
     from ..proto import caffe_pb2
+    at_least_one(args, "iterations")
     select_mode(args.gpu)
     param = _net_param_with_overrides(args.model, args)
     phase = caffe_pb2.TRAIN if args.phase.upper() == "TRAIN" else caffe_pb2.TEST
@@ -293,8 +311,7 @@ def device_query_cmd(args):
     if not ok:
         raise DeviceError(f"no usable GPU: {reason}")
     import pycuda.driver as drv
-    ids = range(drv.Device.count()) if args.gpu in (None, "all") else \
-        [int(x) for x in args.gpu.split(",")]
+    ids = range(drv.Device.count()) if args.gpu in (None, "all") else _gpu_ids(args.gpu)
     for i in ids:
         d = drv.Device(i)
         attrs = d.get_attributes()

@@ -4,26 +4,19 @@ Every verb checks its inputs and its outputs' names before it writes anything, a
 replace an existing file unless -overwrite is given."""
 import io
 import logging
-import os
 
 from .registry import command, flag
 from ..errors import CaffeLiteError, DataError
 from .caffe_tools import _net_param_with_overrides, add_source_overrides
+from .outputs import at_least_one, check_outputs
 
 log = logging.getLogger("caffe_lite")
 
 
 # --- shared helpers ----------------------------------------------------------------------------
 def _check_outputs(args, *names):
-    """Refuse (before any work) to replace existing outputs; two outputs may not be one file."""
-    paths = [getattr(args, n) for n in names if getattr(args, n, None)]
-    if len(set(map(os.path.abspath, paths))) != len(paths):
-        raise CaffeLiteError(f"the output files must differ: {', '.join(paths)}")
-    if not args.overwrite:
-        for p in paths:
-            if os.path.exists(p):
-                raise CaffeLiteError(f"{p} already exists; refusing to overwrite it (pass "
-                                     "-overwrite, or choose another name)")
+    """Refuse (before any work) outputs that cannot be written as asked (outputs.py)."""
+    check_outputs([(f"-{n}", getattr(args, n, None)) for n in names], args.overwrite)
 
 
 def _parse_shape(text):
@@ -231,6 +224,7 @@ def sensitivity_cmd(args):
     from ..pruning import sensitivity as sens
     from ..util.atomic import atomic_write_text
     _check_outputs(args, "output_csv", "output_png", "output_spec")
+    at_least_one(args, "iterations")
     sparsities = _float_list(args.sparsities, "-sparsities")
     png = args.output_png
     if png:

@@ -308,8 +308,11 @@ class HDF5Source:
                     arrays.append(np.asarray(ds, dtype=np.float32))
         except DataError:
             raise
-        except (OSError, KeyError) as exc:
-            raise DataError(f"{self.where}: cannot read HDF5 file '{path}' ({exc})") from None
+        except (OSError, KeyError, RuntimeError, ValueError, TypeError) as exc:
+            # h5py's messages for damaged files span lines: keep the first
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataError(f"{self.where}: cannot read HDF5 file '{path}' ({detail})") \
+                from None
         rows = arrays[0].shape[0]
         for name, a in zip(self.names, arrays):
             if a.shape[0] != rows:

@@ -8,6 +8,9 @@ from ..errors import CaffeLiteError, ModelFileError
 from ..util.atomic import atomic_open
 
 
+_MAX_PARAMS = 1024   # no layer has more parameter blobs; a larger index is damage
+
+
 def _h5py(path):
     try:
         import h5py
@@ -39,9 +42,13 @@ def load_hdf5_weights(path):
             for name, g in _layer_groups(f["data"]):
                 idx = {int(k): np.asarray(v, dtype=np.float32) for k, v in g.items()
                        if k.isdigit()}
+                if max(idx) >= _MAX_PARAMS:
+                    raise ModelFileError(f"{path}: layer '{name}' has a parameter numbered "
+                                         f"{max(idx)}; not a caffemodel")
                 out.append((name, [idx.get(i) for i in range(max(idx) + 1)]))
-    except OSError as exc:
-        raise ModelFileError(f"{path}: unreadable HDF5 caffemodel ({exc})") from None
+    except (OSError, RuntimeError, ValueError, TypeError, KeyError) as exc:
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelFileError(f"{path}: unreadable HDF5 caffemodel ({detail})") from None
     return out
 
 

@@ -59,7 +59,7 @@ class BaseConvolution(Layer):
         stride = _spatial_param(self, p, "stride", "stride_h", "stride_w", nsp, 1, True,
                                 "stride")
         pad = _spatial_param(self, p, "pad", "pad_h", "pad_w", nsp, 0, False, "pad")
-        dilation = _spatial_param(self, p, "dilation", None, None, nsp, 1, False, "dilation")
+        dilation = _spatial_param(self, p, "dilation", None, None, nsp, 1, True, "dilation")
         self.geom = ConvGeometry(kernel, stride, pad, dilation)
 
         self.channels = bottom[0].shape[self.channel_axis]

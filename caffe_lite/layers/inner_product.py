@@ -28,6 +28,8 @@ class InnerProductLayer(Layer):
     def layer_setup(self, bottom, top):
         p = self.layer_param.inner_product_param
         self.num_output = int(p.num_output)
+        if self.num_output < 1:
+            raise self.error(f"num_output must be >= 1, got {self.num_output}")
         self.bias_term = p.bias_term
         self.transpose = p.transpose
         self.axis = self._canonical_axis(bottom[0])

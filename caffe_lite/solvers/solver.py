@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from ..backend.state import set_random_seed
-from ..errors import NumericalError, SolverError
+from ..errors import ArgumentTypeError, NumericalError, SolverError
 from ..net import Net
 from . import state as snapshot_state
 from . import cuda
@@ -183,6 +183,32 @@ class Solver:
                              "the last snapshot (if any) is intact. Try a lower base_lr or "
                              "clip_gradients.")
 
+    # --- pycaffe's Solver methods ----------------------------------------------------------
+    def add_callback(self, on_start, on_gradients_ready=None):
+        """pycaffe's Solver.add_callback(on_start, on_gradients_ready): two functions of no
+        arguments, called at the start of every iteration and when its gradients are ready
+        (before the update).  A callback object (methods on_start(solver) and / or
+        on_gradients_ready(solver), optionally state_dict / load_state_dict) may be given
+        alone; it joins `solver.callbacks`."""
+        if on_gradients_ready is None and (hasattr(on_start, "on_start") or
+                                           hasattr(on_start, "on_gradients_ready")):
+            self.callbacks.append(on_start)
+            return
+        for fn, what in ((on_start, "on_start"), (on_gradients_ready, "on_gradients_ready")):
+            if not callable(fn):
+                raise ArgumentTypeError(f"add_callback(): {what} must be a function of no "
+                                        f"arguments, got {fn!r}")
+        self.callbacks.append(_FunctionCallbacks(on_start, on_gradients_ready))
+
+    def share_weights(self, net):
+        """pycaffe's Solver.share_weights(net): `net` uses this solver's trained weights."""
+        net.share_with(self.net)
+
+    @property
+    def lr(self):
+        """The learning rate of the current iteration (lr_policy at `iter`)."""
+        return learning_rate(self.param, self.iter, self.current_step)[0]
+
     # --- testing -------------------------------------------------------------------------
     def test_all(self):
         return [self.test(i) for i in range(len(self.test_nets))]
@@ -328,6 +354,19 @@ class Solver:
             self.action_request = SNAPSHOT_STOP
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         return previous
+
+
+class _FunctionCallbacks:
+    """pycaffe's callback pair: functions of no arguments."""
+
+    def __init__(self, on_start, on_gradients_ready):
+        self._start, self._ready = on_start, on_gradients_ready
+
+    def on_start(self, solver):
+        self._start()
+
+    def on_gradients_ready(self, solver):
+        self._ready()
 
 
 def solver_from_type(type_name):
