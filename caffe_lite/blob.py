@@ -100,7 +100,7 @@ class Blob:
     def count_range(self, start, end=None):
         """Product of dims in [start, end): Caffe's Blob::count(start, end)."""
         end = self.num_axes if end is None else end
-        return int(np.prod(self._shape[start:end], dtype=np.int64))
+        return math.prod(self._shape[start:end])
 
     def canonical_axis_index(self, axis):
         n = self.num_axes
@@ -159,6 +159,12 @@ class Blob:
     @diff.setter
     def diff(self, value):
         self._assign(self.diff, value, "diff")
+
+    @property
+    def data_version(self):
+        """Changes whenever the data may have been written (a writable view was handed out on
+        either side; shared data shares it); see SyncedMemory.version."""
+        return self._data.mem.version
 
     @property
     def cpu_data(self):

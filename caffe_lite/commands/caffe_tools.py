@@ -190,6 +190,7 @@ def test_cmd(args):
             net.copy_from(w)
     else:
         log.warning("No -weights given: testing randomly initialised parameters")
+    _configure_sparse(net, args)
     log.info("Running for %d iterations.", args.iterations)
     totals, loss = None, 0.0
     for i in range(args.iterations):
@@ -212,11 +213,25 @@ def test_cmd(args):
         print(f"{o} = {' '.join(f'{x:.6g}' for x in v)}")
 
 
+def _sparse_arg(p):
+    flag(p, "sparse", default=None,
+         help="auto|sparse|dense, or a SparseInferenceSpec file: which InnerProduct / "
+              "Convolution layers compute on their nonzero weights only (default auto, or "
+              "$CAFFE_LITE_SPARSE); see docs/sparse.md")
+
+
+def _configure_sparse(net, args):
+    if args.sparse:
+        from ..compression import sparse
+        sparse.configure(net, args.sparse)
+
+
 def _configure_test(p):
     flag(p, "model", required=True, help="net prototxt (TEST phase is used)")
     flag(p, "weights", default=None, help="caffemodel(s), comma-separated")
     flag(p, "iterations", type=int, default=50, help="number of batches to run")
     flag(p, "gpu", default=None, help="GPU id to use")
+    _sparse_arg(p)
     _stage_args(p)
     add_source_overrides(p)
 
@@ -236,6 +251,7 @@ def time_cmd(args):
     net = Net(param, phase, level=args.level, stages=[s for s in args.stage.split(",") if s])
     if args.weights:
         net.copy_from(args.weights)
+    _configure_sparse(net, args)
     log.info("Performing Forward")
     net.forward_from_to()
     log.info("Performing Backward")
@@ -280,6 +296,7 @@ def _configure_time(p):
     flag(p, "phase", default="TRAIN", choices=["TRAIN", "TEST", "train", "test"],
          help="net phase (Caffe times the TRAIN net)")
     flag(p, "gpu", default=None, help="GPU id to use")
+    _sparse_arg(p)
     _stage_args(p)
     add_source_overrides(p)
 

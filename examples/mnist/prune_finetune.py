@@ -15,8 +15,9 @@
    caffemodels with exact zeros);
 7. shares the pruned weights (Deep Compression's trained quantisation: conv 8 bits, fc 4 bits),
    fine-tunes the shared values, writes <workdir>/lenet_quantized.caffemodel and the
-   compressed <workdir>/lenet_compressed.cmodel, and prints their sizes and accuracy
-   (--bits none skips this stage).
+   compressed <workdir>/lenet_compressed.cmodel, and prints their sizes and accuracy, then
+   times the compressed model's forward at batch 1 on the dense path and on sparse inference
+   (docs/sparse.md) (--bits none skips this stage).
 
 Everything is seeded: the same command gives the same numbers.  Training shows a progress bar
 on a terminal (a line every 10 % otherwise); Ctrl-C stops as `caffe-lite train` does: the
@@ -214,11 +215,27 @@ def compress_stage(args, shared, dbs, dense_path, pruned_path, acc_dense):
             ("compressed (caffe-lite compress)", sizes["compressed"])]
     for label, n in rows:
         print(f"{label:<34} {n:>10,d} bytes  {dense / n:6.1f}x smaller than dense")
-    # == dense vs sparse forward speed ==
-    # (to be joined: the sparse inference of issue 12 part B times the compressed model's
-    # forward pass against the dense one here)
+    speed = speed_stage(shared, compressed_path)
     return {"shared": acc_shared, "quantized": acc_q, "loaded": acc_loaded, "sizes": sizes,
-            "values": values, "untied": untied}
+            "values": values, "untied": untied, "speed": speed}
+
+
+def speed_stage(shared, weights, batch=1, repeats=200):
+    """Time LeNet's deploy net (lenet.prototxt) with `weights` (the compressed file loads like
+    a caffemodel) on the dense path and on sparse inference's default (mode auto), alternately
+    in one run; print the medians per net and per pruned layer.  Returns time_model's dict."""
+    from caffe_lite.compression import sparse
+    deploy = os.path.join(shared, "models", "bvlc_mnist", "lenet.prototxt")
+    t = sparse.time_model(deploy, weights, batch=batch, sparse_mode="auto", repeats=repeats)
+    print()
+    print(f"== forward at batch {batch}: dense vs sparse (mode auto), median of {repeats}, "
+          "alternately ==")
+    print(f"{'whole net':<10} dense {t['dense_ms']:7.3f} ms  sparse {t['sparse_ms']:7.3f} ms  "
+          f"{t['speedup']:5.2f}x")
+    for name, v in t["layers"].items():
+        print(f"{name:<10} dense {v['dense_ms']:7.3f} ms  sparse {v['sparse_ms']:7.3f} ms  "
+              f"{v['speedup']:5.2f}x  (ran {v['ran']})")
+    return t
 
 
 def main(argv=None):
