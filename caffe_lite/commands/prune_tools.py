@@ -4,27 +4,20 @@ Every verb checks its inputs and its outputs' names before it writes anything, a
 replace an existing file unless -overwrite is given."""
 import io
 import logging
-import os
 
 from .registry import command, flag
 from ..errors import CaffeLiteError, DataError
 from .caffe_tools import (_net_param_with_overrides, add_gpu_flag, add_source_overrides,
                           select_mode)
+from .outputs import at_least_one, check_outputs
 
 log = logging.getLogger("caffe_lite")
 
 
 # --- shared helpers ----------------------------------------------------------------------------
 def _check_outputs(args, *names):
-    """Refuse (before any work) to replace existing outputs; two outputs may not be one file."""
-    paths = [getattr(args, n) for n in names if getattr(args, n, None)]
-    if len(set(map(os.path.abspath, paths))) != len(paths):
-        raise CaffeLiteError(f"the output files must differ: {', '.join(paths)}")
-    if not args.overwrite:
-        for p in paths:
-            if os.path.exists(p):
-                raise CaffeLiteError(f"{p} already exists; refusing to overwrite it (pass "
-                                     "-overwrite, or choose another name)")
+    """Refuse (before any work) outputs that cannot be written as asked (outputs.py)."""
+    check_outputs([(f"-{n}", getattr(args, n, None)) for n in names], args.overwrite)
 
 
 def _parse_shape(text):
@@ -102,10 +95,11 @@ def _write_bytes(path, data, overwrite):
 @command("prune", "prune a caffemodel (magnitude, std, global or l1-filter) and write the "
                   "pruned caffemodel: pruned weights are exact zeros")
 def prune_cmd(args):
-    from ..io.caffemodel import write_net_binary
+    from ..io.masks import check_writable
     from ..pruning import load_spec, make_plan, prune_net, sparsity_report
     from ..pruning.spec import check_sparsity
     _check_outputs(args, "output")
+    check_writable(args.output, args.overwrite)  # and its .masks sidecar
     if args.sparsity is not None:
         check_sparsity(args.sparsity, "-sparsity")  # before the (slow) net build
     spec = load_spec(args.spec)
@@ -114,7 +108,7 @@ def prune_cmd(args):
         plan = make_plan(net, spec, args.method, args.sparsity, args.q,
                          where=args.spec or "pruning spec")
         results = prune_net(net, plan=plan)
-        write_net_binary(args.output, net.to_proto(), overwrite=args.overwrite)
+        net.save(args.output, overwrite=args.overwrite)
         width = max([len(r.name) for r in results] + [5])
         print(f"{'layer':<{width}}  {'type':<14} {'params':>9} {'before':>8} {'after':>8}  "
               "detail")
@@ -171,11 +165,12 @@ sparsity_cmd.configure = _configure_sparsity
 def thin_cmd(args):
     import caffe_lite
     from ..io import to_text
-    from ..io.caffemodel import write_net_binary
+    from ..io.masks import check_writable, save_model
     from ..net import Net
     from ..pruning import netutil
     from ..pruning.thin import max_output_difference, thin_net
     _check_outputs(args, "output_model", "output")
+    check_writable(args.output, args.overwrite)  # and its .masks sidecar
     select_mode(args.gpu)
     net, user = load_model(args)
     with net:
@@ -191,7 +186,7 @@ def thin_cmd(args):
             raise CaffeLiteError(f"the thinned net's outputs differ from the pruned net's by "
                                  f"{diff:.3g} (> -tolerance {args.tolerance:g}); nothing "
                                  "written")
-        write_net_binary(args.output, result.weights, overwrite=args.overwrite)
+        save_model(args.output, result.weights, result.masks, overwrite=args.overwrite)
         from ..util.atomic import atomic_write_text
         atomic_write_text(args.output_model, to_text(result.net_param),
                           overwrite=args.overwrite)
@@ -234,6 +229,7 @@ def sensitivity_cmd(args):
     from ..pruning import sensitivity as sens
     from ..util.atomic import atomic_write_text
     _check_outputs(args, "output_csv", "output_png", "output_spec")
+    at_least_one(args, "iterations")
     sparsities = _float_list(args.sparsities, "-sparsities")
     select_mode(args.gpu)
     png = args.output_png

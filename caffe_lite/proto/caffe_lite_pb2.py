@@ -14,7 +14,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10\x63\x61\x66\x66\x65_lite.proto\x12\ncaffe_lite\"K\n\x04Mask\x12\r\n\x05layer\x18\x01 \x01(\t\x12\x13\n\x0bparam_index\x18\x02 \x01(\r\x12\x11\n\x05shape\x18\x03 \x03(\x03\x42\x02\x10\x01\x12\x0c\n\x04\x62its\x18\x04 \x01(\x0c\"\x9a\x01\n\x0cSolverExtras\x12\x1e\n\x04mask\x18\x01 \x03(\x0b\x32\x10.caffe_lite.Mask\x12\x11\n\trng_state\x18\x02 \x01(\t\x12\x13\n\x0blayer_state\x18\x03 \x01(\t\x12\x15\n\rpruning_state\x18\x04 \x01(\t\x12+\n\x08\x63\x61llback\x18\x05 \x03(\x0b\x32\x19.caffe_lite.CallbackState\":\n\rCallbackState\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04json\x18\x02 \x01(\t\x12\x0e\n\x06\x61rrays\x18\x03 \x01(\x0c\"\x9e\x01\n\x0bPruningSpec\x12\x19\n\x06method\x18\x01 \x01(\t:\tmagnitude\x12\x10\n\x08sparsity\x18\x02 \x01(\x02\x12\x0c\n\x01q\x18\x03 \x01(\x02:\x01\x31\x12\'\n\x05layer\x18\x04 \x03(\x0b\x32\x18.caffe_lite.LayerPruning\x12+\n\x07gradual\x18\x05 \x01(\x0b\x32\x1a.caffe_lite.GradualPruning\"Q\n\x0cLayerPruning\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08sparsity\x18\x02 \x01(\x02\x12\t\n\x01q\x18\x03 \x01(\x02\x12\x16\n\x07\x65xclude\x18\x04 \x01(\x08:\x05\x66\x61lse\"\x8b\x01\n\x0eGradualPruning\x12\x1b\n\x10initial_sparsity\x18\x01 \x01(\x02:\x01\x30\x12\x16\n\x0e\x66inal_sparsity\x18\x02 \x01(\x02\x12\x15\n\nbegin_iter\x18\x03 \x01(\x05:\x01\x30\x12\x15\n\tnum_steps\x18\x04 \x01(\x05:\x02\x31\x30\x12\x16\n\tfrequency\x18\x05 \x01(\x05:\x03\x31\x30\x30')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10\x63\x61\x66\x66\x65_lite.proto\x12\ncaffe_lite\"K\n\x04Mask\x12\r\n\x05layer\x18\x01 \x01(\t\x12\x13\n\x0bparam_index\x18\x02 \x01(\r\x12\x11\n\x05shape\x18\x03 \x03(\x03\x42\x02\x10\x01\x12\x0c\n\x04\x62its\x18\x04 \x01(\x0c\"\xb2\x01\n\x0cSolverExtras\x12\x1e\n\x04mask\x18\x01 \x03(\x0b\x32\x10.caffe_lite.Mask\x12\x11\n\trng_state\x18\x02 \x01(\t\x12\x13\n\x0blayer_state\x18\x03 \x01(\t\x12\x15\n\rpruning_state\x18\x04 \x01(\t\x12+\n\x08\x63\x61llback\x18\x05 \x03(\x0b\x32\x19.caffe_lite.CallbackState\x12\x16\n\x0eweights_sha256\x18\n \x01(\x0c\":\n\rCallbackState\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04json\x18\x02 \x01(\t\x12\x0e\n\x06\x61rrays\x18\x03 \x01(\x0c\"\xca\x01\n\x0bPruningSpec\x12\x19\n\x06method\x18\x01 \x01(\t:\tmagnitude\x12\x10\n\x08sparsity\x18\x02 \x01(\x02\x12\x0c\n\x01q\x18\x03 \x01(\x02:\x01\x31\x12\'\n\x05layer\x18\x04 \x03(\x0b\x32\x18.caffe_lite.LayerPruning\x12+\n\x07gradual\x18\x05 \x01(\x0b\x32\x1a.caffe_lite.GradualPruning\x12*\n\x08quantize\x18\x14 \x01(\x0b\x32\x18.caffe_lite.Quantization\"_\n\x0cLayerPruning\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08sparsity\x18\x02 \x01(\x02\x12\t\n\x01q\x18\x03 \x01(\x02\x12\x16\n\x07\x65xclude\x18\x04 \x01(\x08:\x05\x66\x61lse\x12\x0c\n\x04\x62its\x18\x14 \x01(\r\"\x8b\x01\n\x0eGradualPruning\x12\x1b\n\x10initial_sparsity\x18\x01 \x01(\x02:\x01\x30\x12\x16\n\x0e\x66inal_sparsity\x18\x02 \x01(\x02\x12\x15\n\nbegin_iter\x18\x03 \x01(\x05:\x01\x30\x12\x15\n\tnum_steps\x18\x04 \x01(\x05:\x02\x31\x30\x12\x16\n\tfrequency\x18\x05 \x01(\x05:\x03\x31\x30\x30\"n\n\x0cQuantization\x12\x0c\n\x04\x62its\x18\x01 \x01(\r\x12\x11\n\tconv_bits\x18\x02 \x01(\r\x12\x0f\n\x07\x66\x63_bits\x18\x03 \x01(\r\x12\x15\n\x08gradient\x18\x04 \x01(\t:\x03sum\x12\x15\n\x08max_iter\x18\x05 \x01(\r:\x03\x31\x30\x30\"\xa3\x01\n\x13SparseInferenceSpec\x12\x32\n\x04mode\x18\x01 \x01(\x0e\x32$.caffe_lite.SparseInferenceSpec.Mode\x12/\n\x05layer\x18\x02 \x03(\x0b\x32 .caffe_lite.LayerSparseInference\"\'\n\x04Mode\x12\x08\n\x04\x41UTO\x10\x00\x12\n\n\x06SPARSE\x10\x01\x12\t\n\x05\x44\x45NSE\x10\x02\"X\n\x14LayerSparseInference\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x32\n\x04mode\x18\x02 \x01(\x0e\x32$.caffe_lite.SparseInferenceSpec.Mode')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -26,13 +26,21 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _globals['_MASK']._serialized_start=32
   _globals['_MASK']._serialized_end=107
   _globals['_SOLVEREXTRAS']._serialized_start=110
-  _globals['_SOLVEREXTRAS']._serialized_end=264
-  _globals['_CALLBACKSTATE']._serialized_start=266
-  _globals['_CALLBACKSTATE']._serialized_end=324
-  _globals['_PRUNINGSPEC']._serialized_start=327
-  _globals['_PRUNINGSPEC']._serialized_end=485
-  _globals['_LAYERPRUNING']._serialized_start=487
-  _globals['_LAYERPRUNING']._serialized_end=568
-  _globals['_GRADUALPRUNING']._serialized_start=571
-  _globals['_GRADUALPRUNING']._serialized_end=710
+  _globals['_SOLVEREXTRAS']._serialized_end=288
+  _globals['_CALLBACKSTATE']._serialized_start=290
+  _globals['_CALLBACKSTATE']._serialized_end=348
+  _globals['_PRUNINGSPEC']._serialized_start=351
+  _globals['_PRUNINGSPEC']._serialized_end=553
+  _globals['_LAYERPRUNING']._serialized_start=555
+  _globals['_LAYERPRUNING']._serialized_end=650
+  _globals['_GRADUALPRUNING']._serialized_start=653
+  _globals['_GRADUALPRUNING']._serialized_end=792
+  _globals['_QUANTIZATION']._serialized_start=794
+  _globals['_QUANTIZATION']._serialized_end=904
+  _globals['_SPARSEINFERENCESPEC']._serialized_start=907
+  _globals['_SPARSEINFERENCESPEC']._serialized_end=1070
+  _globals['_SPARSEINFERENCESPEC_MODE']._serialized_start=1031
+  _globals['_SPARSEINFERENCESPEC_MODE']._serialized_end=1070
+  _globals['_LAYERSPARSEINFERENCE']._serialized_start=1072
+  _globals['_LAYERSPARSEINFERENCE']._serialized_end=1160
 # @@protoc_insertion_point(module_scope)
