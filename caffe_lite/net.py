@@ -37,7 +37,7 @@ def _prefix_error(exc, source):
 
 
 class _Pending:
-    """A loss layer's place in Net._forward's list, read back later."""
+    """A loss layer's place in Net._forward_parts's list, read back later."""
     __slots__ = ("index",)
 
     def __init__(self, index):
@@ -385,9 +385,9 @@ class Net:
         end = len(self.layers) - 1 if end is None else end
         if self._hooks["before_forward"] or self._hooks["after_forward"]:
             return self._forward_hooked(start, end)
-        return sum(self._forward(start, end, defer=()), 0.0)
+        return sum(self._forward_parts(start, end, defer=()), 0.0)
 
-    def _forward(self, start, end, defer):
+    def _forward_parts(self, start, end, defer):
         """Forward over layers start..end (no hooks); returns each layer's loss in layer order
         (0.0 for layers without one), or for the layers in `defer` (see _deferrable_losses) a
         _Pending whose loss is still to be read."""
@@ -498,7 +498,7 @@ class Net:
             return loss
         # GPU: the backward pass is queued before the loss is read back (one synchronisation
         # per step, at its end); the sum runs in layer order, as forward_from_to's.
-        parts = self._forward(0, len(self.layers) - 1, defer)
+        parts = self._forward_parts(0, len(self.layers) - 1, defer)
         self.backward_from_to()
         total = 0.0
         for p in parts:
