@@ -82,7 +82,7 @@ step tests_gpu 200 "python3 -m pytest -q -p no:cacheprovider -m gpu -n $([ "$EMU
 
 # 6. the README's main job on the GPU
 if [ "$SMALL" = 1 ]; then
-  step main_job 120 "python3 examples/mnist/prune_finetune.py --gpu --shared $CAFFE_LITE_SHARED --workdir /tmp/mnist_gpu --train-iters 20 --finetune-iters 20 --steps 1 --every 10 --test-batches 2"
+  step main_job 120 "python3 examples/mnist/prune_finetune.py --gpu --shared $CAFFE_LITE_SHARED --workdir /tmp/mnist_gpu --train-iters 20 --finetune-iters 20 --steps 1 --every 10 --test-batches 2 --quantize-iters 5"
 else
   step main_job 150 "python3 examples/mnist/prune_finetune.py --gpu --shared $CAFFE_LITE_SHARED --workdir /tmp/mnist_gpu"
 fi
