@@ -52,8 +52,8 @@ def test_inner_product_after_flatten_reads_blocks():
 
 @pytest.mark.parametrize("layer_text, reason", [
     ('layer { name: "lrn" type: "LRN" bottom: "conv1" top: "lrn" }', "mixes neighbouring"),
-    ('layer { name: "g" type: "Convolution" bottom: "conv1" top: "g" '
-     'convolution_param { num_output: 4 kernel_size: 1 group: 2 } }', "grouped convolution"),
+    ('layer { name: "c" type: "Crop" bottom: "conv1" bottom: "conv1" top: "c" }',
+     "'c' (Crop), a layer type the channel analysis does not know"),
     ('layer { name: "sm" type: "Softmax" bottom: "conv1" top: "sm" }', "'sm' (Softmax)"),
     ('layer { name: "r" type: "Reshape" bottom: "conv1" top: "r" '
      'reshape_param { shape { dim: 0 dim: -1 } } }', "'r' (Reshape)"),

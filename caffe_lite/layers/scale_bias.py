@@ -82,9 +82,15 @@ class BiasLayer(Layer):
     min_bottom = 1
     max_bottom = 2
     exact_num_top = 1
+    channel_note = "not on the channel axis"
+    channelwise = property(lambda self: self.axis_index == 1)
+
+    def channel_params(self):
+        return tuple(range(len(self.blobs)))
 
     def layer_setup(self, bottom, top):
         p = self.layer_param.bias_param
+        self.axis_index = bottom[0].canonical_axis_index(p.axis)
         self.bias_term = _BiasTerm(self, p.axis)
         if len(bottom) == 1 and not self.blobs:
             shape = param_shape(self, bottom[0], p.axis, p.num_axes, "bias")
@@ -120,9 +126,15 @@ class ScaleLayer(Layer):
     min_bottom = 1
     max_bottom = 2
     exact_num_top = 1
+    channel_note = "not on the channel axis"
+    channelwise = property(lambda self: self.axis_index == 1)
+
+    def channel_params(self):
+        return tuple(range(len(self.blobs)))
 
     def layer_setup(self, bottom, top):
         p = self.layer_param.scale_param
+        self.axis_index = bottom[0].canonical_axis_index(p.axis)
         loaded = len(self.blobs)
         if len(bottom) == 1 and not loaded:
             shape = param_shape(self, bottom[0], p.axis, p.num_axes, "scale")
