@@ -301,23 +301,44 @@ sensitivity_cmd.configure = _configure_sensitivity
 
 # --- train's gradual-pruning flags -------------------------------------------------------------
 def add_gradual_flags(p):
+    from ..pruning import METHODS
     flag(p, "prune_spec", default=None, metavar="SPEC",
-         help="prune while training on the cubic schedule of this PruningSpec's gradual block")
-    flag(p, "prune_method", default=None, choices=["magnitude", "global", "l1-filter"],
-         help="gradual pruning method (overrides the spec's)")
+         help="prune while training on the cubic schedule of this PruningSpec's gradual block "
+              "(method dns: splice as its dns block says)")
+    flag(p, "prune_method", default=None, choices=[m for m in METHODS if m != "std"],
+         help="gradual pruning method (overrides the spec's); dns: Dynamic Network Surgery")
     flag(p, "prune_sparsity", type=float, default=None,
          help="final sparsity of gradual pruning (overrides the spec's)")
     flag(p, "prune_schedule", default=None, metavar="BEGIN,STEPS,EVERY",
          help="gradual schedule: first pruning iteration, number of steps after it, "
               "iterations between steps (overrides the spec's gradual block)")
+    flag(p, "bn_scale_l1", type=float, default=None, metavar="RATE",
+         help="network slimming: add an L1 penalty RATE * |gamma| on every Scale after a "
+              "BatchNorm (overrides the spec's bn_scale_l1)")
+
+
+def _asks_to_prune(spec, args):
+    """Whether the flags / spec ask for pruning (a spec may only set bn_scale_l1)."""
+    if args.prune_sparsity is not None or args.prune_schedule or args.prune_method:
+        return True
+    return spec is not None and (spec.HasField("sparsity") or spec.HasField("gradual") or
+                                 spec.HasField("dns") or spec.method == "dns" or
+                                 any(e.HasField("sparsity") for e in spec.layer) or
+                                 not spec.bn_scale_l1)
 
 
 def attach_gradual(solver, args):
-    """Attach a GradualPruner when a -prune_* flag asks for one (before -snapshot restores,
-    so the schedule's progress is restored with it)."""
-    if not (args.prune_spec or args.prune_sparsity is not None or args.prune_schedule):
+    """Attach the pruning callbacks the -prune_* / -bn_scale_l1 flags ask for (before
+    -snapshot restores, so their progress is restored with them): a GradualPruner, or for
+    method dns a DnsPruner; a BNScalePenalty for network slimming."""
+    from ..pruning import BNScalePenalty, DnsPruner, GradualPruner, load_spec
+    spec = load_spec(args.prune_spec) if args.prune_spec else None
+    rate = args.bn_scale_l1 if args.bn_scale_l1 is not None else \
+        (spec.bn_scale_l1 if spec is not None else 0)
+    if rate:
+        BNScalePenalty(solver, rate).attach()
+    if not _asks_to_prune(spec, args):
         return None
-    from ..pruning import GradualPruner
     gradual = None
     if args.prune_schedule:
         parts = args.prune_schedule.split(",")
@@ -327,7 +348,19 @@ def attach_gradual(solver, args):
             raise CaffeLiteError(f"-prune_schedule takes BEGIN,STEPS,EVERY (three integers), "
                                  f"got '{args.prune_schedule}'") from None
         gradual = {"begin_iter": begin, "num_steps": steps, "frequency": every}
-    pruner = GradualPruner(solver, args.prune_spec, method=args.prune_method,
+    method = args.prune_method or (spec.method if spec is not None else "magnitude")
+    if method == "dns":
+        if spec is None:
+            from ..proto import caffe_lite_pb2
+            spec = caffe_lite_pb2.PruningSpec(method="dns")
+        if gradual:
+            for k, v in gradual.items():
+                setattr(spec.gradual, k, v)
+        pruner = DnsPruner(solver, spec, sparsity=args.prune_sparsity).attach()
+        log.info("Dynamic Network Surgery: splicing every %d iterations from %d to %d",
+                 pruner.frequency, pruner.begin, pruner.end)
+        return pruner
+    pruner = GradualPruner(solver, spec, method=args.prune_method,
                            sparsity=args.prune_sparsity, gradual=gradual).attach()
     log.info("Gradual pruning (%s) at iterations %s", pruner.method,
              ", ".join(map(str, pruner.step_iters())))
