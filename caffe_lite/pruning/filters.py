@@ -144,11 +144,12 @@ def zero_components(net, components):
         shrink_mask(net.layer_dict[layer].blobs[i], keep)
 
 
-def filter_prune(net, plan, criterion="l1-filter", data=None, graph=None):
+def filter_prune(net, plan, criterion="l1-filter", data=None, graph=None, scores=None):
     """Prune output filters ranked by `criterion` (see the module doc); returns
-    [LayerResult]."""
+    [LayerResult].  `graph` and `scores` may be given when already computed."""
     graph = graph or ChannelGraph(net)
-    scores = scores_for(net, graph, criterion, data, plan.data_batches)
+    if scores is None:
+        scores = scores_for(net, graph, criterion, data, plan.data_batches)
     if plan.target_params is not None or plan.target_flops is not None:
         from .ratios import solve_global
         plan = solve_global(net, plan, graph, scores, criterion).plan

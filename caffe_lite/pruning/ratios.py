@@ -77,6 +77,8 @@ class Solution:
     base: tuple             # (params, FLOPs) before
     after: tuple            # (params, FLOPs) with the chosen ratios
     spec: object = None     # a PruningSpec of the ratios
+    graph: object = None    # the ChannelGraph and criterion scores it was solved on
+    scores: dict = None
 
     def summary(self):
         i = 0 if self.what == "params" else 1
@@ -173,6 +175,22 @@ def solve_global(net, plan, graph, scores, criterion):
     return _finish(net, plan, graph, scores, criterion, clusters, chosen, what, target)
 
 
+def solve(net, plan, data=None, rows=None):
+    """Solve plan's target_params / target_flops for its structured method: from a sensitivity
+    scan when `rows` (layer, sparsity, drop) are given, else by the global ranking.  `data`:
+    the net reading training data for taylor / apoz."""
+    from .filters import scores_for
+    from .structure import ChannelGraph
+    graph = ChannelGraph(net)
+    scores = scores_for(net, graph, plan.method, data, plan.data_batches)
+    if rows:
+        sol = solve_from_sensitivity(net, plan, graph, scores, plan.method, rows)
+    else:
+        sol = solve_global(net, plan, graph, scores, plan.method)
+    sol.graph, sol.scores = graph, scores
+    return sol
+
+
 def read_sensitivity_csv(path):
     """Rows (layer, sparsity, drop) of a `caffe-lite sensitivity -output_csv` file."""
     import csv
@@ -253,8 +271,9 @@ def solve_from_sensitivity(net, plan, graph, scores, criterion, rows):
                 if saved <= 0:
                     continue
                 rate = (opts[j][1] - opts[level[ci]][1]) / saved
+                # Ties (e.g. steps that cost nothing) go to the smaller step: no overshoot.
                 if best is None or rate < best[0] - 1e-15 or \
-                        (abs(rate - best[0]) <= 1e-15 and saved > best[3]):
+                        (abs(rate - best[0]) <= 1e-15 and saved < best[3]):
                     best = (rate, ci, j, saved, v)
         if best is None:
             raise PruningError(f"target_{what} {target:g} is out of reach with the scanned "

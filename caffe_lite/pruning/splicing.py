@@ -12,11 +12,14 @@ Every pruned layer's weight W keeps a *shadow* W~ that receives the solver's ful
 momentum, weight decay, learning rate), pruned entries included, while the net computes with
 W = W~ * T.  So the gradient of a pruned weight keeps moving its shadow, and a weight pruned
 by mistake comes back.  Every `frequency` iterations the mask T is recomputed from |W~| with
-two thresholds around a centre c, the layer's target-sparsity quantile of |W~|:
+two thresholds around a centre c:
 
     |w~| <  (1 - margin) c   ->  T = 0 (pruned)
     |w~| >= (1 + margin) c   ->  T = 1 (kept, or spliced back in)
     otherwise                ->  T as it was (hysteresis: no flapping at the threshold)
+
+DNS derived c from the mean and std of |W|; here c is placed so that the layer lands exactly
+on its target sparsity (splice_mask), which is what a spec's `sparsity` promises.
 
 At end_iter the masks freeze: the shadows are dropped, the history (momentum, ...) of pruned
 entries is zeroed, and from then on the usual invariant holds (masks only shrink, pruned
@@ -53,13 +56,19 @@ def centre_threshold(w, sparsity):
 
 
 def splice_mask(shadow, previous, sparsity, margin):
-    """DNS's mask update: pruned below (1 - margin) c, kept from (1 + margin) c, unchanged in
-    between (c = centre_threshold(shadow, sparsity))."""
-    c = centre_threshold(shadow, sparsity)
-    a = np.abs(shadow)
-    lo, hi = np.float32((1.0 - margin) * c), np.float32((1.0 + margin) * c)
-    prev = np.ones(shadow.shape, bool) if previous is None else previous != 0
-    return np.where(a < lo, False, np.where(a >= hi, True, prev)), c
+    """DNS's mask update: a kept weight is pruned when |w~| < (1 - margin) c, a pruned one
+    spliced back when |w~| >= (1 + margin) c, any other keeps its state.  The centre c is
+    chosen so that exactly round(sparsity * n) weights end up pruned (ties aside): a weight is
+    pruned iff c exceeds its trigger, |w~| / (1 - margin) if kept, |w~| / (1 + margin) if
+    pruned, so c is the round(sparsity * n)-th smallest trigger.  Returns (mask, c)."""
+    a = np.abs(np.asarray(shadow, np.float32))
+    prev = np.ones(a.shape, bool) if previous is None else np.asarray(previous) != 0
+    lo_f, hi_f = np.float32(1.0 - margin), np.float32(1.0 + margin)
+    trigger = np.where(prev, a / lo_f, a / hi_f)
+    c = centre_threshold(trigger, sparsity)
+    lo, hi = np.float32(lo_f * c), np.float32(hi_f * c)
+    pruned = np.where(prev, a < lo, a < hi)
+    return ~pruned, c
 
 
 class DnsPruner:
@@ -102,6 +111,7 @@ class DnsPruner:
         self._masks = {}         # layer -> T while the blob carries no mask (in an iteration)
         self.frozen = False
         self.updates = 0         # mask recomputations so far
+        self.spliced = 0         # weights brought back (mask 0 -> 1) so far
 
     def attach(self):
         if self not in self.solver.callbacks:
@@ -121,8 +131,10 @@ class DnsPruner:
     def update_masks(self, t):
         """Recompute T from the shadows (iteration t's targets)."""
         for n, w in self.blobs.items():
-            mask, _ = splice_mask(self.shadow[n], self._current_mask(n, w),
-                                  self.target_at(n, t), self.margin)
+            before = self._current_mask(n, w)
+            mask, _ = splice_mask(self.shadow[n], before, self.target_at(n, t), self.margin)
+            if before is not None:
+                self.spliced += int(np.count_nonzero(mask & (before == 0)))
             self._masks[n] = mask
         self.updates += 1
 
@@ -181,7 +193,8 @@ class DnsPruner:
         solver.mask_history()
         summary = ", ".join(f"{n} {1 - np.count_nonzero(w.cpu_mask) / w.count:.4f}"
                             for n, w in self.blobs.items())
-        log.info("DNS: masks frozen at iteration %d (sparsity %s)", solver.iter, summary)
+        log.info("DNS: masks frozen at iteration %d (sparsity %s; %d weights spliced back "
+                 "over %d mask updates)", solver.iter, summary, self.spliced, self.updates)
 
     # --- persistence ---------------------------------------------------------------------
     def _config(self):
@@ -190,7 +203,8 @@ class DnsPruner:
                 "targets": {n: round(v, 6) for n, v in self.plan.targets.items()}}
 
     def state_dict(self):
-        state = {"frozen": self.frozen, "updates": self.updates, "config": self._config()}
+        state = {"frozen": self.frozen, "updates": self.updates, "spliced": self.spliced,
+                 "config": self._config()}
         for n, w in self.shadow.items():
             state[f"shadow:{n}"] = w
         return state
@@ -202,6 +216,7 @@ class DnsPruner:
                         "the current ones (%s)", saved, self._config())
         self.frozen = bool(state.get("frozen", False))
         self.updates = int(state.get("updates", 0))
+        self.spliced = int(state.get("spliced", 0))
         self.shadow = {}
         for n, w in self.blobs.items():
             arr = state.get(f"shadow:{n}")
