@@ -36,6 +36,10 @@ def test_target_params_counts_what_thin_leaves(text):
     # FLOPs: those of the thinned net's layers, as `sparsity` reports them.
     assert sol.after[1] == sparsity_report(small)["total"]["flops"]
     assert sol.base[1] == sparsity_report(build(text))["total"]["flops"]
+    # thinned_cost: the same count for whatever the net holds.
+    pruned = build(text)
+    filter_prune(pruned, sol.plan, "l1-filter")
+    assert ratios.thinned_cost(pruned) == (sol.base, sol.after)
 
 
 def test_target_flops_and_the_spec_it_writes():

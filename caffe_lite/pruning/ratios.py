@@ -68,6 +68,18 @@ class Cost:
         return self.totals(removed)[0 if what == "params" else 1]
 
 
+def thinned_cost(net, graph=None):
+    """(parameters, FLOPs) of the net `thin` would make of `net` as it is: every component
+    that is not fixed and that no consumer reads any more is removed."""
+    from .structure import ChannelGraph
+    graph = graph or ChannelGraph(net)
+    cost = Cost(net, graph)
+    for c in graph.components:
+        if not c.fixed and c.inputs_zero(net):
+            cost.removed.update(Cost.removal(c))
+    return cost.base, cost.totals()
+
+
 @dataclasses.dataclass
 class Solution:
     plan: Plan
