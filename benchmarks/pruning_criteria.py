@@ -17,6 +17,10 @@ of five, 28x28 input), both trained on the 5,000-image MNIST subset in ../shared
      network slimming's L1 penalty on gamma;
   4. controls: the dense model, and the dense model fine-tuned with the same budget.
 
+MobileNet's BatchNorm statistics are re-estimated after pruning (20 training batches,
+netutil.recalibrate_batchnorm): those of the dense model describe channels that are gone, and
+Caffe's moving average (0.999) would take thousands of iterations to forget them.
+
 Parameters and FLOPs are those of the thinned net (ratios.thinned_cost: what `caffe-lite
 thin` leaves); wall times are the pruning step (scores, including the taylor / apoz data
 batches) and the fine-tuning.  Writes benchmarks/results/pruning-criteria-<date>.json, a
@@ -38,6 +42,7 @@ import caffe_lite  # noqa: E402
 from caffe_lite.io import load_message, upgrade_net  # noqa: E402
 from caffe_lite.proto import caffe_pb2  # noqa: E402
 from caffe_lite.pruning import make_plan, prune_net, ratios  # noqa: E402
+from caffe_lite.pruning.netutil import recalibrate_batchnorm  # noqa: E402
 from caffe_lite.pruning.slimming import BNScalePenalty  # noqa: E402
 from caffe_lite.solvers import SGDSolver  # noqa: E402
 
@@ -182,7 +187,8 @@ def dense_weights(name, cfg, net, workdir, slimming=0.0):
     return str(path), seconds
 
 
-def one_run(cfg, net, weights, finetune, method, sparsity=None, target_flops=None):
+def one_run(cfg, net, weights, finetune, method, sparsity=None, target_flops=None,
+            recalibrate=0):
     solver = SGDSolver(solver_param(net, finetune, cfg["finetune_lr"], cfg["weight_decay"]))
     solver.net.copy_from(weights)
     result = {}
@@ -193,6 +199,8 @@ def one_run(cfg, net, weights, finetune, method, sparsity=None, target_flops=Non
         prune_net(solver.net, plan=plan, data=solver.net)
         solver.mask_history()
         result["prune_s"] = time.perf_counter() - t
+        if recalibrate:
+            recalibrate_batchnorm(solver.net, recalibrate)
         result["acc_pruned"] = solver.test(0)["accuracy"]
     (p0, f0), (p1, f1) = ratios.thinned_cost(solver.net)
     t = time.perf_counter()
@@ -209,6 +217,11 @@ def run(args):
     dbs = mnist_lmdbs(workdir)
     rows = []
     for name in args.models.split(","):
+        cache = workdir / f"rows_{name}.json"
+        if args.reuse and cache.exists():
+            rows += json.loads(cache.read_text())
+            continue
+        first = len(rows)
         cfg = MODELS[name]
         net = cfg["net"](dbs)
         weights, _ = dense_weights(name, cfg, net, workdir)
@@ -228,14 +241,16 @@ def run(args):
             jobs += [("bn-scale, slimming-trained", r, None, slim) for r in RATIOS]
         if args.quick:
             jobs = jobs[::4]
+        recalibrate = args.recalibrate if name == "mobilenet" else 0
         for label, ratio, target, w in jobs:
             method = label.split(",")[0]
-            r = one_run(cfg, net, w, args.finetune, method, ratio, target)
+            r = one_run(cfg, net, w, args.finetune, method, ratio, target, recalibrate)
             rows.append(dict(model=name, criterion=label, ratio=ratio or 0.0,
                              target_flops=target, **r))
             print(f"  {label:<28} {ratio or target:>4}: params {r['params'] / r['params_dense']:.3f}"
                   f" FLOPs {r['flops'] / r['flops_dense']:.3f} acc {r['acc_pruned']:.4f} -> "
                   f"{r['acc']:.4f} ({r['prune_s']:.1f} s + {r['finetune_s']:.0f} s)", flush=True)
+        cache.write_text(json.dumps(rows[first:]))
     return rows
 
 
@@ -302,6 +317,12 @@ def main(argv=None):
                    help="fine-tuning iterations after pruning, the same for every run")
     p.add_argument("--slimming", type=float, default=1e-4,
                    help="MobileNet: also train with this L1 penalty on gamma (0: skip)")
+    p.add_argument("--recalibrate", type=int, default=20,
+                   help="MobileNet: after pruning, re-estimate the BatchNorm statistics over "
+                        "this many training batches (netutil.recalibrate_batchnorm; 0: keep "
+                        "the dense model's)")
+    p.add_argument("--reuse", action="store_true",
+                   help="reuse a model's rows from an earlier run in the work dir")
     p.add_argument("--quick", action="store_true", help="a quarter of the runs (a smoke test)")
     p.add_argument("--png", default=str(ROOT / "docs" / "pruning-criteria.png"))
     p.add_argument("--json", default=None)

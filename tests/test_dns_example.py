@@ -21,14 +21,14 @@ def _example():
 
 def test_short_run(mnist_dir, models_dir, tmp_path):
     out = _example().main(["--shared", str(models_dir.parent), "--workdir", str(tmp_path),
-                           "--train-iters", "300", "--iters", "240", "--end-iter", "200",
-                           "--ramp", "4,40"])
+                           "--train-iters", "200", "--iters", "160", "--end-iter", "140",
+                           "--ramp", "3,40"])
     rows = {r["name"]: r["sparsity"] for r in out["report"]["layers"]}
     assert rows == pytest.approx({"conv1": 0.8, "conv2": 0.95, "ip1": 0.986, "ip2": 0.9})
     assert out["compression"] > 57
     assert out["spliced"] > 0                      # pruned weights came back
-    # 240 iterations are too few to recover all (the full run loses 0.17 points): > 90 %.
-    assert out["dense"] > 0.95 and out["dns"] > 0.9
+    # 160 iterations are too few to recover all (the full run loses 0.17 points): > 88 %.
+    assert out["dense"] > 0.94 and out["dns"] > 0.88
     w = dict(load_weights(str(tmp_path / "lenet_dns.caffemodel")))
     assert np.mean(w["ip1"][0] == 0) == pytest.approx(0.986)
 

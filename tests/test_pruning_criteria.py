@@ -137,6 +137,17 @@ def test_apoz_counts_zero_activations_where_the_consumer_reads():
     assert [c for c in range(4) if not net.params["conv1"][0].data[c].any()] == [1, 3]
 
 
+def test_apoz_warns_when_nothing_is_ever_zero(caplog):
+    net = caffe_lite.Net(net_param(ACT_NET.replace('type: "ReLU"', 'type: "TanH"')),
+                         caffe_lite.TRAIN)
+    net.params["conv1"][1].data[...] = 10.0     # tanh(> 0) > 0 everywhere
+    g = ChannelGraph(net)
+    stats = criteria.activation_stats(g, net, batches=1, gradients=False)
+    with caplog.at_level(logging.WARNING, logger="caffe_lite"):
+        criteria.component_scores(net, g, "apoz", stats)
+    assert "no activation 'conv2' reads is ever zero" in caplog.text
+
+
 def test_taylor_is_activation_times_gradient():
     net = _act_net()
     g = ChannelGraph(net)

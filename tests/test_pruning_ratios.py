@@ -135,6 +135,26 @@ def test_bn_scale_penalty_adds_rate_times_sign_gamma(tmp_path):
         BNScalePenalty(solver, -1)
 
 
+def test_recalibrate_batchnorm_averages_fresh_batch_statistics():
+    from caffe_lite.pruning.netutil import recalibrate_batchnorm
+    net = caffe_lite.Net(net_param(SLIM), caffe_lite.TRAIN)
+    bn = net.params["bn"]
+    for b in bn:
+        b.data[...] = 123.0                      # stale statistics
+    assert recalibrate_batchnorm(net, 1) == ["bn"]
+    # BatchNorm runs in place, so recompute its input: the 3x3 convolution of the 3x3 data
+    # (bias 0), one position per image.
+    x, w = net.blobs["data"].data, net.params["conv"][0].data
+    y = np.einsum("nchw,ochw->no", x, w)
+    m = y.shape[0]
+    np.testing.assert_allclose(bn[0].data / bn[2].data, y.mean(axis=0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(bn[1].data / bn[2].data, y.var(axis=0) * m / (m - 1),
+                               rtol=1e-3, atol=1e-6)
+    assert bn[2].data[0] == 1.0
+    with pytest.raises(caffe_lite.CaffeLiteError, match="batch statistics"):
+        recalibrate_batchnorm(caffe_lite.Net(net_param(SLIM), caffe_lite.TEST), 1)
+
+
 def test_bn_scale_penalty_shrinks_gamma_while_training(tmp_path):
     net_file = tmp_path / "slim.prototxt"
     net_file.write_text(SLIM)

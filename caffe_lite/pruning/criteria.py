@@ -102,6 +102,10 @@ def taylor(net, graph, stats):
 
 def apoz(net, graph, stats):
     """The fraction of nonzero activations where each consumer reads the channel."""
+    for (layer, b), v in stats.items():
+        if v["nonzero"].size and np.all(v["nonzero"] == 1):
+            log.warning("apoz: no activation '%s' reads is ever zero (no ReLU before it?), so "
+                        "APoZ cannot tell those channels apart", layer)
     return _from_stats(graph, stats, "nonzero")
 
 

@@ -24,7 +24,8 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
 import caffe_lite  # noqa: E402
-from caffe_lite.pruning import DnsPruner, load_spec, report, sparsity_report  # noqa: E402
+from caffe_lite.pruning import (DnsPruner, GradualPruner, load_spec, report,  # noqa: E402
+                                sparsity_report)
 from caffe_lite.solvers import SGDSolver  # noqa: E402
 from prune_finetune import accuracy, die, prepare_data, solver_param  # noqa: E402
 
@@ -42,6 +43,9 @@ def parse_args(argv=None):
     p.add_argument("--ramp", default=None, metavar="STEPS,EVERY",
                    help="cubic ramp of the targets (default: the spec's gradual block)")
     p.add_argument("--lr", type=float, default=0.005, help="base_lr while fine-tuning")
+    p.add_argument("--no-splicing", action="store_true",
+                   help="control: the same targets on the same cubic schedule by magnitude, "
+                        "masks only shrinking (GradualPruner), the same iterations")
     p.add_argument("--seed", type=int, default=1701)
     return p.parse_args(argv)
 
@@ -76,14 +80,23 @@ def main(argv=None):
     ft.net.copy_from(dense)
     acc_dense = accuracy(ft)
     print(f"dense accuracy: {acc_dense:.4f}", flush=True)
-    pruner = DnsPruner(ft, spec).attach()
-    print(f"DNS fine-tuning {args.iters} iterations (masks every {pruner.frequency}, frozen "
-          f"at {pruner.end}) ...", flush=True)
+    if args.no_splicing:
+        spec.method = "magnitude"
+        spec.ClearField("dns")
+        pruner = GradualPruner(ft, spec).attach()
+        pruner.spliced = pruner.updates = 0
+        print(f"control: magnitude pruning on the same schedule, {args.iters} iterations ...",
+              flush=True)
+    else:
+        pruner = DnsPruner(ft, spec).attach()
+        print(f"DNS fine-tuning {args.iters} iterations (masks every {pruner.frequency}, "
+              f"frozen at {pruner.end}) ...", flush=True)
     t = time.perf_counter()
     ft.solve()
     seconds = time.perf_counter() - t
     acc = accuracy(ft)
-    path = os.path.join(args.workdir, "lenet_dns.caffemodel")
+    path = os.path.join(args.workdir, "lenet_magnitude.caffemodel" if args.no_splicing else
+                        "lenet_dns.caffemodel")
     ft.net.save(path)
     rep = sparsity_report(ft.net, path)
     ft.net.close()
@@ -91,7 +104,8 @@ def main(argv=None):
     print()
     print("== accuracy on the 10,000 MNIST test images ==")
     print(f"dense                  {100 * acc_dense:6.2f} %")
-    print(f"DNS, {comp:5.1f}x fewer    {100 * acc:6.2f} %   ({100 * (acc - acc_dense):+.2f} "
+    what = "magnitude" if args.no_splicing else "DNS"
+    print(f"{what}, {comp:5.1f}x fewer    {100 * acc:6.2f} %   ({100 * (acc - acc_dense):+.2f} "
           "points vs dense)")
     print(f"weights spliced back: {pruner.spliced} over {pruner.updates} mask updates")
     print()
