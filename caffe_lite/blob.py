@@ -4,24 +4,40 @@
 is how users feed inputs).  Layer code reads through `cpu_data` / `cpu_diff` / `cpu_mask`,
 read-only views that leave a GPU copy valid, and writes through `data` / `diff`; the GPU side
 (`gpu_data`, `mutable_gpu_data`, ...) is the same memory seen from the device."""
+import math
+
 import numpy as np
 
 from .backend import state as _mode
 from .backend.memory import SyncedMemory
-from .errors import CaffeLiteError, ShapeMismatchError
+from .errors import BlobSizeError, CaffeLiteError, ShapeMismatchError
 
 MAX_BLOB_AXES = 32
+MAX_BLOB_COUNT = 2**31 - 1   # Caffe's limit: a blob's count is an int (CHECK_LE(count, INT_MAX))
 
 
-def _as_shape(args):
+def _as_shape(args, name="", what=None):
+    """A checked shape tuple and its element count: the check runs before any memory is
+    allocated, so an absurd shape is a BlobSizeError, not a numpy MemoryError."""
     if len(args) == 1 and not np.isscalar(args[0]):
         args = tuple(args[0])
     shape = tuple(int(d) for d in args)
+    what = what or (f"blob '{name}'" if name else "blob")
     if len(shape) > MAX_BLOB_AXES:
-        raise CaffeLiteError(f"blob shape {shape} has more than {MAX_BLOB_AXES} axes")
+        raise BlobSizeError(f"{what} shape {shape} has more than {MAX_BLOB_AXES} axes")
     if any(d < 0 for d in shape):
-        raise CaffeLiteError(f"blob shape {shape} has a negative dimension")
-    return shape
+        raise BlobSizeError(f"{what} shape {shape} has a negative dimension")
+    count = math.prod(shape)
+    if count > MAX_BLOB_COUNT:
+        raise BlobSizeError(f"{what} shape {shape} has {count:,} elements; a blob holds at "
+                            f"most 2^31 - 1 = {MAX_BLOB_COUNT:,} (Caffe's limit)")
+    return shape, count
+
+
+def checked_count(shape, what):
+    """The element count of a work buffer of `shape`, held to a blob's limits (Caffe keeps such
+    buffers, im2col's columns say, in Blobs); BlobSizeError naming `what` otherwise."""
+    return _as_shape((shape,), what=what)[1]
 
 
 class _Views:
@@ -47,8 +63,7 @@ class Blob:
     def reshape(self, *shape):
         """Change the shape; memory is reallocated only when the count outgrows the capacity,
         so reshaping back and forth reuses the same buffers, as in Caffe."""
-        shape = _as_shape(shape)
-        count = int(np.prod(shape, dtype=np.int64))
+        shape, count = _as_shape(shape, self.name)
         self._shape = shape
         self._count = count
         need = max(count, 1)
@@ -85,7 +100,7 @@ class Blob:
     def count_range(self, start, end=None):
         """Product of dims in [start, end): Caffe's Blob::count(start, end)."""
         end = self.num_axes if end is None else end
-        return int(np.prod(self._shape[start:end], dtype=np.int64))
+        return math.prod(self._shape[start:end])
 
     def canonical_axis_index(self, axis):
         n = self.num_axes
@@ -144,6 +159,12 @@ class Blob:
     @diff.setter
     def diff(self, value):
         self._assign(self.diff, value, "diff")
+
+    @property
+    def data_version(self):
+        """Changes whenever the data may have been written (a writable view was handed out on
+        either side; shared data shares it); see SyncedMemory.version."""
+        return self._data.mem.version
 
     @property
     def cpu_data(self):

@@ -39,7 +39,11 @@ def main(argv=None):
     try:
         return args.func(args) or 0
     except CaffeLiteError as exc:
-        print(f"caffe-lite {args.command}: error: {exc}", file=sys.stderr)
+        text = " ".join(str(exc).split("\n"))  # one line, whatever a library's message held
+        print(f"caffe-lite {args.command}: error: {text}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print(f"caffe-lite {args.command}: error: out of memory", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"caffe-lite {args.command}: interrupted", file=sys.stderr)

@@ -1,4 +1,6 @@
 """Caffe's weight fillers, drawn from caffe-lite's seeded generator."""
+import math
+
 import numpy as np
 
 from .backend.state import rng
@@ -9,7 +11,7 @@ _VN = caffe_pb2.FillerParameter
 
 
 def _fans(shape):
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     fan_in = count // shape[0] if shape and shape[0] else count
     fan_out = count // shape[1] if len(shape) > 1 and shape[1] else count
     return fan_in, fan_out
@@ -30,9 +32,28 @@ def _no_sparse(param):
                              "gaussian filler")
 
 
+TYPES = ("constant", "uniform", "gaussian", "positive_unitball", "xavier", "msra", "bilinear")
+
+
+def _check_values(param):
+    if param.type not in TYPES:
+        raise CaffeLiteError(f"unknown filler type '{param.type}'; known: {', '.join(TYPES)}")
+    for name in ("value", "min", "max", "mean", "std"):
+        v = getattr(param, name)
+        if not math.isfinite(v):
+            raise CaffeLiteError(f"filler '{param.type}': {name} must be finite, got {v}")
+    if param.std < 0:
+        raise CaffeLiteError(f"filler '{param.type}': std must be >= 0, got {param.std}")
+    if param.type == "uniform" and param.min > param.max:
+        raise CaffeLiteError(f"filler 'uniform': min ({param.min}) is above max ({param.max})")
+
+
 def fill_array(param, shape):
     """A float32 array of `shape` filled as FillerParameter `param` says."""
     shape = tuple(shape)
+    _check_values(param)
+    if math.prod(shape) == 0:  # nothing to draw (and no fan to divide by)
+        return np.zeros(shape, np.float32)
     g = rng()
     t = param.type
     if t == "constant":
@@ -75,8 +96,7 @@ def fill_array(param, shape):
         ramp = 1 - np.abs(np.arange(k) / f - c)
         kernel = np.outer(ramp, ramp).astype(np.float32)
         return np.broadcast_to(kernel, shape).copy()
-    raise CaffeLiteError(f"unknown filler type '{t}'; known: constant, uniform, gaussian, "
-                         "positive_unitball, xavier, msra, bilinear")
+    raise AssertionError(t)  # _check_values knows the types
 
 
 def fill(blob, param):

@@ -1,14 +1,16 @@
 """Net: Caffe's network, built from a NetParameter, with pycaffe's Python surface."""
 import collections
+import itertools
 import logging
 import os
 
 import numpy as np
 
 from .blob import Blob
-from .errors import CaffeLiteError, NetError, ShapeMismatchError
+from .errors import (ArgumentTypeError, CaffeLiteError, LayerSetupError, NameNotFoundError,
+                     NetError, OutOfMemoryError, ShapeMismatchError)
 from .io.blobproto import array_to_proto
-from .io.caffemodel import load_weights, write_net_binary
+from .io.caffemodel import load_weights
 from .io.prototxt import load_message
 from .io.upgrade import upgrade_net
 from .layers import create_layer
@@ -34,6 +36,16 @@ def _prefix_error(exc, source):
     return exc
 
 
+def _in_layer(exc, layer, doing):
+    """`exc` (a CaffeLiteError, or a MemoryError made an OutOfMemoryError) naming `layer`."""
+    prefix = f"layer '{layer.name}' ({layer.type})"
+    if isinstance(exc, MemoryError):
+        return OutOfMemoryError(f"{prefix}: out of memory {doing}")
+    if not isinstance(exc, LayerSetupError) and not str(exc).startswith("layer '"):
+        exc.args = (f"{prefix}: {exc}",) + exc.args[1:]
+    return exc
+
+
 class Net:
     """A Caffe net.
 
@@ -42,14 +54,19 @@ class Net:
     Net(model, phase, weights=W, level=0, stages=())
     """
 
-    def __init__(self, model, *args, phase=None, weights=None, level=None, stages=None):
+    def __init__(self, model=None, *args, phase=None, weights=None, level=None, stages=None,
+                 network_file=None):
+        model = network_file if model is None else model  # pycaffe's keyword
+        if model is None:
+            raise ArgumentTypeError("Net() needs a net prototxt (path, text or NetParameter)")
         for a in args:
             if isinstance(a, (int, np.integer)) and not isinstance(a, bool):
                 phase = int(a)
             elif isinstance(a, (str, os.PathLike)):
                 weights = a
             else:
-                raise CaffeLiteError(f"Net(): unexpected argument {a!r}")
+                raise ArgumentTypeError(f"Net(): unexpected argument {a!r} (expected a phase, "
+                                        "caffe_lite.TRAIN or TEST, or a weights file)")
         param, self.source = load_message(model, caffe_pb2.NetParameter, "net prototxt")
         upgrade_net(param, self.source or "")
         if phase is not None:
@@ -178,8 +195,8 @@ class Net:
 
             try:
                 layer.setup(self.bottom_vecs[-1], self.top_vecs[-1])
-            except CaffeLiteError as exc:
-                raise _prefix_error(exc, src)
+            except (CaffeLiteError, MemoryError) as exc:
+                raise _prefix_error(_in_layer(exc, layer, "setting it up"), src) from None
             for j, tid in enumerate(self.top_ids[-1]):
                 self.blob_loss_weights_list[tid] = layer.loss(j)
             log.debug("%s -> %s", lp.name, [t.shape for t in self.top_vecs[-1]])
@@ -217,6 +234,8 @@ class Net:
         self._share_weights()
         self._build_views()
         self._fused = None
+        self._hooks = {"before_forward": [], "after_forward": [], "before_backward": [],
+                       "after_backward": []}
 
     def _prune_backward(self):
         """Caffe's second pass: a layer needs backward only if it contributes to a loss and
@@ -338,8 +357,8 @@ class Net:
         try:
             return self._layer_names.index(name)
         except ValueError:
-            raise CaffeLiteError(f"{what}: no layer named '{name}' in net "
-                                 f"'{self.name}'") from None
+            raise NameNotFoundError(f"{what}: no layer named '{name}' in net "
+                                    f"'{self.name}'") from None
 
     def reshape(self):
         for layer, bottom, top in zip(self.layers, self.bottom_vecs, self.top_vecs):
@@ -356,35 +375,45 @@ class Net:
 
     def forward_from_to(self, start=0, end=None):
         end = len(self.layers) - 1 if end is None else end
+        if self._hooks["before_forward"] or self._hooks["after_forward"]:
+            return self._forward_hooked(start, end)
         loss = 0.0
         layers, bottoms, tops = self.layers, self.bottom_vecs, self.top_vecs
         by_first = self._groups()[0]
         i = start
-        while i <= end:
-            g = by_first.get(i) if by_first else None
-            if g is not None and g.last <= end and g.active():
-                g.forward()  # no loss weights inside a group
-                i = g.last + 1
-                continue
-            loss += layers[i].forward(bottoms[i], tops[i])
-            i += 1
+        try:
+            while i <= end:
+                g = by_first.get(i) if by_first else None
+                if g is not None and g.last <= end and g.active():
+                    g.forward()  # no loss weights inside a group
+                    i = g.last + 1
+                    continue
+                loss += layers[i].forward(bottoms[i], tops[i])
+                i += 1
+        except (CaffeLiteError, MemoryError) as exc:
+            raise _in_layer(exc, layers[i], "in forward") from None
         return loss
 
     def backward_from_to(self, start=None, end=0):
         start = len(self.layers) - 1 if start is None else start
+        if self._hooks["before_backward"] or self._hooks["after_backward"]:
+            return self._backward_hooked(start, end)
         by_last = self._groups()[1]
         need = self.layer_need_backward
         i = start
-        while i >= end:
-            g = by_last.get(i) if by_last else None
-            if g is not None and g.first >= end and g.backward_ok and g.active():
-                g.backward()
-                i = g.first - 1
-                continue
-            if need[i]:
-                self.layers[i].backward(self.top_vecs[i], self.bottom_need_backward[i],
-                                        self.bottom_vecs[i])
-            i -= 1
+        try:
+            while i >= end:
+                g = by_last.get(i) if by_last else None
+                if g is not None and g.first >= end and g.backward_ok and g.active():
+                    g.backward()
+                    i = g.first - 1
+                    continue
+                if need[i]:
+                    self.layers[i].backward(self.top_vecs[i], self.bottom_need_backward[i],
+                                            self.bottom_vecs[i])
+                i -= 1
+        except (CaffeLiteError, MemoryError) as exc:
+            raise _in_layer(exc, self.layers[i], "in backward") from None
 
     def forward(self, blobs=None, start=None, end=None, **kwargs):
         """Run forward; inputs may be given as keyword arrays (an input whose shape differs
@@ -399,8 +428,8 @@ class Net:
             outs = self.top_names[end] + blobs
         for name, arr in kwargs.items():
             if name not in self.blobs:
-                raise CaffeLiteError(f"forward(): '{name}' is not a blob of net '{self.name}'; "
-                                     f"inputs are {self.inputs}")
+                raise NameNotFoundError(f"forward(): '{name}' is not a blob of net "
+                                        f"'{self.name}'; inputs are {self.inputs}")
             arr = np.asarray(arr, dtype=np.float32)
             b = self.blobs[name]
             if arr.shape != b.shape:
@@ -420,7 +449,8 @@ class Net:
             outs = self.bottom_names[end] + diffs
         for name, arr in kwargs.items():
             if name not in self.blobs:
-                raise CaffeLiteError(f"backward(): '{name}' is not a blob of net '{self.name}'")
+                raise NameNotFoundError(f"backward(): '{name}' is not a blob of net "
+                                        f"'{self.name}'")
             self.blobs[name].diff = arr
         self.backward_from_to(start_i, end_i)
         return {o: self.blobs[o].diff for o in dict.fromkeys(outs)}
@@ -439,6 +469,137 @@ class Net:
                 return
         raise CaffeLiteError(f"net '{self.name}' has no MemoryData layer"
                              + (f" named '{layer}'" if layer else ""))
+
+    # --- pycaffe's hooks, batched passes and private accessors --------------------------------
+    def before_forward(self, fn):
+        """Call fn(layer_index) before each layer's forward (pycaffe's Net.before_forward)."""
+        self._hooks["before_forward"].append(fn)
+
+    def after_forward(self, fn):
+        self._hooks["after_forward"].append(fn)
+
+    def before_backward(self, fn):
+        self._hooks["before_backward"].append(fn)
+
+    def after_backward(self, fn):
+        """Call fn(layer_index) after each layer's backward step (run or skipped)."""
+        self._hooks["after_backward"].append(fn)
+
+    def _forward_hooked(self, start, end):
+        """Layer by layer (no fused groups), calling the hooks as Caffe's ForwardFromTo does."""
+        before, after = self._hooks["before_forward"], self._hooks["after_forward"]
+        loss = 0.0
+        for i in range(start, end + 1):
+            for fn in before:
+                fn(i)
+            loss += self.layers[i].forward(self.bottom_vecs[i], self.top_vecs[i])
+            for fn in after:
+                fn(i)
+        return loss
+
+    def _backward_hooked(self, start, end):
+        before, after = self._hooks["before_backward"], self._hooks["after_backward"]
+        for i in range(start, end - 1, -1):
+            for fn in before:
+                fn(i)
+            if self.layer_need_backward[i]:
+                self.layers[i].backward(self.top_vecs[i], self.bottom_need_backward[i],
+                                        self.bottom_vecs[i])
+            for fn in after:
+                fn(i)
+
+    def _batch(self, arrays):
+        """(batch dict, number of real items) over `arrays` in the net's batch size, the last
+        batch padded with zeros (pycaffe's Net._batch)."""
+        first = next(iter(arrays))
+        num = len(arrays[first])
+        batch_size = self.blobs[first].shape[0] if self.blobs[first].shape else 1
+        for i in range(0, num, batch_size):
+            batch = {}
+            for name, a in arrays.items():
+                chunk = np.asarray(a[i:i + batch_size], dtype=np.float32)
+                if len(chunk) < batch_size:
+                    pad = np.zeros((batch_size - len(chunk),) + chunk.shape[1:], np.float32)
+                    chunk = np.concatenate([chunk, pad])
+                batch[name] = chunk
+            yield batch, min(batch_size, num - i)
+
+    @staticmethod
+    def _collect(parts):
+        """Per-batch arrays -> one array of the real items (padding dropped)."""
+        if parts and all(a.ndim and len(a) >= k for a, k in parts):
+            return np.concatenate([a[:k] for a, k in parts])
+        return np.asarray([a for a, _ in parts])
+
+    def forward_all(self, blobs=None, **kwargs):
+        """pycaffe's Net.forward_all: forward any number of items in batches of the net's
+        batch size; returns {name: array over all items} for the outputs and `blobs`."""
+        names = list(dict.fromkeys(self.outputs + list(blobs or [])))
+        if not kwargs:
+            out = self.forward(blobs=blobs)
+            return {n: out[n].copy() for n in names}
+        parts = {n: [] for n in names}
+        for batch, k in self._batch(kwargs):
+            out = self.forward(blobs=blobs, **batch)
+            for n in names:
+                parts[n].append((out[n].copy(), k))
+        return {n: self._collect(p) for n, p in parts.items()}
+
+    def forward_backward_all(self, blobs=None, diffs=None, **kwargs):
+        """pycaffe's Net.forward_backward_all: batched forward of the inputs in kwargs and
+        backward of the output diffs in kwargs; returns (outputs, diffs) over all items."""
+        out_names = list(dict.fromkeys(self.outputs + list(blobs or [])))
+        diff_names = list(dict.fromkeys(self.inputs + list(diffs or [])))
+        fwd = {n: kwargs[n] for n in self.inputs if n in kwargs}
+        bwd = {n: kwargs[n] for n in self.outputs if n in kwargs}
+        outs = {n: [] for n in out_names}
+        grads = {n: [] for n in diff_names}
+        for (fb, k1), (bb, k2) in itertools.zip_longest(
+                self._batch(fwd) if fwd else (), self._batch(bwd) if bwd else (),
+                fillvalue=({}, None)):
+            k = k1 if k1 is not None else k2
+            o = self.forward(blobs=blobs, **fb)
+            d = self.backward(diffs=diffs, **bb)
+            for n in out_names:
+                outs[n].append((o[n].copy(), k))
+            for n in diff_names:
+                grads[n].append((d[n].copy(), k))
+        return ({n: self._collect(p) for n, p in outs.items()},
+                {n: self._collect(p) for n, p in grads.items()})
+
+    def _set_input_arrays(self, data, labels):
+        """pycaffe's low-level form (labels N x 1 x 1 x 1); set_input_arrays is the usual one."""
+        self.set_input_arrays(data, labels)
+
+    def load_hdf5(self, path):
+        """Copy weights from an HDF5 caffemodel (pycaffe's Net.load_hdf5; copy_from reads both
+        formats)."""
+        return self.copy_from(path)
+
+    # pycaffe's names for Caffe's ForwardFromTo / BackwardFromTo (layer indices, inclusive)
+    def _forward(self, start, end):
+        return self.forward_from_to(start, end)
+
+    def _backward(self, start, end):
+        return self.backward_from_to(start, end)
+
+    @property
+    def _blob_loss_weights(self):
+        return list(self.blob_loss_weights_list)
+
+    def _top_ids(self, i):
+        return list(self.top_ids[i])
+
+    def _bottom_ids(self, i):
+        return list(self.bottom_ids[i])
+
+    @property
+    def _inputs(self):
+        return list(self._input_ids)
+
+    @property
+    def _outputs(self):
+        return list(self._output_ids)
 
     def clear_param_diffs(self):
         from .backend import state
@@ -473,15 +634,21 @@ class Net:
     # weights
     # ------------------------------------------------------------------------------------
     def copy_from(self, path):
-        """Copy trained weights by layer name from a caffemodel (binary or HDF5).
+        """Copy trained weights by layer name from a caffemodel (binary or HDF5) or a
+        compressed model (caffe-lite's, or one Deep Compression published for this net).
 
         Every shape is checked before anything is copied, so a mismatch leaves the net as it
-        was.  Every prunable weight copied gets mask = (weight != 0)."""
-        weights = load_weights(path)
+        was.  Every prunable weight copied gets its mask from the `.masks` sidecar beside the
+        file when there is one (io/masks.py), else mask = (weight != 0).  A WARNING names each
+        layer with parameters that got no weights and each layer of the file that matched
+        none of the net (with the nearest name when one is close)."""
+        from .errors import ModelFileError
+        from .io.masks import read_masks, sidecar_path
+        weights = load_weights(path, net=self)
+        masks = read_masks(path, weights) or {}
         plan = []
         for lname, arrays in weights:
             if lname not in self.layer_dict:
-                log.info("Ignoring source layer %s", lname)
                 continue
             lid = self._layer_names.index(lname)
             target = self.layers[lid].blobs
@@ -502,14 +669,47 @@ class Net:
                         f"{path}: cannot copy param {j} of layer '{lname}': shape mismatch, "
                         f"weights file has {a.shape}, net has {t.shape} (to learn this layer "
                         "from scratch instead, rename it)")
-                plan.append((t, a, j == 0 and self.layers[lid].prunable))
-        for t, a, prunable_weight in plan:
+                prunable_weight = j == 0 and self.layers[lid].prunable
+                mask = masks.get((lname, j)) if prunable_weight else None
+                if mask is not None:
+                    mask = mask.reshape(t.shape)
+                    stray = int(np.count_nonzero(a.reshape(t.shape)[mask == 0]))
+                    if stray:
+                        raise ModelFileError(
+                            f"{sidecar_path(path)}: the mask of layer '{lname}' param {j} "
+                            f"prunes {stray} weight(s) that are not zero in {path}")
+                plan.append((t, a, prunable_weight, mask))
+        self._warn_unmatched(path, weights)
+        for t, a, prunable_weight, mask in plan:
             t.data[...] = a.reshape(t.shape)
-            if prunable_weight:
+            if mask is not None:
+                t.mask = mask
+            elif prunable_weight:
                 # Only layers whose weights came from the file: a layer learned from scratch
                 # (renamed, or absent from the file) keeps its all-ones mask.
                 t.mask_from_data()
         return self
+
+    def _warn_unmatched(self, path, weights):
+        import difflib
+        in_file = [name for name, _ in weights]
+        unused = [name for name in in_file if name not in self.layer_dict]
+        have = set(in_file)
+        empty = [name for lid, (name, layer) in enumerate(zip(self._layer_names, self.layers))
+                 if name not in have and any(self.param_owners[self.param_ids[lid][j]] == -1
+                                             for j in range(len(layer.blobs)))]
+
+        def nearest(name, candidates):
+            close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+            return f" (did you mean '{close[0]}'?)" if close else ""
+        for name in empty:
+            log.warning("%s holds no weights for layer '%s' (%s) of net '%s': it keeps its "
+                        "initial values%s", path, name, self.layer_dict[name].type, self.name,
+                        nearest(name, unused))
+        for name in unused:
+            log.warning("%s: layer '%s' matches no layer of net '%s'; its weights are not "
+                        "used%s", path, name, self.name, nearest(name, empty or
+                                                                   self._layer_names))
 
     def init_masks_from_weights(self):
         """mask = (weight != 0) for every prunable layer's weight."""
@@ -533,12 +733,17 @@ class Net:
         return out
 
     def save(self, path, overwrite=True):
-        """Write a binary caffemodel (atomically)."""
-        write_net_binary(path, self.to_proto(), overwrite=overwrite)
+        """Write a binary caffemodel (atomically) and its `.masks` sidecar (io/masks.py)."""
+        from .io import masks
+        masks.save_model(path, self.to_proto(), masks.net_mask_entries(self), overwrite)
 
-    def save_hdf5(self, path, write_diff=False):
+    def save_hdf5(self, path, write_diff=False, overwrite=True):
+        """Write an HDF5 caffemodel (atomically) and its `.masks` sidecar."""
+        from .io import masks
         from .io.hdf5 import save_net_hdf5
-        save_net_hdf5(self, path, write_diff)
+        masks.check_writable(path, overwrite)
+        save_net_hdf5(self, path, write_diff, overwrite=overwrite)
+        masks.write_sidecar(path, masks.net_mask_entries(self), overwrite=overwrite)
 
     def close(self):
         """Stop the background threads of data layers (garbage collection also does)."""

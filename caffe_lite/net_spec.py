@@ -14,7 +14,7 @@ end in `_param` go to the LayerParameter; the rest go to the layer type's own pa
 (convolution_param for Convolution, ...).  Lists become repeated fields, dicts sub-messages."""
 import collections
 
-from .errors import CaffeLiteError
+from .errors import ArgumentTypeError, CaffeLiteError, UnknownNameError
 from .proto import caffe_pb2
 
 _LAYER_FIELDS = {f.name for f in caffe_pb2.LayerParameter.DESCRIPTOR.fields}
@@ -38,6 +38,15 @@ def _param_field_for_type():
 PARAM_FIELD = _param_field_for_type()
 
 
+def param_name_dict():
+    """pycaffe's form of the same table: layer type -> its parameter field without '_param'
+    (Convolution -> 'convolution'), from the proto's message names."""
+    return {t: f[: -len("_param")] for t, f in _param_field_for_type().items()}
+
+
+_param_names = param_name_dict()
+
+
 def _is_repeated(field):
     # protobuf >= 5.28 has is_repeated (and 7.x dropped `label`); older versions only label.
     flag = getattr(field, "is_repeated", None)
@@ -49,7 +58,7 @@ def assign_proto(proto, name, value):
     try:
         field = proto.DESCRIPTOR.fields_by_name[name]
     except KeyError:
-        raise CaffeLiteError(f"{proto.DESCRIPTOR.name} has no field '{name}'") from None
+        raise UnknownNameError(f"{proto.DESCRIPTOR.name} has no field '{name}'") from None
     is_repeated = _is_repeated(field)
     if is_repeated and not isinstance(value, (list, tuple)):
         value = [value]
@@ -84,14 +93,21 @@ class Top:
     def to_proto(self):
         return to_proto(self)
 
+    def _to_proto(self, layers, names, autonames):
+        return self.fn._to_proto(layers, names, autonames)
+
 
 class Function:
+    """One layer call: its type, input Tops, parameters and output Tops (`ntop` of them; a
+    layer with ntop=0, such as Silence, is returned as the Function itself)."""
+
     def __init__(self, type_name, inputs, params):
         self.type_name = type_name
-        for i in inputs:
+        for index, i in enumerate(inputs):
             if not isinstance(i, Top):
-                raise CaffeLiteError(f"{type_name}: bottoms must be outputs of other layers, got "
-                                     f"{i!r}")
+                # pycaffe's message, word for word (scripts match on it)
+                raise ArgumentTypeError(f"{type_name} input {index} is not a Top (type is "
+                                        f"{type(i)})")
         self.inputs = inputs
         self.params = dict(params)
         self.ntop = self.params.pop("ntop", 1)
@@ -113,6 +129,8 @@ class Function:
             autonames[top.fn.type_name] += 1
             names[top] = f"{top.fn.type_name}{autonames[top.fn.type_name]}"
         return names[top]
+
+    _get_name, _get_top_name = _name, _top_name  # pycaffe's names
 
     def _to_proto(self, layers, names, autonames):
         if self in layers:
@@ -145,7 +163,7 @@ def to_proto(*tops):
     layers = collections.OrderedDict()
     autonames = collections.Counter()
     for t in tops:
-        t.fn._to_proto(layers, {}, autonames)
+        t._to_proto(layers, {}, autonames)
     net = caffe_pb2.NetParameter()
     net.layer.extend(layers.values())
     return net
@@ -162,22 +180,32 @@ class NetSpec:
         self.tops[name] = value
 
     def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
         try:
             return self.tops[name]
         except KeyError:
-            raise AttributeError(name) from None
+            raise UnknownNameError(f"this NetSpec has no top '{name}'; it has "
+                                   f"{', '.join(self.tops) or 'none'}") from None
 
     __setitem__ = __setattr__
+    __getitem__ = __getattr__
 
-    def __getitem__(self, name):
-        return self.tops[name]
+    def __delitem__(self, name):
+        del self.tops[name]
+
+    def keys(self):
+        return list(self.tops)
+
+    def vals(self):
+        return list(self.tops.values())
 
     def to_proto(self):
         names = {v: k for k, v in self.tops.items()}
         autonames = collections.Counter()
         layers = collections.OrderedDict()
         for name, top in self.tops.items():
-            top.fn._to_proto(layers, names, autonames)
+            top._to_proto(layers, names, autonames)
         net = caffe_pb2.NetParameter()
         net.layer.extend(layers.values())
         return net
@@ -208,5 +236,6 @@ class _ParamFactory:
         return msg
 
 
+Layers, Parameters = _LayerFactory, _ParamFactory  # pycaffe's class names
 layers = _LayerFactory()
 params = _ParamFactory()

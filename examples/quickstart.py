@@ -40,13 +40,16 @@ def main():
     net = caffe.Net(model, caffe.TEST)
     print("blobs: ", {k: v.shape for k, v in net.blobs.items()})
 
-    # 2. Prune 90 % of ip1 by magnitude and save a standard caffemodel with exact zeros.
-    w = net.params["ip1"][0].data
+    # 2. Prune 90 % of ip1 by magnitude and save a standard caffemodel with exact zeros
+    #    (and, beside it, lenet_pruned.masks with the masks).
+    ip1 = net.params["ip1"][0]
+    w = ip1.data
     w[np.abs(w) < np.quantile(np.abs(w), 0.9)] = 0
+    ip1.mask_from_data()  # the zeros are pruned entries, not live weights that are 0
     path = os.path.join(tempfile.mkdtemp(), "lenet_pruned.caffemodel")
     net.save(path)
 
-    # 3. Load prototxt + caffemodel: masks come from the zeros.
+    # 3. Load prototxt + caffemodel: masks come from the .masks sidecar (else from the zeros).
     net = caffe.Net(model, caffe.TEST, weights=path)
     mask = net.params["ip1"][0].mask
     print(f"ip1 mask: shape {mask.shape}, {int(mask.sum())} of {mask.size} weights live "

@@ -152,7 +152,7 @@ layer { name: "loss" type: "EuclideanLoss" bottom: "ip2" bottom: "target" top: "
 
 def mlp_solver(tmp_path, max_iter=30, snapshot=0, extra=""):
     """Write the MLP net and an SGD solver for it into tmp_path; returns the solver path."""
-    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "snap").mkdir(parents=True, exist_ok=True)  # the CLI creates no directories
     net = tmp_path / "mlp.prototxt"
     net.write_text(MLP_NET)
     solver = tmp_path / "solver.prototxt"

@@ -13,7 +13,7 @@ NVCC = kernels.find_nvcc()
 need_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc (the CUDA compiler) is not installed")
 
 EXPECTED = {"common", "neuron", "conv", "depthwise", "pooling", "normalization", "scale_bias",
-            "softmax_loss", "solvers"}
+            "softmax_loss", "solvers", "sparse"}
 
 
 def test_the_expected_sources_exist():

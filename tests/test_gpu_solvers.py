@@ -48,6 +48,7 @@ def _model(tmp_path):
     for name in PRUNABLE:
         w = s.net.params[name][0]
         w.data[...] *= g.uniform(size=w.shape) > 0.5
+        w.mask_from_data()  # the .masks sidecar saved with the model keeps these masks
     path = tmp_path / "pruned.caffemodel"
     s.net.save(str(path))
     return path

@@ -35,3 +35,32 @@ def test_full_run_meets_the_target(mnist_dir, models_dir, tmp_path):
     rows = {r["name"]: r["sparsity"] for r in out["report"]["layers"]}
     assert rows == pytest.approx({"conv1": 0.34, "conv2": 0.88, "ip1": 0.92, "ip2": 0.81})
     assert out["report"]["total"]["compression"] > 11.5
+    # the last stage: weights shared (conv 8 / fc 4 bits), fine-tuned, compressed
+    c = out["compressed"]
+    assert c["untied"] == 0
+    assert c["quantized"] >= out["dense"] - 0.002 and c["loaded"] == c["quantized"]
+    assert c["sizes"]["dense"] / c["sizes"]["compressed"] >= 39
+    assert c["values"]["ip1"] <= 16 and c["values"]["conv2"] <= 256
+    # ... and timed dense vs sparse (mode auto): the sparsest layers run sparse
+    assert c["speed"]["layers"]["ip1"]["ran"] == "sparse"
+    assert c["speed"]["dense_ms"] > 0 and c["speed"]["sparse_ms"] > 0
+
+
+def test_speed_stage_times_a_compressed_model(models_dir, tmp_path, capsys):
+    import numpy as np
+    import caffe_lite as caffe
+    from caffe_lite.compression import compress
+    from caffe_lite.layers import jit
+    net = caffe.Net(str(models_dir / "bvlc_mnist" / "lenet.prototxt"), caffe.TEST)
+    g = np.random.default_rng(0)
+    for name, keep in {"conv1": 0.66, "conv2": 0.12, "ip1": 0.08, "ip2": 0.19}.items():
+        w = net.params[name][0]
+        w.data[...] = g.standard_normal(w.shape) * (g.random(w.shape) < keep)
+    net.save(str(tmp_path / "pruned.caffemodel"))
+    compress(str(tmp_path / "pruned.caffemodel"), str(tmp_path / "pruned.cmodel"))
+    t = _example().speed_stage(str(models_dir.parent), str(tmp_path / "pruned.cmodel"),
+                               repeats=3)
+    out = capsys.readouterr().out
+    assert "dense vs sparse (mode auto)" in out and "ip1" in out
+    expected = "sparse" if jit.kernels("sparse") is not None else "dense"
+    assert t["layers"]["ip1"]["ran"] == expected and t["layers"]["conv1"]["ran"] == "dense"

@@ -215,6 +215,7 @@ def _pruned_model(tmp_path, sparsity=0.8):
         keep = np.ones(w.count, bool)
         keep[g.permutation(w.count)[:int(round(sparsity * w.count))]] = False
         w.data[...] *= keep.reshape(w.shape)
+        w.mask = keep.reshape(w.shape)  # the sidecar saved with the model keeps these masks
     s.net.params["ip"][1].data[...] = 0  # zero biases must still learn
     path = tmp_path / "pruned.caffemodel"
     s.net.save(str(path))

@@ -3,15 +3,24 @@
 It follows Caffe's SyncedMemory: the head is UNINITIALIZED, AT_CPU, AT_GPU or SYNCED; reading
 one side copies from the other only when that other side holds the newer data, and asking for a
 side mutably moves the head there.  Blobs view these flat buffers with their own shapes, which is
-how Flatten, Reshape and Split share memory without copies."""
+how Flatten, Reshape and Split share memory without copies.
+
+`version` changes whenever a side is handed out for writing (mutable_cpu / mutable_gpu), and is
+unique across all buffers (one process-wide counter): whatever is derived from the data (the
+CSR copy of a pruned weight, say) stays valid while (buffer, version) is unchanged.  Like the
+head state, it cannot see writes through a writable view obtained before the derivation."""
+import itertools
+
 import numpy as np
+
+_versions = itertools.count(1)
 
 UNINITIALIZED, HEAD_AT_CPU, HEAD_AT_GPU, SYNCED = "UNINITIALIZED", "HEAD_AT_CPU", \
     "HEAD_AT_GPU", "SYNCED"
 
 
 class SyncedMemory:
-    __slots__ = ("size", "dtype", "_cpu", "_gpu", "head")
+    __slots__ = ("size", "dtype", "_cpu", "_gpu", "head", "version")
 
     def __init__(self, size, dtype=np.float32):
         self.size = int(size)
@@ -19,6 +28,7 @@ class SyncedMemory:
         self._cpu = None
         self._gpu = None
         self.head = UNINITIALIZED
+        self.version = next(_versions)
 
     # --- CPU side ------------------------------------------------------------------------
     def _to_cpu(self):
@@ -41,6 +51,7 @@ class SyncedMemory:
 
     def mutable_cpu(self):
         """The flat host array; the caller may write, so the GPU copy becomes stale."""
+        self.version = next(_versions)
         if self.head != HEAD_AT_CPU:
             if self.head != SYNCED:
                 self._to_cpu()
@@ -67,6 +78,7 @@ class SyncedMemory:
         return self._gpu
 
     def mutable_gpu(self):
+        self.version = next(_versions)
         if self.head != HEAD_AT_GPU:
             if self.head != SYNCED:
                 self._to_gpu()

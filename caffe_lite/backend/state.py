@@ -51,3 +51,32 @@ def set_random_seed(seed):
 
 def rng():
     return _state["rng"]
+
+
+# Caffe's multi-process settings (Caffe::solver_count / solver_rank / multiprocess), which
+# pycaffe exposes; one process trains one net until multi-process training uses them.
+_state.update(solver_count=1, solver_rank=0, multiprocess=False)
+
+
+def solver_count():
+    return _state["solver_count"]
+
+
+def set_solver_count(count):
+    _state["solver_count"] = int(count)
+
+
+def solver_rank():
+    return _state["solver_rank"]
+
+
+def set_solver_rank(rank):
+    _state["solver_rank"] = int(rank)
+
+
+def multiprocess():
+    return _state["multiprocess"]
+
+
+def set_multiprocess(value):
+    _state["multiprocess"] = bool(value)

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from .outputs import at_least_one, check_snapshot_prefix
 from .registry import command, flag
 from ..errors import CaffeLiteError, DeviceError
 
@@ -19,7 +20,7 @@ def select_mode(gpu_flag, solver_mode_gpu=False, device_id=0):
     that cannot be met is an error."""
     from .. import backend
     if gpu_flag:
-        ids = [int(x) for x in gpu_flag.split(",")] if gpu_flag != "all" else [0]
+        ids = _gpu_ids(gpu_flag) if gpu_flag != "all" else [0]
         if len(ids) > 1:
             log.warning("multi-GPU training is not supported; using GPU %d", ids[0])
         backend.set_device(ids[0])
@@ -35,6 +36,16 @@ def select_mode(gpu_flag, solver_mode_gpu=False, device_id=0):
                     "training on the CPU", reason)
     backend.set_mode_cpu()
     return "CPU"
+
+
+def _gpu_ids(text):
+    try:
+        ids = [int(x) for x in text.split(",")]
+    except ValueError:
+        ids = [-1]
+    if any(i < 0 for i in ids):
+        raise CaffeLiteError(f"-gpu takes device ids like 0 or 0,1 (or 'all'), got '{text}'")
+    return ids
 
 
 def add_source_overrides(p):
@@ -98,6 +109,7 @@ def train_cmd(args):
         param.train_state.stage.extend(s for s in args.stage.split(",") if s)
     if args.max_iter is not None:
         param.max_iter = args.max_iter
+    check_snapshot_prefix(param.snapshot_prefix)
     where = select_mode(args.gpu, param.solver_mode == param.GPU, param.device_id)
     log.info("Using %s", where)
     solver = solver_from_type(param.type)(param)
@@ -107,16 +119,19 @@ def train_cmd(args):
             solver.net.copy_from(w)
     from .prune_tools import attach_gradual
     attach_gradual(solver, args)  # before restore: a snapshot carries the schedule's progress
-    start = 0
-    if args.snapshot:
-        solver.restore(args.snapshot)
-        start = solver.iter
-        log.info("Resuming from %s at iteration %d", args.snapshot, start)
-    if not args.overwrite:
-        _refuse_snapshot_overwrite(param, start)
-    solver.install_signal_handlers()
-    with training_bar(solver, param.max_iter - start):
-        solver.solve()
+    from .compression_tools import attach_sharing
+    attach_sharing(solver, args)  # likewise the clusters of shared weights
+    with solver.snapshot_lock():  # for the whole run; clears an interrupted snapshot write
+        start = 0
+        if args.snapshot:
+            solver.restore(args.snapshot)
+            start = solver.iter
+            log.info("Resuming from %s at iteration %d", args.snapshot, start)
+        if not args.overwrite:
+            _refuse_snapshot_overwrite(param, start)
+        solver.install_signal_handlers()
+        with training_bar(solver, param.max_iter - start):
+            solver.solve()
     if solver.requested_early_exit:
         log.info("Stopped at iteration %d; resume with -snapshot %s_iter_%d.solverstate",
                  solver.iter, param.snapshot_prefix, solver.iter)
@@ -153,6 +168,8 @@ def _configure_train(p):
     add_source_overrides(p)
     from .prune_tools import add_gradual_flags
     add_gradual_flags(p)
+    from .compression_tools import add_sharing_flags
+    add_sharing_flags(p)
 
 
 train_cmd.configure = _configure_train
@@ -163,6 +180,7 @@ train_cmd.configure = _configure_train
 def test_cmd(args):
     from ..net import Net
     from ..proto import caffe_pb2
+    at_least_one(args, "iterations")
     select_mode(args.gpu)
     param = _net_param_with_overrides(args.model, args)
     stages = [s for s in args.stage.split(",") if s]
@@ -172,6 +190,7 @@ def test_cmd(args):
             net.copy_from(w)
     else:
         log.warning("No -weights given: testing randomly initialised parameters")
+    _configure_sparse(net, args)
     log.info("Running for %d iterations.", args.iterations)
     totals, loss = None, 0.0
     for i in range(args.iterations):
@@ -194,11 +213,25 @@ def test_cmd(args):
         print(f"{o} = {' '.join(f'{x:.6g}' for x in v)}")
 
 
+def _sparse_arg(p):
+    flag(p, "sparse", default=None,
+         help="auto|sparse|dense, or a SparseInferenceSpec file: which InnerProduct / "
+              "Convolution layers compute on their nonzero weights only (default auto, or "
+              "$CAFFE_LITE_SPARSE); see docs/sparse.md")
+
+
+def _configure_sparse(net, args):
+    if args.sparse:
+        from ..compression import sparse
+        sparse.configure(net, args.sparse)
+
+
 def _configure_test(p):
     flag(p, "model", required=True, help="net prototxt (TEST phase is used)")
     flag(p, "weights", default=None, help="caffemodel(s), comma-separated")
     flag(p, "iterations", type=int, default=50, help="number of batches to run")
     flag(p, "gpu", default=None, help="GPU id to use")
+    _sparse_arg(p)
     _stage_args(p)
     add_source_overrides(p)
 
@@ -211,12 +244,14 @@ test_cmd.configure = _configure_test
 def time_cmd(args):
     from ..net import Net
     from ..proto import caffe_pb2
+    at_least_one(args, "iterations")
     select_mode(args.gpu)
     param = _net_param_with_overrides(args.model, args)
     phase = caffe_pb2.TRAIN if args.phase.upper() == "TRAIN" else caffe_pb2.TEST
     net = Net(param, phase, level=args.level, stages=[s for s in args.stage.split(",") if s])
     if args.weights:
         net.copy_from(args.weights)
+    _configure_sparse(net, args)
     log.info("Performing Forward")
     net.forward_from_to()
     log.info("Performing Backward")
@@ -261,6 +296,7 @@ def _configure_time(p):
     flag(p, "phase", default="TRAIN", choices=["TRAIN", "TEST", "train", "test"],
          help="net phase (Caffe times the TRAIN net)")
     flag(p, "gpu", default=None, help="GPU id to use")
+    _sparse_arg(p)
     _stage_args(p)
     add_source_overrides(p)
 
@@ -276,8 +312,7 @@ def device_query_cmd(args):
     if not ok:
         raise DeviceError(f"no usable GPU: {reason}")
     import pycuda.driver as drv
-    ids = range(drv.Device.count()) if args.gpu in (None, "all") else \
-        [int(x) for x in args.gpu.split(",")]
+    ids = range(drv.Device.count()) if args.gpu in (None, "all") else _gpu_ids(args.gpu)
     for i in ids:
         d = drv.Device(i)
         attrs = d.get_attributes()

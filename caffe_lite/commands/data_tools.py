@@ -1,5 +1,6 @@
 """Dataset tools with Caffe's arguments and flags: convert-mnist (convert_mnist_data),
 convert-imageset (convert_imageset) and compute-mean (compute_image_mean)."""
+from .outputs import check_outputs
 from .registry import command, flag
 
 
@@ -7,6 +8,7 @@ from .registry import command, flag
                           "(Caffe's convert_mnist_data)")
 def convert_mnist_cmd(args):
     from ..data.convert import convert_mnist
+    check_outputs([("OUT_DB", args.out_db)], kind="database")
     n = convert_mnist(args.images, args.labels, args.out_db, backend=args.backend)
     print(f"wrote {n} items to {args.out_db}")
 
@@ -23,6 +25,7 @@ convert_mnist_cmd.configure = lambda p: (
                              "Datums (Caffe's convert_imageset)")
 def convert_imageset_cmd(args):
     from ..data.convert import convert_imageset
+    check_outputs([("DB_NAME", args.out_db)], kind="database")
     if args.seed is not None:
         from ..backend.state import set_random_seed
         set_random_seed(args.seed)
@@ -63,7 +66,8 @@ convert_imageset_cmd.configure = _configure_imageset
                          "(Caffe's compute_image_mean)")
 def compute_mean_cmd(args):
     from ..data.convert import compute_mean
-    mean = compute_mean(args.db, args.out, backend=args.backend)
+    check_outputs([("OUTPUT_FILE", args.out)], args.overwrite)
+    mean = compute_mean(args.db, args.out, backend=args.backend, overwrite=args.overwrite)
     per_channel = mean.reshape(mean.shape[0], -1).mean(axis=1, dtype="float64")
     print("mean_value: " + " ".join(f"{v:.6g}" for v in per_channel))
     if args.out:
@@ -73,6 +77,7 @@ def compute_mean_cmd(args):
 compute_mean_cmd.configure = lambda p: (
     p.add_argument("db", metavar="INPUT_DB", help="LMDB directory of Datums"),
     p.add_argument("out", metavar="OUTPUT_FILE", nargs="?", default=None,
-                   help="binaryproto to write (must not exist); without it, only the "
-                        "per-channel means are printed"),
-    flag(p, "backend", default="lmdb", help="database backend (only lmdb is supported)"))
+                   help="binaryproto to write (must not exist unless -overwrite); without it, "
+                        "only the per-channel means are printed"),
+    flag(p, "backend", default="lmdb", help="database backend (only lmdb is supported)"),
+    flag(p, "overwrite", action="store_true", help="replace an existing OUTPUT_FILE"))

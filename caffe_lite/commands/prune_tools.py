@@ -4,26 +4,19 @@ Every verb checks its inputs and its outputs' names before it writes anything, a
 replace an existing file unless -overwrite is given."""
 import io
 import logging
-import os
 
 from .registry import command, flag
 from ..errors import CaffeLiteError, DataError
 from .caffe_tools import _net_param_with_overrides, add_source_overrides
+from .outputs import at_least_one, check_outputs
 
 log = logging.getLogger("caffe_lite")
 
 
 # --- shared helpers ----------------------------------------------------------------------------
 def _check_outputs(args, *names):
-    """Refuse (before any work) to replace existing outputs; two outputs may not be one file."""
-    paths = [getattr(args, n) for n in names if getattr(args, n, None)]
-    if len(set(map(os.path.abspath, paths))) != len(paths):
-        raise CaffeLiteError(f"the output files must differ: {', '.join(paths)}")
-    if not args.overwrite:
-        for p in paths:
-            if os.path.exists(p):
-                raise CaffeLiteError(f"{p} already exists; refusing to overwrite it (pass "
-                                     "-overwrite, or choose another name)")
+    """Refuse (before any work) outputs that cannot be written as asked (outputs.py)."""
+    check_outputs([(f"-{n}", getattr(args, n, None)) for n in names], args.overwrite)
 
 
 def _parse_shape(text):
@@ -120,12 +113,13 @@ def _data_net(args, net):
 def prune_cmd(args):
     import contextlib
     from ..io import to_text
-    from ..io.caffemodel import write_net_binary
+    from ..io.masks import check_writable
     from ..pruning import criteria, filters, load_spec, make_plan, prune_net, ratios
     from ..pruning import sparsity_report
     from ..pruning.spec import check_sparsity
     from ..util.atomic import atomic_write_text
     _check_outputs(args, "output", "output_spec")
+    check_writable(args.output, args.overwrite)  # and its .masks sidecar
     if args.sparsity is not None:
         check_sparsity(args.sparsity, "-sparsity")  # before the (slow) net build
     spec = load_spec(args.spec)
@@ -152,7 +146,7 @@ def prune_cmd(args):
                                            sol.scores)
         else:
             results = prune_net(net, plan=plan, data=data)
-        write_net_binary(args.output, net.to_proto(), overwrite=args.overwrite)
+        net.save(args.output, overwrite=args.overwrite)
         if auto and args.output_spec:
             how = f"the sensitivity scan {args.sensitivity_csv}" if rows else \
                 f"one ranking of normalised {plan.method} scores"
@@ -232,11 +226,12 @@ sparsity_cmd.configure = _configure_sparsity
 def thin_cmd(args):
     import caffe_lite
     from ..io import to_text
-    from ..io.caffemodel import write_net_binary
+    from ..io.masks import check_writable, save_model
     from ..net import Net
     from ..pruning import netutil
     from ..pruning.thin import max_output_difference, thin_net
     _check_outputs(args, "output_model", "output")
+    check_writable(args.output, args.overwrite)  # and its .masks sidecar
     net, user = load_model(args)
     with net:
         result = thin_net(net, user)
@@ -251,7 +246,7 @@ def thin_cmd(args):
             raise CaffeLiteError(f"the thinned net's outputs differ from the pruned net's by "
                                  f"{diff:.3g} (> -tolerance {args.tolerance:g}); nothing "
                                  "written")
-        write_net_binary(args.output, result.weights, overwrite=args.overwrite)
+        save_model(args.output, result.weights, result.masks, overwrite=args.overwrite)
         from ..util.atomic import atomic_write_text
         atomic_write_text(args.output_model, to_text(result.net_param),
                           overwrite=args.overwrite)
@@ -293,6 +288,7 @@ def sensitivity_cmd(args):
     from ..pruning import sensitivity as sens
     from ..util.atomic import atomic_write_text
     _check_outputs(args, "output_csv", "output_png", "output_spec")
+    at_least_one(args, "iterations")
     sparsities = _float_list(args.sparsities, "-sparsities")
     png = args.output_png
     if png:

@@ -164,21 +164,22 @@ def convert_imageset(root, list_file, out_db, resize_height=0, resize_width=0, s
     return count, skipped
 
 
-def compute_mean(db_path, out_path=None, backend="lmdb"):
+def compute_mean(db_path, out_path=None, backend="lmdb", overwrite=False):
     """Caffe's compute_image_mean: the per-pixel mean of every Datum in an LMDB (encoded ones
     decoded natively), written as a legacy 1 x C x H x W BlobProto.  Returns the C x H x W mean
     and logs the per-channel means."""
     from .lmdb_io import check_backend
     if backend.lower() != "lmdb":
         check_backend(caffe_pb2.DataParameter.LEVELDB, db_path, "")
-    if out_path is not None and os.path.lexists(out_path):
-        raise OutputExistsError(f"{out_path} already exists; refusing to overwrite it")
+    if out_path is not None and os.path.lexists(out_path) and not overwrite:
+        raise OutputExistsError(f"{out_path} already exists; refusing to overwrite it (pass "
+                                "-overwrite / overwrite=True)")
     db = open_db(db_path)
     total = None
     count = 0
     progress = _Progress("files", db.entries)
     try:
-        for key, value in iterate(db):
+        for key, value in iterate(db, db_path):
             where = f"LMDB '{db_path}' key '{key_text(key)}'"
             arr = decode_datum(parse_datum(value, where), "unchanged", where)
             if total is None:
@@ -202,7 +203,7 @@ def compute_mean(db_path, out_path=None, backend="lmdb"):
                                     width=mean.shape[2])
         proto.data.extend(mean.ravel().tolist())
         log.info("Write to %s", out_path)
-        atomic_write_bytes(out_path, proto.SerializeToString(), overwrite=False)
+        atomic_write_bytes(out_path, proto.SerializeToString(), overwrite=overwrite)
     log.info("Number of channels: %d", mean.shape[0])
     for c, v in enumerate(mean.reshape(mean.shape[0], -1).mean(axis=1, dtype=np.float64)):
         log.info("mean_value channel [%d]: %g", c, v)

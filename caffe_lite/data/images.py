@@ -78,8 +78,8 @@ def read_image(path, mode="color", new_height=0, new_width=0):
         raise DataError(f"{path}: no such image file") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory, expected an image file") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read the image ({exc})") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
+        raise DataError(f"{path!r}: cannot read the image ({exc})") from None
     img = decode_image(data, mode, where=path)
     if new_height > 0 and new_width > 0:
         img = resize_linear(img, new_height, new_width)
@@ -113,6 +113,10 @@ def resize_linear(img, new_height, new_width):
     new_height, new_width = int(new_height), int(new_width)
     if new_height <= 0 or new_width <= 0:
         raise DataError(f"cannot resize to {new_height}x{new_width}: sizes must be positive")
+    from ..blob import MAX_BLOB_COUNT
+    if new_height * new_width * img.shape[2] > MAX_BLOB_COUNT:
+        raise DataError(f"cannot resize to {new_height}x{new_width}: {img.shape[2]} channels of "
+                        f"that size exceed a blob's 2^31 - 1 elements")
     if (h, w) == (new_height, new_width):
         out = img.copy()
         return out[:, :, 0] if squeeze else out

@@ -2,7 +2,10 @@
 sorted byte order, one serialized Datum per value.
 
 Reading: `open_db(path, where)` checks the path (missing, a file, a LevelDB, empty) and gives
-a clear DataError for each.  Writing: `DBWriter` builds the database in a temporary directory
+a clear DataError for each; before liblmdb maps data.mdb, lmdb_check reads its header and (up
+to VERIFY_PAGES pages) its tree, so a truncated or damaged file is a DataError instead of a
+SIGBUS or an abort inside liblmdb.  Every lmdb error met while reading becomes a DataError
+naming the database.  Writing: `DBWriter` builds the database in a temporary directory
 beside the target and renames it into place when complete, so an interrupted conversion never
 leaves a half-written database at OUT_DB, and an existing OUT_DB is never touched."""
 import contextlib
@@ -14,12 +17,17 @@ import threading
 
 from ..errors import DataError
 from ..util.atomic import OutputExistsError
-from . import _deps
+from . import _deps, lmdb_check
 
 log = logging.getLogger("caffe_lite")
 
 COMMIT_EVERY = 1000          # Caffe's tools commit a transaction every 1000 records
 _INITIAL_MAP = 64 << 20      # the map grows (doubling) as the database outgrows it
+# Databases whose tree (branch + leaf pages) is at most this many pages are walked page by page
+# when first opened (about as long as one epoch read through liblmdb when values live in the
+# leaves, far less when they are on overflow pages: benchmarks/bench_lmdb_check.py); larger
+# ones get the header checks only, and `caffe-lite check-db` walks them on request.
+VERIFY_PAGES = 1 << 18
 
 
 def _looks_like_leveldb(path):
@@ -57,6 +65,33 @@ def _check_path(path, where):
             raise DataError(f"{_pre(where)}'{path}' is a LevelDB database, which caffe-lite does "
                             "not support; convert it to LMDB")
         raise DataError(f"{_pre(where)}'{path}' is not an LMDB (no data.mdb in the directory)")
+
+
+def damaged(path, exc, where=""):
+    """The DataError for an lmdb error (or a lmdb_check.Damage) met reading `path`."""
+    what = str(exc) if isinstance(exc, lmdb_check.Damage) else f"{type(exc).__name__}: {exc}"
+    return DataError(f"{_pre(where)}LMDB '{path}' is damaged: {what}; `caffe-lite check-db "
+                     f"{path}` lists what is still readable")
+
+
+def verify(path, where=""):
+    """The checks made before liblmdb maps `path` (see VERIFY_PAGES); DataError if damaged."""
+    try:
+        meta = lmdb_check.read_meta(path)
+        if meta.tree_pages > VERIFY_PAGES:
+            log.info("%sLMDB '%s': %d tree pages, more than are walked at open; header checked "
+                     "(caffe-lite check-db checks every page)", _pre(where), path,
+                     meta.tree_pages)
+            return meta
+        scan = lmdb_check.scan(path, meta)
+    except lmdb_check.Damage as exc:
+        raise damaged(path, exc, where) from None
+    except OSError as exc:
+        raise DataError(f"{_pre(where)}cannot read LMDB '{path}': {exc}") from None
+    if scan.problems:
+        more = f" and {len(scan.problems) - 1} more" if len(scan.problems) > 1 else ""
+        raise damaged(path, lmdb_check.Damage(f"{scan.problems[0]}{more}"), where)
+    return meta
 
 
 _OPEN = {}                   # realpath -> [environment, users]: py-lmdb allows one per process
@@ -98,6 +133,7 @@ def open_db(path, where=""):
         slot = _OPEN.get(key)
         try:
             if slot is None:
+                verify(path, where)
                 env = lmdb.open(path, readonly=True, lock=False, readahead=True, subdir=True,
                                 create=False, max_readers=126, meminit=False)
                 slot = _OPEN[key] = [env, 0]
@@ -116,7 +152,9 @@ def open_db(path, where=""):
 
 
 def key_text(key):
-    return bytes(key).decode("utf-8", "backslashreplace")
+    """A record's key for messages: UTF-8 text, other bytes and control characters escaped."""
+    text = bytes(key).decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class Cursor:
@@ -125,10 +163,15 @@ class Cursor:
 
     def __init__(self, db, path):
         self.path = path
-        self._txn = db.begin(buffers=False)
-        self._cur = self._txn.cursor()
+        self._lmdb_error = _deps.lmdb().Error
+        try:
+            self._txn = db.begin(buffers=False)
+            self._cur = self._txn.cursor()
+            found = self._cur.first()
+        except self._lmdb_error as exc:
+            raise damaged(path, exc) from None
         self.epochs = 0
-        if not self._cur.first():
+        if not found:
             raise DataError(f"LMDB '{path}' is empty (0 records)")
 
     def skip(self, n):
@@ -136,14 +179,20 @@ class Cursor:
             self.advance()
 
     def advance(self):
-        if not self._cur.next():
-            self._cur.first()
-            self.epochs += 1
-            log.debug("%s: restarting data prefetching from start", self.path)
+        try:
+            if not self._cur.next():
+                self._cur.first()
+                self.epochs += 1
+                log.debug("%s: restarting data prefetching from start", self.path)
+        except self._lmdb_error as exc:
+            raise damaged(self.path, exc) from None
 
     def read(self):
         """(key, value) of the current record; then move to the next one."""
-        item = self._cur.item()
+        try:
+            item = self._cur.item()
+        except self._lmdb_error as exc:
+            raise damaged(self.path, exc) from None
         self.advance()
         return item
 
@@ -153,17 +202,23 @@ class Cursor:
 
 
 def first_record(db, path):
-    with db.begin(buffers=False) as txn:
-        cur = txn.cursor()
-        if not cur.first():
-            raise DataError(f"LMDB '{path}' is empty (0 records)")
-        return cur.item()
+    try:
+        with db.begin(buffers=False) as txn:
+            cur = txn.cursor()
+            if not cur.first():
+                raise DataError(f"LMDB '{path}' is empty (0 records)")
+            return cur.item()
+    except _deps.lmdb().Error as exc:
+        raise damaged(path, exc) from None
 
 
-def iterate(db):
+def iterate(db, path):
     """Every (key, value) once, in key order."""
-    with db.begin(buffers=False) as txn:
-        yield from txn.cursor()
+    try:
+        with db.begin(buffers=False) as txn:
+            yield from txn.cursor()
+    except _deps.lmdb().Error as exc:
+        raise damaged(path, exc) from None
 
 
 class DBWriter:
@@ -210,6 +265,10 @@ class DBWriter:
             except self._lmdb.MapFullError:
                 self._map_size *= 2
                 self._env.set_mapsize(self._map_size)
+            except self._lmdb.Error as exc:  # a full disk, a key too long, ...
+                self.abort()
+                raise DataError(f"writing LMDB '{self.path}': {type(exc).__name__}: {exc}") \
+                    from None
         self._pending = []
 
     def close(self):

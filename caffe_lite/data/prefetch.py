@@ -66,10 +66,10 @@ class Prefetcher:
     def alive(self):
         return self._thread.is_alive()
 
-    def close(self, timeout=5.0):
-        """Stop the thread (it finishes the batch it is building) and release the source."""
-        if self._stop.is_set():
-            return
+    def stop(self, timeout=None):
+        """Stop the thread and drop the batches it made ahead; wait until it has finished the
+        batch it is building (at most `timeout` seconds).  Returns True when it has exited,
+        so the source may be used by another thread."""
         self._stop.set()
         try:
             while True:
@@ -78,7 +78,13 @@ class Prefetcher:
             pass
         if self._thread is not threading.current_thread():
             self._thread.join(timeout)
-        if self._on_close is not None and not self._thread.is_alive():
+        return not self._thread.is_alive()
+
+    def close(self, timeout=5.0):
+        """Stop the thread (it finishes the batch it is building) and release the source."""
+        if self._stop.is_set():
+            return
+        if self.stop(timeout) and self._on_close is not None:
             self._on_close()
 
 

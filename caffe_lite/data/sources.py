@@ -15,6 +15,7 @@ from ..io.datum import parse_datum
 from . import _deps
 from .images import hwc_to_chw, read_image
 from .lmdb_io import Cursor, first_record, key_text, open_db
+from .position import ReadPosition, draw_seed, permutation, state_int
 
 log = logging.getLogger("caffe_lite")
 
@@ -104,6 +105,7 @@ class DatumDBSource:
         self.skip = int(rng.integers(0, rand_skip)) if rand_skip else 0
         if self.skip:
             log.info("%s: skipping first %d data points", where, self.skip)
+        self.position = ReadPosition(self.entries, index=self.skip % self.entries)
         self._cursor = None
         self._pool = _Pool(_decode_workers())
         self.buffers = _Buffers()
@@ -122,10 +124,11 @@ class DatumDBSource:
     def next_batch(self):
         if self._cursor is None:  # opened in the thread that reads
             self._cursor = Cursor(self.db, self.path)
-            self._cursor.skip(self.skip % self.entries)
+            self._cursor.skip(self.position.index)
         items, labels = [], np.empty(self.batch_size, np.float32)
         for i in range(self.batch_size):
             key, value = self._cursor.read()
+            self.position.advance()
             where = self._at(key)
             datum = parse_datum(value, where)
             labels[i] = datum.label
@@ -136,6 +139,19 @@ class DatumDBSource:
             arrays = [self._decode(it) for it in items]
         batch = self.buffers.stack(arrays, [w.split(": ", 1)[-1] for _, w in items], self.where)
         return self.transformer.transform(batch, self.buffers.output()), labels
+
+    def state_dict(self):
+        return self.position.state_dict()
+
+    def check_state(self, state):
+        return self.position.check_state(state)
+
+    def load_state_dict(self, state):
+        """Continue at a saved position (the reading thread must be stopped)."""
+        self.position.load_state_dict(state)
+        if self._cursor is not None:  # reopened, and moved there, by the next read
+            self._cursor.close()
+            self._cursor = None
 
     def close(self):
         self._pool.close()
@@ -208,23 +224,18 @@ class ImageListSource:
         self.shuffle = shuffle
         self.rng = rng
         self.lines = read_list_file(self.list_path, where)
-        if shuffle:
-            self._shuffle()
-        self.pos = 0
+        skip = 0
+        seed = draw_seed(rng) if shuffle else None
         if rand_skip:
             skip = int(rng.integers(0, rand_skip))
             if skip >= len(self.lines):
                 raise DataError(f"{where}: rand_skip drew {skip} but '{self.list_path}' has only "
                                 f"{len(self.lines)} images (not enough points to skip)")
-            self.pos = skip
-        first = self._read(self.lines[self.pos][0])
+        self.position = ReadPosition(len(self.lines), seed, index=skip)
+        first = self._read(self.lines[self.position.record()][0])
         self.item_shape = transformer.output_shape(first.shape)
         self._pool = _Pool(_decode_workers())
         self.buffers = _Buffers()
-
-    def _shuffle(self):
-        order = self.rng.permutation(len(self.lines))
-        self.lines = [self.lines[i] for i in order]
 
     def _read(self, name):
         return hwc_to_chw(read_image(_join_root(self.root, name), self.mode, *self.new_size))
@@ -235,17 +246,21 @@ class ImageListSource:
 
     def next_batch(self):
         names, labels = [], np.empty(self.batch_size, np.float32)
-        for i in range(self.batch_size):
-            name, labels[i] = self.lines[self.pos]
+        for i, k in enumerate(self.position.take(self.batch_size)):
+            name, labels[i] = self.lines[k]
             names.append(name)
-            self.pos += 1
-            if self.pos >= len(self.lines):
-                self.pos = 0
-                if self.shuffle:
-                    self._shuffle()
         arrays = self._pool.map(self._read, names)
         batch = self.buffers.stack(arrays, [_join_root(self.root, n) for n in names], self.where)
         return self.transformer.transform(batch, self.buffers.output()), labels
+
+    def state_dict(self):
+        return self.position.state_dict()
+
+    def check_state(self, state):
+        return self.position.check_state(state)
+
+    def load_state_dict(self, state):
+        self.position.load_state_dict(state)
 
     def close(self):
         self._pool.close()
@@ -280,12 +295,23 @@ class HDF5Source:
         self.files = [t if os.path.exists(t) or os.path.isabs(t) or
                       not os.path.exists(os.path.join(base, t)) else os.path.join(base, t)
                       for t in tokens]
-        self.file_order = np.arange(len(self.files))
-        if shuffle:
-            self.file_order = rng.permutation(len(self.files))
-        self.file_pos = 0
-        self._load(self.files[self.file_order[0]])
+        # Files are read in the order of a ReadPosition over them; with shuffle, each file's
+        # rows are permuted anew whenever it is loaded (seeded by epoch and file position).
+        self.position = ReadPosition(len(self.files), draw_seed(rng) if shuffle else None)
+        self._loaded = None
+        self._load_current()
         self.row = 0
+
+    def _load_current(self):
+        """Load the file at the position (unless it is loaded) and set its row order."""
+        pos = self.position
+        path = self.files[pos.record()]
+        if self._loaded != path:
+            self._load(path)
+            self._loaded = path
+        rows = self.arrays[0].shape[0]
+        self.perm = (permutation(pos.seed, rows, 1, pos.epoch, pos.index) if pos.shuffled
+                     else np.arange(rows))
 
     def _load(self, path):
         h5py = _deps.h5py(f"{self.where}: reading '{path}'")
@@ -308,8 +334,11 @@ class HDF5Source:
                     arrays.append(np.asarray(ds, dtype=np.float32))
         except DataError:
             raise
-        except (OSError, KeyError) as exc:
-            raise DataError(f"{self.where}: cannot read HDF5 file '{path}' ({exc})") from None
+        except (OSError, KeyError, RuntimeError, ValueError, TypeError) as exc:
+            # h5py's messages for damaged files span lines: keep the first
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataError(f"{self.where}: cannot read HDF5 file '{path}' ({detail})") \
+                from None
         rows = arrays[0].shape[0]
         for name, a in zip(self.names, arrays):
             if a.shape[0] != rows:
@@ -325,23 +354,16 @@ class HDF5Source:
                                     f"{old.shape[1:]}")
         self.arrays = arrays
         self.path = path
-        self.perm = self.rng.permutation(rows) if self.shuffle else np.arange(rows)
 
     @property
     def top_shapes(self):
         return [(self.batch_size,) + a.shape[1:] for a in self.arrays]
 
     def _advance(self):
-        """End of the current file: Caffe's HDF5DataLayer::Next."""
-        if len(self.files) > 1:
-            self.file_pos += 1
-            if self.file_pos == len(self.files):
-                self.file_pos = 0
-                if self.shuffle:
-                    self.file_order = self.rng.permutation(len(self.files))
-            self._load(self.files[self.file_order[self.file_pos]])
-        elif self.shuffle:
-            self.perm = self.rng.permutation(self.arrays[0].shape[0])
+        """End of the current file: Caffe's HDF5DataLayer::Next (the next file, or the same
+        one reshuffled)."""
+        self.position.advance()
+        self._load_current()
         self.row = 0
 
     def next_batch(self):
@@ -357,6 +379,27 @@ class HDF5Source:
             if self.row == len(self.perm):
                 self._advance()
         return outs
+
+    def state_dict(self):
+        """The file position (epoch, index in the epoch's file order, seed) and the row in
+        that file's row order."""
+        return {"files": self.position.state_dict(), "row": self.row}
+
+    def check_state(self, state):
+        if not isinstance(state, dict):
+            raise ValueError(f"an HDF5 read position must be an object, got "
+                             f"{type(state).__name__}")
+        why = self.position.check_state(state.get("files"))
+        state_int(state, "row")
+        return why
+
+    def load_state_dict(self, state):
+        self.position.load_state_dict(state["files"])
+        self._load_current()
+        row = state["row"]
+        if row >= len(self.perm):
+            raise ValueError(f"'row' is {row} but '{self._loaded}' has {len(self.perm)} rows")
+        self.row = row
 
     def close(self):
         pass

@@ -16,6 +16,10 @@ from numpy.lib.stride_tricks import sliding_window_view
 from ..errors import DataError
 from ..proto import caffe_pb2
 
+# The SSD fork's transform_param fields (its AnnotatedData layer's augmentation).
+SSD_AUGMENTATION = ("resize_param", "noise_param", "distort_param", "expand_param",
+                    "emit_constraint", "crop_h", "crop_w")
+
 log = logging.getLogger("caffe_lite")
 
 
@@ -71,6 +75,10 @@ class DataTransformer:
         p = self.param
         self.phase = phase
         self.where = where
+        fork = [f for f in SSD_AUGMENTATION if p.HasField(f)]
+        if fork:
+            raise DataError(f"{where}: transform_param.{fork[0]} is the SSD fork's data "
+                            "augmentation, which caffe-lite does not implement")
         self.scale = np.float32(p.scale)
         self.crop_size = int(p.crop_size)
         if p.force_color and p.force_gray:

@@ -1,4 +1,6 @@
 """BlobProto <-> Blob / numpy, including Caffe's legacy 4-D (num, channels, height, width) form."""
+import math
+
 import numpy as np
 
 from ..errors import ModelFileError, ShapeMismatchError
@@ -10,12 +12,16 @@ _LEGACY = ("num", "channels", "height", "width")
 def proto_shape(proto):
     """The shape a BlobProto declares: `shape.dim`, or the legacy 4-D fields when set.
 
-    Raises ModelFileError for a blob that declares no shape at all but holds values."""
+    A blob that declares no shape at all is a scalar, as in Caffe (whose empty shape has count
+    1): one value reads as a 0-d array; any other count raises ModelFileError (a ValueError, as
+    pycaffe's io.blobproto_to_array raises)."""
     if any(proto.HasField(f) for f in _LEGACY):
         return tuple(int(getattr(proto, f)) for f in _LEGACY)
     if proto.HasField("shape"):
         return tuple(int(d) for d in proto.shape.dim)
     n = len(proto.data) or len(proto.double_data)
+    if n == 1:
+        return ()
     raise ModelFileError(f"a BlobProto holds {n} values but declares no shape "
                          "(neither shape.dim nor num/channels/height/width)")
 
@@ -30,11 +36,16 @@ def proto_values(proto, source="", what="data"):
 
 
 def proto_to_array(proto, source="", what="data"):
+    from ..blob import MAX_BLOB_AXES, MAX_BLOB_COUNT
     shape = proto_shape(proto)
+    where = f"{source}: " if source else ""
+    count = math.prod(shape)
+    if any(d < 0 for d in shape) or len(shape) > MAX_BLOB_AXES or count > MAX_BLOB_COUNT:
+        raise ModelFileError(f"{where}blob shape {shape} is not a valid blob shape (dimensions "
+                             f">= 0, at most {MAX_BLOB_AXES} axes, fewer than 2^31 elements): "
+                             "the file is corrupt")
     values = proto_values(proto, source, what)
-    count = int(np.prod(shape, dtype=np.int64))
     if values.size != count:
-        where = f"{source}: " if source else ""
         raise ModelFileError(f"{where}blob of shape {shape} needs {count} values but holds "
                              f"{values.size}: the file is truncated or corrupt")
     return values.reshape(shape)
@@ -48,11 +59,24 @@ def array_to_proto(array, proto=None, diff=None):
     proto.shape.SetInParent()  # a 0-axis (scalar) blob still declares its empty shape
     proto.shape.dim.extend(array.shape)
     proto.ClearField("data")
-    proto.data.extend(array.ravel().tolist())
+    merge_packed_floats(proto, 5, array)
     if diff is not None:
         proto.ClearField("diff")
-        proto.diff.extend(np.asarray(diff, dtype=np.float32).ravel().tolist())
+        merge_packed_floats(proto, 6, np.asarray(diff, dtype=np.float32))
     return proto
+
+
+def merge_packed_floats(proto, field, array):
+    """Append float32 values to a packed repeated float field through the wire format (parsed
+    in C: several times faster than extending the field from a Python list)."""
+    raw = np.ascontiguousarray(array, dtype="<f4").tobytes()
+    n, head = len(raw), bytearray([field << 3 | 2])
+    while True:
+        head.append((n & 0x7F) | (0x80 if n >> 7 else 0))
+        n >>= 7
+        if not n:
+            break
+    proto.MergeFromString(bytes(head) + raw)
 
 
 def blob_to_proto(blob, proto=None, write_diff=False):

@@ -4,7 +4,7 @@ import os
 
 from google.protobuf.message import DecodeError
 
-from ..errors import CaffeLiteError, ModelFileError
+from ..errors import CaffeLiteError, MissingFileError, ModelFileError
 from ..proto import caffe_pb2
 from ..util.atomic import atomic_write_bytes
 from .blobproto import proto_to_array
@@ -19,7 +19,7 @@ def _read_bytes(path):
         with open(path, "rb") as f:
             return f.read()
     except FileNotFoundError:
-        raise CaffeLiteError(f"{path}: no such file") from None
+        raise MissingFileError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise CaffeLiteError(f"{path}: is a directory, expected a weights file") from None
 
@@ -55,8 +55,10 @@ def read_net_binary(path):
     return net
 
 
-def load_weights(path):
-    """[(layer_name, [float32 arrays])] from a binary caffemodel or an HDF5 caffemodel.
+def load_weights(path, net=None):
+    """[(layer_name, [float32 arrays])] from a binary caffemodel, an HDF5 caffemodel or a
+    caffe-lite compressed model (told apart by their first bytes), or, given the `net` it
+    belongs to, a compressed model published by Deep Compression (recognised by its size).
     (An HDF5 file may hold None for a parameter a layer shares with another.)"""
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -65,6 +67,11 @@ def load_weights(path):
         head = f.read(8)
     if head == HDF5_SIGNATURE:
         return _load_hdf5(path)
+    from ..compression import deepcompression, format as compressed
+    if head == compressed.MAGIC:
+        return compressed.load_weights(path)
+    if net is not None and deepcompression.matches(path, net):
+        return deepcompression.load_weights(path, net)
     net = read_net_binary(path)
     out = []
     for layer in net.layer:
@@ -77,7 +84,7 @@ def load_weights(path):
 def _missing(path):
     if os.path.isdir(path):
         raise CaffeLiteError(f"{path}: is a directory, expected a weights file")
-    raise CaffeLiteError(f"{path}: no such file")
+    raise MissingFileError(f"{path}: no such file")
 
 
 def _load_hdf5(path):

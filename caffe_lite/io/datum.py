@@ -8,7 +8,7 @@ import numbers
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from ..errors import DataError
+from ..errors import DataError, DataShapeError
 from ..proto import caffe_pb2
 
 
@@ -32,7 +32,8 @@ def array_to_datum(arr, label=None):
     `float_data`.  As pycaffe's caffe.io.array_to_datum."""
     arr = np.asarray(arr)
     if arr.ndim != 3:
-        raise DataError(f"array_to_datum: expected a 3-D C x H x W array, got shape {arr.shape}")
+        raise DataShapeError(f"array_to_datum: expected a 3-D C x H x W array, got shape "
+                             f"{arr.shape}")
     datum = caffe_pb2.Datum()
     datum.channels, datum.height, datum.width = (int(d) for d in arr.shape)
     if arr.dtype == np.uint8:

@@ -8,6 +8,9 @@ from ..errors import CaffeLiteError, ModelFileError
 from ..util.atomic import atomic_open
 
 
+_MAX_PARAMS = 1024   # no layer has more parameter blobs; a larger index is damage
+
+
 def _h5py(path):
     try:
         import h5py
@@ -39,26 +42,36 @@ def load_hdf5_weights(path):
             for name, g in _layer_groups(f["data"]):
                 idx = {int(k): np.asarray(v, dtype=np.float32) for k, v in g.items()
                        if k.isdigit()}
+                if max(idx) >= _MAX_PARAMS:
+                    raise ModelFileError(f"{path}: layer '{name}' has a parameter numbered "
+                                         f"{max(idx)}; not a caffemodel")
                 out.append((name, [idx.get(i) for i in range(max(idx) + 1)]))
-    except OSError as exc:
-        raise ModelFileError(f"{path}: unreadable HDF5 caffemodel ({exc})") from None
+    except (OSError, RuntimeError, ValueError, TypeError, KeyError) as exc:
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelFileError(f"{path}: unreadable HDF5 caffemodel ({detail})") from None
     return out
 
 
 def save_net_hdf5(net, path, write_diff=False, overwrite=True):
-    h5py = _h5py(path)
     path = os.fspath(path)
+    _h5py(path)
     with atomic_open(path, "w+b", overwrite=overwrite) as fobj:
-        with h5py.File(fobj, "w") as f:
-            data = f.create_group("data")
-            diff = f.create_group("diff") if write_diff else None
-            for lid, (name, layer) in enumerate(zip(net.layer_names, net.layers)):
-                if not layer.blobs:
-                    continue
-                dg = data.require_group(name)
-                fg = diff.require_group(name) if diff is not None else None
-                for pid, b in enumerate(layer.blobs):
-                    if net.param_owners[net.param_ids[lid][pid]] == -1:
-                        dg.create_dataset(str(pid), data=b.cpu_data)
-                    if fg is not None:
-                        fg.create_dataset(str(pid), data=b.cpu_diff)
+        write_net_hdf5(net, fobj, write_diff)
+
+
+def write_net_hdf5(net, fobj, write_diff=False):
+    """Write the net's weights in Caffe's HDF5 layout into an open binary file object."""
+    h5py = _h5py(getattr(fobj, "name", "HDF5 file"))
+    with h5py.File(fobj, "w") as f:
+        data = f.create_group("data")
+        diff = f.create_group("diff") if write_diff else None
+        for lid, (name, layer) in enumerate(zip(net.layer_names, net.layers)):
+            if not layer.blobs:
+                continue
+            dg = data.require_group(name)
+            fg = diff.require_group(name) if diff is not None else None
+            for pid, b in enumerate(layer.blobs):
+                if net.param_owners[net.param_ids[lid][pid]] == -1:
+                    dg.create_dataset(str(pid), data=b.cpu_data)
+                if fg is not None:
+                    fg.create_dataset(str(pid), data=b.cpu_diff)

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from ..errors import CaffeLiteError, DataError
+from ..errors import CaffeLiteError, DataError, DataShapeError, MissingDataError
 
 
 class TransformerError(CaffeLiteError, ValueError):
@@ -38,7 +38,7 @@ def load_image(filename, color=True):
             else:
                 arr = np.asarray(img.convert("RGB"), dtype=np.float32) / np.float32(255)
     except FileNotFoundError:
-        raise DataError(f"{path}: no such image file") from None
+        raise MissingDataError(f"{path}: no such image file") from None
     except Exception as exc:
         raise DataError(f"{path}: cannot decode the image: {type(exc).__name__}: {exc}") \
             from None
@@ -63,7 +63,8 @@ def resize_image(im, new_dims, interp_order=1):
     that are not 1- or 3-channel."""
     im = np.asarray(im)
     if im.ndim != 3:
-        raise DataError(f"resize_image: expected an H x W x K image, got shape {im.shape}")
+        raise DataShapeError(f"resize_image: expected an H x W x K image, got shape "
+                             f"{im.shape}")
     new_h, new_w = (int(d) for d in new_dims)
     if new_h <= 0 or new_w <= 0:
         raise DataError(f"resize_image: new_dims must be positive, got {tuple(new_dims)}")
@@ -89,11 +90,13 @@ def oversample(images, crop_dims):
     ims = np.asarray(images if isinstance(images, np.ndarray) else np.stack(images),
                      dtype=np.float32)
     if ims.ndim != 4:
-        raise DataError(f"oversample: expected N images of H x W x K, got shape {ims.shape}")
+        raise DataShapeError(f"oversample: expected N images of H x W x K, got shape "
+                             f"{ims.shape}")
     n, h, w, k = ims.shape
     ch, cw = (int(d) for d in crop_dims)
     if ch > h or cw > w:
-        raise DataError(f"oversample: crop {ch}x{cw} is larger than the images ({h}x{w})")
+        raise DataShapeError(f"oversample: crop {ch}x{cw} is larger than the images "
+                             f"({h}x{w})")
     starts = [(0, 0), (0, w - cw), (h - ch, 0), (h - ch, w - cw),
               (int(h / 2.0 - ch / 2.0), int(w / 2.0 - cw / 2.0))]
     crops = np.empty((n, 10, ch, cw, k), np.float32)

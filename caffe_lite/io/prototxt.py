@@ -4,7 +4,7 @@ import re
 
 from google.protobuf import text_format
 
-from ..errors import CaffeLiteError, PrototxtError
+from ..errors import CaffeLiteError, MissingFileError, PrototxtError
 from ..util.atomic import atomic_write_text
 
 
@@ -29,7 +29,7 @@ def read_text(path, message):
         with open(path, "r", encoding="utf-8") as f:
             text = f.read()
     except FileNotFoundError:
-        raise CaffeLiteError(f"{path}: no such file") from None
+        raise MissingFileError(f"{path}: no such file") from None
     except UnicodeDecodeError:
         raise PrototxtError(path, None, None,
                             "not a text prototxt (binary content; is this a caffemodel?)") from None
@@ -58,7 +58,7 @@ def load_message(source, message_cls, what="prototxt"):
             return read_text(p, message_cls()), p
         if looks_like_text_proto(p):
             return parse_text(p, message_cls()), None
-        raise CaffeLiteError(f"{p}: no such {what} file")
+        raise MissingFileError(f"{p}: no such {what} file")
     raise CaffeLiteError(f"expected a {what} path, text or {message_cls.__name__}, "
                          f"got {type(source).__name__}")
 

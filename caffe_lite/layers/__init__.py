@@ -5,7 +5,7 @@ from .registry import LAYERS, create_layer, layer_type_list, register
 # Importing the family modules registers their layers.
 from . import (input, conv, depthwise, inner_product, pooling, neuron,  # noqa: E402,F401
                normalization, scale_bias, eltwise, concat_slice, reshaping, softmax, loss,
-               accuracy, data_layers)
+               accuracy, data_layers, python, detection, normalize)
 
 
 

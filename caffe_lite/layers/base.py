@@ -11,7 +11,11 @@ Conventions that every layer follows, because the Net and the solvers depend on 
   * bottom gradients are OVERWRITTEN, and only computed where propagate_down[i] is true;
   * reads go through `cpu_data` / `cpu_diff`, writes through `data` / `diff`.
 """
+import math
+
 import numpy as np
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from ..backend import state as _mode
 from ..blob import Blob
@@ -20,6 +24,26 @@ from ..proto import caffe_pb2
 
 
 GPU_IMPLS = {}
+_FLOATS = (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE)
+
+
+def _non_finite(msg, path=""):
+    """(field path, value) of the first NaN or infinite number set in a layer's parameters
+    (its blobs are weights, not parameters), or None."""
+    for fd, value in msg.ListFields():
+        if fd.name == "blobs" and not path:
+            continue
+        name = f"{path}{fd.name}"
+        if fd.type in _FLOATS:
+            for v in ([value] if isinstance(value, float) else value):
+                if not math.isfinite(v):
+                    return name, v
+        elif fd.type == FieldDescriptor.TYPE_MESSAGE:
+            for m in ([value] if isinstance(value, Message) else value):
+                found = _non_finite(m, name + ".")
+                if found:
+                    return found
+    return None
 
 
 def gpu_impl(*type_names):
@@ -66,6 +90,9 @@ class Layer:
         self.layer_param = caffe_pb2.LayerParameter()
         self.layer_param.CopyFrom(layer_param)
         self.phase = self.layer_param.phase
+        bad = _non_finite(self.layer_param)
+        if bad:
+            raise self.error(f"{bad[0]} is {bad[1]}; parameters must be finite numbers")
         self.blobs = []
         for i, bp in enumerate(self.layer_param.blobs):
             b = Blob(name=f"{self.name}[{i}]")

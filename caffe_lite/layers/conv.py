@@ -4,8 +4,11 @@ The arithmetic lives in engines (im2col.GemmEngine, depthwise.DepthwiseEngine); 
 reads convolution_param exactly as Caffe does, shapes blobs, and wires the engines to
 bottoms and tops.  Deconvolution is the same engine with bottom and top exchanged: its
 forward is the convolution's backward-data, its backward-data the convolution's forward."""
+import math
+
 import numpy as np
 
+from . import sparse
 from .base import Layer
 from .im2col import ConvGeometry, GemmEngine
 from .registry import register
@@ -56,7 +59,7 @@ class BaseConvolution(Layer):
         stride = _spatial_param(self, p, "stride", "stride_h", "stride_w", nsp, 1, True,
                                 "stride")
         pad = _spatial_param(self, p, "pad", "pad_h", "pad_w", nsp, 0, False, "pad")
-        dilation = _spatial_param(self, p, "dilation", None, None, nsp, 1, False, "dilation")
+        dilation = _spatial_param(self, p, "dilation", None, None, nsp, 1, True, "dilation")
         self.geom = ConvGeometry(kernel, stride, pad, dilation)
 
         self.channels = bottom[0].shape[self.channel_axis]
@@ -89,6 +92,14 @@ class BaseConvolution(Layer):
             if self.bias_term:
                 self.blobs.append(self.param_blob(bias_shape, p.bias_filler))
         self.engine = self.make_engine()
+        if self.reverse_dimensions:
+            why = "Deconvolution runs dense"
+        elif not isinstance(self.engine, GemmEngine):
+            why = "the depthwise kernel runs dense"
+        else:
+            why = ""
+        self.sparse = sparse.SparsePath(self, None if why else "conv", group=self.group,
+                                        unsupported=why)
 
     def make_engine(self):
         if self.group > 1 and self.group == self.conv_in:
@@ -121,12 +132,13 @@ class BaseConvolution(Layer):
                              f"{out_spatial} (kernel {self.geom.kernel}, stride "
                              f"{self.geom.stride}, pad {self.geom.pad}, dilation "
                              f"{self.geom.dilation})")
-        self.num = int(np.prod(shape[:ax], dtype=np.int64))
+        self.num = math.prod(shape[:ax])
         top_shape = shape[:ax] + (self.num_output,) + out_spatial
         for t in top:
             t.reshape(top_shape)
         self.bottom_shape = (self.num, self.channels) + tuple(in_spatial)
         self.top_shape = (self.num, self.num_output) + tuple(out_spatial)
+        self.columns = math.prod(out_spatial)  # positions per image, for the sparse path
         # A zero-size bottom or top (Caffe allows e.g. (1 - 3) / 2 + 1 = 0): every product is
         # empty, so the top is just the bias and every gradient but the bias's is zero.
         self.empty = 0 in self.bottom_shape or 0 in self.top_shape
@@ -146,17 +158,28 @@ class BaseConvolution(Layer):
 
     def forward_cpu(self, bottom, top):
         w = self.blobs[0].cpu_data
+        csr = None if self.empty else self.sparse.choose(self.columns)
         for b, t in zip(bottom, top):
             x = b.cpu_data.reshape(self.bottom_shape)
             y = t.data.reshape(self.top_shape)
             if self.empty:
                 y[...] = 0
                 self._add_bias(y)
+            elif csr is not None:
+                sparse.convolution(self.sparse, csr, x, self._bias(), y)
             elif self.reverse_dimensions:
                 self.engine.backward_data(x, w, y)
                 self._add_bias(y)
             else:
                 self.engine.forward(x, w, self._bias(), y)
+
+    def forward_gpu(self, bottom, top):
+        csr = None if self.empty else self.sparse.choose(self.columns, gpu=True)
+        if csr is None:
+            super().forward_gpu(bottom, top)
+        else:
+            from .cuda import sparse as cuda_sparse
+            cuda_sparse.convolution(self, csr, bottom, top)
 
     def backward_cpu(self, top, propagate_down, bottom):
         w = self.blobs[0].cpu_data

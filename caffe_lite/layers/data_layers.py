@@ -4,7 +4,12 @@ Data layers have no bottoms and no backward.  Data and ImageData load, decode an
 their batches in a background thread (data_param.prefetch batches ahead, default 4) so loading
 overlaps compute; call `close()` to stop it early (it also stops when the layer is collected).
 Their random draws (crop offsets, mirror flips, shuffles, rand_skip) come from a generator
-derived from caffe-lite's global one at setup, so a run is reproducible from random_seed."""
+derived from caffe-lite's global one at setup, so a run is reproducible from random_seed.
+
+Every data layer keeps its place: `state_dict()` gives the read position (data/position.py)
+and the state of the layer's generator as of the batches the net has *consumed* (not those the
+prefetch thread has read ahead), and `load_state_dict()` continues from there, so a snapshot
+resumes the exact stream of batches."""
 import logging
 import os
 
@@ -13,6 +18,7 @@ import numpy as np
 from ..data.prefetch import Prefetcher, attach
 from ..data.transformer import DataTransformer, derive_rng
 from ..errors import DataError
+from ..data.position import state_int
 from ..fillers import fill
 from ..proto import caffe_pb2
 from .base import Layer
@@ -49,21 +55,29 @@ class _PrefetchingDataLayer(Layer):
         rng = None
         if self.transformer.needs_rand or self._source_needs_rand():
             rng = derive_rng()
-        self.transformer.rng = rng
+        self.transformer.rng = self.rng = rng
         self.source = self._make_source(rng)
         top[0].reshape(self.source.top_shape)
         if len(top) > 1:
             top[1].reshape((self.source.batch_size,))
-        self._prefetcher = Prefetcher(self.source.next_batch,
-                                      self.layer_param.data_param.prefetch, self.where,
-                                      on_close=self.source.close)
+        self._consumed = _reader_state(self.source, rng)
+        self._start_prefetch()
+
+    def _start_prefetch(self):
+        source, rng = self.source, self.rng  # the thread must not hold the layer
+
+        def produce():
+            data, labels = source.next_batch()
+            return data, labels, _reader_state(source, rng)
+        self._prefetcher = Prefetcher(produce, self.layer_param.data_param.prefetch,
+                                      self.where, on_close=source.close)
         self._finalizer = attach(self, self._prefetcher)
 
     def reshape(self, bottom, top):
         pass  # shapes come from each batch in forward (as Caffe's prefetching layers do)
 
     def forward_cpu(self, bottom, top):
-        data, labels = self._prefetcher.get()
+        data, labels, self._consumed = self._prefetcher.get()
         top[0].reshape(data.shape)
         top[0].data[...] = data
         if len(top) > 1:
@@ -71,10 +85,50 @@ class _PrefetchingDataLayer(Layer):
             top[1].data[...] = labels
         self.source.buffers.recycle(data)  # its memory is reused for a later batch
 
+    # --- persistence -----------------------------------------------------------------------
+    def state_dict(self):
+        """Position and generator after the last batch forward() returned."""
+        return dict(self._consumed)
+
+    def load_state_dict(self, state):
+        """Continue after the batch a state_dict() was taken at: the prefetch thread is
+        stopped, the batches it read ahead are dropped, and it restarts from there.  Raises
+        ValueError for a state that is not one; a position that does not fit this source (its
+        size changed) restarts at the beginning with a warning."""
+        if not isinstance(state, dict) or "position" not in state:
+            raise ValueError("expected an object with a 'position'")
+        why = self.source.check_state(state["position"])
+        saved_rng = state.get("rng")
+        if (saved_rng is None) != (self.rng is None):
+            why = why or "the snapshot's layer " + ("draws no" if saved_rng is None else
+                                                    "draws") + " random numbers, this one " + \
+                ("does" if saved_rng is None else "does not")
+        if why:
+            log.warning("%s: cannot continue where the snapshot stopped reading (%s); reading "
+                        "starts over", self.where, why)
+            return
+        if self.rng is not None:
+            probe = type(self.rng.bit_generator)()
+            probe.state = saved_rng  # raises ValueError / TypeError before anything changes
+        self._finalizer.detach()
+        if not self._prefetcher.stop(timeout=60):
+            raise DataError(f"{self.where}: the prefetch thread did not stop within 60 s")
+        self.source.load_state_dict(state["position"])
+        if self.rng is not None:
+            self.rng.bit_generator.state = saved_rng
+        self._consumed = dict(state)
+        self._start_prefetch()
+
     def close(self):
         """Stop the prefetch thread and release the source (LMDB environment, ...)."""
         if self._finalizer is not None:
             self._finalizer()
+
+
+def _reader_state(source, rng):
+    """A prefetching layer's state after the batch its source has just made."""
+    return {"position": source.state_dict(),
+            "rng": None if rng is None else rng.bit_generator.state}
 
 
 @register("Data")
@@ -151,6 +205,19 @@ class HDF5DataLayer(Layer):
             t.reshape(arr.shape)
             t.data[...] = arr
 
+    def state_dict(self):
+        return {"position": self.source.state_dict()}
+
+    def load_state_dict(self, state):
+        if not isinstance(state, dict) or "position" not in state:
+            raise ValueError("expected an object with a 'position'")
+        why = self.source.check_state(state["position"])
+        if why:
+            log.warning("layer '%s' (HDF5Data): cannot continue where the snapshot stopped "
+                        "reading (%s); reading starts over", self.name, why)
+            return
+        self.source.load_state_dict(state["position"])
+
 
 @register("MemoryData")
 class MemoryDataLayer(Layer):
@@ -203,6 +270,9 @@ class MemoryDataLayer(Layer):
         self._data = data
         self._labels = np.ascontiguousarray(labels.reshape(n), dtype=np.float32)
         self.pos = 0
+        resume, self._resume = getattr(self, "_resume", None), None
+        if resume is not None and resume[1] == n:  # restored before the arrays were given
+            self.pos = resume[0]
 
     def set_batch_size(self, batch_size):
         if self._data is not None and self._data.shape[0] % batch_size:
@@ -219,6 +289,32 @@ class MemoryDataLayer(Layer):
         top[0].data[...] = self._data[p:p + b]
         top[1].data[...] = self._labels[p:p + b]
         self.pos = (p + b) % self._data.shape[0]
+
+    def state_dict(self):
+        """The read position in the arrays (the arrays are the caller's: give the same ones
+        with set_input_arrays, before or after restoring)."""
+        return {"pos": self.pos, "items": None if self._data is None else self._data.shape[0]}
+
+    def load_state_dict(self, state):
+        if not isinstance(state, dict):
+            raise ValueError("expected an object")
+        pos = state_int(state, "pos")
+        items = state.get("items")
+        if items is not None:
+            items = state_int(state, "items", 1)
+            if pos >= items or pos % self.batch_size:
+                raise ValueError(f"'pos' {pos} is not a batch start among {items} items")
+        self.pos, self._resume = 0, None
+        if items is None or pos == 0:
+            return
+        if self._data is None:
+            self._resume = (pos, items)  # applied by reset() when it gets as many items
+        elif self._data.shape[0] == items:
+            self.pos = pos
+        else:
+            log.warning("layer '%s' (MemoryData): the snapshot was reading item %d of %d, "
+                        "the arrays given have %d items; reading starts over", self.name, pos,
+                        items, self._data.shape[0])
 
 
 @register("DummyData")

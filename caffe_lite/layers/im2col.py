@@ -13,11 +13,11 @@ w (conv_out, conv_in / group, *kernel) and y (num, conv_out, *out):
     backward_weight(x, dy, dw)   dw += d(sum y*dy)/dw           accumulate
 Deconvolution uses the same three with the roles of its bottom and top swapped."""
 import itertools
-import math
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from ..blob import checked_count
 from . import jit
 from .parallel import matmul, num_threads, run_blocks, run_flat, run_tasks  # noqa: F401
 
@@ -36,7 +36,7 @@ class Scratch:
         self._bufs = {}
 
     def get(self, key, shape, zero=False):
-        n = math.prod(shape)
+        n = checked_count(shape, f"work buffer '{key}'")
         buf = self._bufs.get(key)
         if buf is None or buf.size < n:
             buf = np.zeros(n, np.float32) if zero else np.empty(n, np.float32)
@@ -138,6 +138,7 @@ class PaddedRows:
             self.buf = None
             return
         shape = (rows,) + tuple(padded_spatial)
+        checked_count(shape, "the padded input (pad too large?)")
         if self.buf is None or self.buf.shape != shape:
             self.buf = np.zeros(shape, np.float32)
         self.interior = (slice(None),) + tuple(slice(p, p + i) for p, i in zip(pad, in_spatial))

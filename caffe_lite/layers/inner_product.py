@@ -3,6 +3,7 @@ import numpy as np
 
 from ..errors import CaffeLiteError
 from .base import Layer
+from . import sparse
 from .parallel import matmul
 from .registry import register
 
@@ -12,7 +13,8 @@ class InnerProductLayer(Layer):
     """top = bottom(M, K) x W^T + b, with K = count(axis:) and M = count(:axis).
 
     W is stored (num_output, K), or (K, num_output) with `transpose: true`; the top keeps the
-    bottom's axes before `axis` and replaces the rest with num_output."""
+    bottom's axes before `axis` and replaces the rest with num_output.  A pruned W may run
+    forward from its CSR copy (layers/sparse.py: `self.sparse`)."""
     exact_num_bottom = 1
     exact_num_top = 1
     prunable = True
@@ -26,6 +28,8 @@ class InnerProductLayer(Layer):
     def layer_setup(self, bottom, top):
         p = self.layer_param.inner_product_param
         self.num_output = int(p.num_output)
+        if self.num_output < 1:
+            raise self.error(f"num_output must be >= 1, got {self.num_output}")
         self.bias_term = p.bias_term
         self.transpose = p.transpose
         self.axis = self._canonical_axis(bottom[0])
@@ -43,6 +47,7 @@ class InnerProductLayer(Layer):
             self.blobs = [self.param_blob(shapes[0], p.weight_filler)]
             if self.bias_term:
                 self.blobs.append(self.param_blob(shapes[1], p.bias_filler))
+        self.sparse = sparse.SparsePath(self, "ip", transpose=self.transpose)
 
     def reshape(self, bottom, top):
         axis = self._canonical_axis(bottom[0])
@@ -63,9 +68,24 @@ class InnerProductLayer(Layer):
     def forward_cpu(self, bottom, top):
         x = bottom[0].cpu_data.reshape(self.M, self.K)
         y = top[0].data.reshape(self.M, self.num_output)
+        csr = self.sparse.choose(self.M)
+        if csr is not None:
+            sparse.inner_product(self.sparse, csr, x, self._bias(), y)
+            return
         matmul(x, self._weight_as_kn(self.blobs[0].cpu_data), y)
         if self.bias_term:
             y += self.blobs[1].cpu_data
+
+    def forward_gpu(self, bottom, top):
+        csr = self.sparse.choose(self.M, gpu=True)
+        if csr is None:
+            super().forward_gpu(bottom, top)
+        else:
+            from .cuda import sparse as cuda_sparse
+            cuda_sparse.inner_product(self, csr, bottom, top)
+
+    def _bias(self):
+        return self.blobs[1].cpu_data if self.bias_term else None
 
     def backward_cpu(self, top, propagate_down, bottom):
         dy = top[0].cpu_diff.reshape(self.M, self.num_output)

@@ -8,21 +8,31 @@ float32 rounding.  CAFFE_LITE_JIT=0 turns the kernels off.
 
 The kernels are compiled on first use and cached on disk (numba's cache=True), so only the
 first run on a machine pays the compile time; `warm_up()` compiles them ahead of time."""
+import importlib
 import os
 
 _kernels = None
 _tried = False
+_families = {}
 
 
 def enabled():
     return os.environ.get("CAFFE_LITE_JIT", "1").lower() not in ("0", "false", "no", "off")
 
 
-def kernels():
-    """The compiled-kernel module, or None (no numba, or CAFFE_LITE_JIT=0)."""
+def kernels(family=None):
+    """The compiled-kernel module, or None (no numba, or CAFFE_LITE_JIT=0).  With `family`,
+    the module layers/numba/<family>.py (STYLE.md A1: one numba file per family)."""
     global _kernels, _tried
     if not enabled():
         return None
+    if family is not None:
+        if family not in _families:
+            try:
+                _families[family] = importlib.import_module(f".numba.{family}", __package__)
+            except ImportError:
+                _families[family] = None
+        return _families[family]
     if not _tried:
         _tried = True
         try:

@@ -493,7 +493,7 @@ class DropoutLayer(NeuronLayer):
 
     def layer_setup(self, bottom, top):
         ratio = self.layer_param.dropout_param.dropout_ratio
-        if not 0 <= ratio < 1:
+        if not 0 <= F32(ratio) < 1:  # checked as stored: 0.99999999 is 1.0 in float32
             raise self.error(f"dropout_ratio must be in [0, 1), got {ratio}")
         self.threshold = F32(ratio)
         self.scale = F32(1.0 / (1.0 - float(self.threshold)))
@@ -530,6 +530,8 @@ class ClipLayer(_KeepsInput):
     def layer_setup(self, bottom, top):
         p = self.layer_param.clip_param
         self.min, self.max = F32(p.min), F32(p.max)
+        if self.min > self.max:
+            raise self.error(f"clip_param min ({p.min:g}) must not exceed max ({p.max:g})")
         self._mask = Scratch(np.bool_)
         self._tmp = Scratch(np.bool_)
 

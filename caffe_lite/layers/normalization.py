@@ -37,6 +37,12 @@ class BatchNormLayer(NeuronLayer):
         self.use_global_stats = (p.use_global_stats if p.HasField("use_global_stats")
                                  else self.phase == caffe_pb2.TEST)
         self.eps = _F(p.eps)
+        if not self.eps > 0:
+            raise self.error(f"batch_norm_param eps must be > 0 (it keeps 1 / sqrt(var + eps) "
+                             f"finite), got {p.eps:g}")
+        if not 0 <= p.moving_average_fraction <= 1:
+            raise self.error(f"batch_norm_param moving_average_fraction must be in [0, 1], got "
+                             f"{p.moving_average_fraction:g}")
         self.channels = 1 if bottom[0].num_axes == 1 else bottom[0].shape[1]
         shapes = [(self.channels,), (self.channels,), (1,)]
         if self.blobs:

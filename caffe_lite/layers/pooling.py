@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 from ..backend.state import rng
+from ..blob import checked_count
 from ..proto import caffe_pb2
 from . import jit
 from .base import Layer
@@ -123,6 +124,8 @@ class PoolingLayer(Layer):
         buf_w = max((out_w - 1) * sw + kw, w + pw)
         self._padded = ph > 0 or pw > 0 or buf_h > h or buf_w > w
         if self._padded:
+            checked_count((n, c, buf_h, buf_w), f"the padded input of kernel {kh}x{kw}, pad "
+                                                 f"{ph}x{pw}, stride {sh}x{sw}")
             fill = -np.inf if self.pool == _P.MAX else 0.0
             self._buf = np.full((n, c, buf_h, buf_w), fill, np.float32)
             self._dbuf = np.zeros((n, c, buf_h, buf_w), np.float32)

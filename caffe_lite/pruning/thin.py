@@ -14,6 +14,7 @@ import logging
 import numpy as np
 
 from ..io.blobproto import array_to_proto
+from ..io.masks import mask_entries
 from ..proto import caffe_pb2
 from .spec import PruningError
 from .structure import ChannelGraph
@@ -25,6 +26,7 @@ log = logging.getLogger("caffe_lite")
 class ThinResult:
     net_param: caffe_pb2.NetParameter   # the thinned prototxt (all phases)
     weights: caffe_pb2.NetParameter     # the thinned caffemodel
+    masks: list                         # [(layer, param index, weights, mask)] (io/masks.py)
     channels: dict                      # producer layer -> (before, after)
     params_before: int
     params_after: int
@@ -63,17 +65,24 @@ def thin_net(net, net_param, graph=None):
         new_counts[layer] = (before, before - gone)
 
     weights = net.to_proto()
+    masks = []
+    owned = {(name, pid) for name, pid, _ in mask_entries(net)}
     before = after = 0
     for lp in weights.layer:
         layer = net.layer_dict[lp.name]
         lp.ClearField("blobs")
         for i, b in enumerate(layer.blobs):
-            arr = b.cpu_data
+            arr, mask = b.cpu_data, b.cpu_mask
             before += arr.size
             for axis, idx in sorted(deletes.get((lp.name, i), {}).items()):
                 arr = np.delete(arr, sorted(idx), axis=axis)
+                if mask is not None:
+                    mask = np.delete(mask, sorted(idx), axis=axis)
             after += arr.size
-            array_to_proto(np.ascontiguousarray(arr), lp.blobs.add())
+            arr = np.ascontiguousarray(arr)
+            array_to_proto(arr, lp.blobs.add())
+            if (lp.name, i) in owned:
+                masks.append((lp.name, i, arr, np.ascontiguousarray(mask)))
     out = caffe_pb2.NetParameter()
     out.CopyFrom(net_param)
     changed = {n: c for n, c in new_counts.items() if c[0] != c[1]}
@@ -86,7 +95,7 @@ def thin_net(net, net_param, graph=None):
                     lp.convolution_param.group = changed[lp.name][1]
     for n, (b, a) in changed.items():
         log.info("thin %s: %d -> %d channels", n, b, a)
-    return ThinResult(out, weights, new_counts, before, after)
+    return ThinResult(out, weights, masks, new_counts, before, after)
 
 
 def max_output_difference(net_a, net_b, inputs):

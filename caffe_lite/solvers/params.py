@@ -1,6 +1,7 @@
 """Reading a solver.prototxt: the deprecated solver_type upgrade, net-path resolution and the
-checks Caffe makes before training."""
+checks Caffe makes before training, plus range checks on every number the solver reads."""
 import logging
+import math
 import os
 
 from ..errors import SolverError
@@ -102,6 +103,43 @@ def check_solver_param(param, where="<solver>"):
         raise SolverError(f"{where}: snapshot interval must be >= 0")
     if param.average_loss < 1:
         raise SolverError(f"{where}: average_loss must be >= 1")
+    try:
+        check_numbers(param)
+    except SolverError as exc:
+        raise SolverError(f"{where}: {exc}") from None
+
+
+# Solver types whose update divides by sqrt(history) + delta (or of it): delta must be > 0.
+_USES_DELTA = ("AdaGrad", "RMSProp", "AdaDelta", "Adam")
+
+
+def check_numbers(param):
+    """Range checks on the numbers the solver loop and the updates read (the learning-rate
+    policy's are check_policy's)."""
+    def need(ok, name, rule):
+        if not ok:
+            raise SolverError(f"{name} must be {rule}, got {getattr(param, name):g}")
+    for name in ("max_iter", "display", "test_interval", "device_id"):
+        need(getattr(param, name) >= 0, name, ">= 0")
+    for i, n in enumerate(param.test_iter):
+        if n < 0:
+            raise SolverError(f"test_iter must be >= 0, got {n} (test net #{i})")
+    for name in ("momentum", "weight_decay"):
+        need(math.isfinite(getattr(param, name)) and getattr(param, name) >= 0, name,
+             "finite and >= 0")
+    need(not math.isnan(param.clip_gradients), "clip_gradients", "a number (< 0: no clipping)")
+    t = param.type
+    if t in _USES_DELTA:
+        need(math.isfinite(param.delta) and param.delta > 0, "delta",
+             f"finite and > 0 for {t}")
+    if t == "AdaDelta":
+        need(param.momentum <= 1, "momentum", "<= 1 for AdaDelta (its decay rate)")
+    if t == "Adam":
+        need(param.momentum < 1, "momentum", "< 1 for Adam (its beta1)")
+        need(0 <= param.momentum2 < 1, "momentum2", "in [0, 1) for Adam")
+    if any(ord(c) < 32 or ord(c) == 127 for c in param.snapshot_prefix):
+        raise SolverError(f"snapshot_prefix {param.snapshot_prefix!r} holds a NUL or control "
+                          "character; snapshots could not be written under that name")
 
 
 def net_params(param):

@@ -8,6 +8,7 @@ param i's gradient into the step to subtract, in place in its diff; the base the
 `solver.callbacks` get, per iteration and when they define them: `on_start(solver)` before
 the forward pass, `on_gradients_ready(solver)` before the update, and `on_update_done(solver)`
 after it (solver.iter already counts it), before any snapshot."""
+import contextlib
 import logging
 import math
 import signal
@@ -16,7 +17,7 @@ import time
 import numpy as np
 
 from ..backend.state import set_random_seed
-from ..errors import NumericalError, SolverError
+from ..errors import ArgumentTypeError, NumericalError, SolverError
 from ..net import Net
 from . import state as snapshot_state
 from . import cuda
@@ -62,6 +63,7 @@ class Solver:
         self._iter_timer = time.perf_counter()
         self._iters_last = 0
         self._last_snapshot_iter = None
+        self._snapshot_lock = None
         if weights:
             for w in ([weights] if isinstance(weights, str) else weights):
                 self.net.copy_from(w)
@@ -119,14 +121,15 @@ class Solver:
         log.info("Solving %s", self.net.name)
         log.info("Learning Rate Policy: %s", p.lr_policy)
         self.requested_early_exit = False
-        if resume_file:
-            log.info("Restoring previous solver status from %s", resume_file)
-            self.restore(resume_file)
-        start_iter = self.iter
-        self.step(p.max_iter - self.iter)
-        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0) \
-                and self._last_snapshot_iter != self.iter:
-            self.snapshot()
+        with self.snapshot_lock():
+            if resume_file:
+                log.info("Restoring previous solver status from %s", resume_file)
+                self.restore(resume_file)
+            start_iter = self.iter
+            self.step(p.max_iter - self.iter)
+            if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0) \
+                    and self._last_snapshot_iter != self.iter:
+                self.snapshot()
         if self.requested_early_exit:
             log.info("Optimization stopped early.")
             return
@@ -188,6 +191,32 @@ class Solver:
         raise NumericalError(f"iteration {self.iter}: loss is {loss}; {where}. Training stopped; "
                              "the last snapshot (if any) is intact. Try a lower base_lr or "
                              "clip_gradients.")
+
+    # --- pycaffe's Solver methods ----------------------------------------------------------
+    def add_callback(self, on_start, on_gradients_ready=None):
+        """pycaffe's Solver.add_callback(on_start, on_gradients_ready): two functions of no
+        arguments, called at the start of every iteration and when its gradients are ready
+        (before the update).  A callback object (methods on_start(solver) and / or
+        on_gradients_ready(solver), optionally state_dict / load_state_dict) may be given
+        alone; it joins `solver.callbacks`."""
+        if on_gradients_ready is None and (hasattr(on_start, "on_start") or
+                                           hasattr(on_start, "on_gradients_ready")):
+            self.callbacks.append(on_start)
+            return
+        for fn, what in ((on_start, "on_start"), (on_gradients_ready, "on_gradients_ready")):
+            if not callable(fn):
+                raise ArgumentTypeError(f"add_callback(): {what} must be a function of no "
+                                        f"arguments, got {fn!r}")
+        self.callbacks.append(_FunctionCallbacks(on_start, on_gradients_ready))
+
+    def share_weights(self, net):
+        """pycaffe's Solver.share_weights(net): `net` uses this solver's trained weights."""
+        net.share_with(self.net)
+
+    @property
+    def lr(self):
+        """The learning rate of the current iteration (lr_policy at `iter`)."""
+        return learning_rate(self.param, self.iter, self.current_step)[0]
 
     # --- testing -------------------------------------------------------------------------
     def test_all(self):
@@ -312,11 +341,33 @@ class Solver:
 
     # --- snapshots -----------------------------------------------------------------------
     def snapshot(self):
-        """Write <prefix>_iter_N.caffemodel / .solverstate (+ .masks); return the model path."""
+        """Write <prefix>_iter_N.caffemodel / .solverstate (+ .masks), as one set; return the
+        model path."""
         cuda.sync_history_to_host(self)
-        model = snapshot_state.write_snapshot(self)
+        with self.snapshot_lock():
+            model = snapshot_state.write_snapshot(self)
         self._last_snapshot_iter = self.iter
         return model
+
+    @contextlib.contextmanager
+    def snapshot_lock(self):
+        """Hold the lock on snapshot_prefix (`<prefix>.lock`) for the block, first clearing
+        what an interrupted snapshot write left there.  solve() and `caffe-lite train` hold it
+        for the whole run; a snapshot() outside them holds it while writing.  LockedError when
+        another process holds it."""
+        prefix = self.param.snapshot_prefix
+        if not prefix or self._snapshot_lock is not None:
+            yield
+            return
+        lock = snapshot_state.snapshot_lock(prefix).acquire()
+        self._snapshot_lock = lock
+        try:
+            if lock.held:
+                snapshot_state.recover(prefix)
+            yield
+        finally:
+            self._snapshot_lock = None
+            lock.release()
 
     def restore(self, state_file):
         cuda.sync_history_to_host(self)
@@ -334,6 +385,19 @@ class Solver:
             self.action_request = SNAPSHOT_STOP
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         return previous
+
+
+class _FunctionCallbacks:
+    """pycaffe's callback pair: functions of no arguments."""
+
+    def __init__(self, on_start, on_gradients_ready):
+        self._start, self._ready = on_start, on_gradients_ready
+
+    def on_start(self, solver):
+        self._start()
+
+    def on_gradients_ready(self, solver):
+        self._ready()
 
 
 def solver_from_type(type_name):

@@ -19,9 +19,24 @@ class _TqdmHandler(logging.Handler):
             self.handleError(record)
 
 
+class _Lines:
+    """Without a terminal: one line to stderr every `every` iterations."""
+
+    def __init__(self, total, every):
+        self.total, self.every, self.done = total, every, 0
+
+    def on_gradients_ready(self, s):
+        self.done += 1
+        if self.done % self.every == 0 or self.done == self.total:
+            print(f"iteration {s.iter + 1} ({self.done}/{self.total}), loss "
+                  f"{s.smoothed_loss:.4g}", file=sys.stderr, flush=True)
+
+
 @contextlib.contextmanager
-def training_bar(solver, total, enabled=None):
-    """Attach a bar to `solver` for `total` iterations while the block runs."""
+def training_bar(solver, total, enabled=None, lines_every=0):
+    """Attach a bar to `solver` for `total` iterations while the block runs.  Without a
+    terminal (or tqdm) nothing is shown, unless `lines_every` asks for a plain line every that
+    many iterations."""
     if enabled is None:
         enabled = sys.stderr.isatty()
     try:
@@ -29,6 +44,14 @@ def training_bar(solver, total, enabled=None):
     except ImportError:
         enabled = False
     if not enabled or total <= 0:
+        if lines_every > 0 and total > 0:
+            cb = _Lines(total, lines_every)
+            solver.callbacks.append(cb)
+            try:
+                yield None
+            finally:
+                solver.callbacks.remove(cb)
+            return
         yield None
         return
     logger = logging.getLogger("caffe_lite")

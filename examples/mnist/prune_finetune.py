@@ -12,11 +12,21 @@
    Zhu & Gupta's cubic schedule up to the same profile, and scores the result;
 6. prints the accuracies, the sparsity table and the model sizes, and writes
    <workdir>/lenet_dense.caffemodel and <workdir>/lenet_pruned.caffemodel (ordinary
-   caffemodels with exact zeros).
+   caffemodels with exact zeros);
+7. shares the pruned weights (Deep Compression's trained quantisation: conv 8 bits, fc 4 bits),
+   fine-tunes the shared values, writes <workdir>/lenet_quantized.caffemodel and the
+   compressed <workdir>/lenet_compressed.cmodel, and prints their sizes and accuracy, then
+   times the compressed model's forward at batch 1 on the dense path and on sparse inference
+   (docs/sparse.md) (--bits none skips this stage).
 
-Everything is seeded: the same command gives the same numbers."""
+Everything is seeded: the same command gives the same numbers.  Training shows a progress bar
+on a terminal (a line every 10 % otherwise); Ctrl-C stops as `caffe-lite train` does: the
+iteration in flight finishes, a snapshot is written, and one line says where (a second
+Ctrl-C stops at once)."""
 import argparse
+import contextlib
 import os
+import signal
 import sys
 import time
 
@@ -34,6 +44,7 @@ from caffe_lite.proto import caffe_pb2  # noqa: E402
 from caffe_lite.pruning import (GradualPruner, load_spec, prune_net, report,  # noqa: E402
                                 sparsity_report)
 from caffe_lite.solvers import SGDSolver, load_solver_param  # noqa: E402
+from caffe_lite.util.progress import training_bar  # noqa: E402
 
 FILES = {"train_images": "train5k-images-idx3-ubyte.gz",
          "train_labels": "train5k-labels-idx1-ubyte.gz",
@@ -70,12 +81,40 @@ def parse_args(argv=None):
                    help="also fine-tune the dense model the same way without pruning, to "
                         "separate the cost of pruning from the benefit of more training")
     p.add_argument("--seed", type=int, default=1701, help="random seed (default 1701)")
+    p.add_argument("--bits", default="conv=8,fc=4",
+                   help="weight sharing: bits per kind or layer (default conv=8,fc=4); "
+                        "'none' skips quantisation and compression")
+    p.add_argument("--quantize-iters", type=int, default=300,
+                   help="fine-tuning iterations with shared weights (default 300)")
+    p.add_argument("--quantize-lr", type=float, default=1e-4,
+                   help="base_lr while fine-tuning shared weights: each shared value moves "
+                        "by the sum of its weights' gradients (default 1e-4)")
     return p.parse_args(argv)
 
 
 def die(msg):
     print(f"prune_finetune.py: error: {msg}", file=sys.stderr)
     sys.exit(1)
+
+
+class Stopped(Exception):
+    """Training stopped on SIGINT / SIGTERM (after its snapshot)."""
+
+
+def train(solver):
+    """solver.solve() as `caffe-lite train` runs it: the solver's own SIGINT / SIGTERM
+    handling, and its progress bar."""
+    total = solver.param.max_iter - solver.iter
+    previous = solver.install_signal_handlers()
+    try:
+        with training_bar(solver, total, lines_every=max(total // 10, 1)):
+            solver.solve()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if solver.requested_early_exit:
+        raise Stopped(f"stopped at iteration {solver.iter}; snapshot "
+                      f"{solver.param.snapshot_prefix}_iter_{solver.iter}.caffemodel")
 
 
 def prepare_data(shared, workdir):
@@ -130,6 +169,75 @@ def size_line(label, path):
     return f"{label:<34} {os.path.getsize(path):>10,d} bytes  {path}"
 
 
+def compress_stage(args, shared, dbs, dense_path, pruned_path, acc_dense):
+    """Quantise the pruned model (weight sharing), fine-tune the shared values, write the
+    quantised caffemodel and the compressed file; print sizes and accuracies.  Returns the
+    figures as a dict."""
+    import gzip
+    from caffe_lite.compression import WeightSharing, compress
+    ft = SGDSolver(solver_param(shared, dbs, args.quantize_iters, args.quantize_lr, args.seed,
+                                os.path.join(args.workdir, "lenet_q")))
+    ft.net.copy_from(pruned_path)
+    sharing = WeightSharing(ft, args.bits).attach()
+    acc_shared = accuracy(ft)
+    print(f"weights shared ({args.bits}), before fine-tuning: {acc_shared:.4f}; fine-tuning "
+          f"the shared values {args.quantize_iters} iterations ...", flush=True)
+    ft.solve()
+    acc_q = accuracy(ft)
+    quantized_path = os.path.join(args.workdir, "lenet_quantized.caffemodel")
+    compressed_path = os.path.join(args.workdir, "lenet_compressed.cmodel")
+    ft.net.save(quantized_path)
+    compress(quantized_path, compressed_path)
+    # The compressed file loads like a caffemodel and scores the same.
+    ft.net.copy_from(compressed_path)
+    acc_loaded = accuracy(ft)
+    untied = sum(sharing.untied().values())
+    values = {n: b.size for n, b in sharing.codebooks().items()}
+    ft.net.close()
+    with open(pruned_path, "rb") as f:
+        gz = len(gzip.compress(f.read(), 9))
+    sizes = {"dense": os.path.getsize(dense_path), "pruned": os.path.getsize(pruned_path),
+             "pruned_gzip": gz, "quantized": os.path.getsize(quantized_path),
+             "compressed": os.path.getsize(compressed_path)}
+    dense = sizes["dense"]
+    print()
+    print(f"== weight sharing ({args.bits}) + compression ==")
+    print(f"shared values per layer: "
+          + ", ".join(f"{n} {k}" for n, k in values.items())
+          + f" (every cluster's weights identical after fine-tuning: {untied == 0})")
+    print(f"accuracy: shared, before fine-tuning {100 * acc_shared:6.2f} %; fine-tuned "
+          f"{100 * acc_q:6.2f} % ({100 * (acc_q - acc_dense):+.2f} points vs dense); loaded "
+          f"from the compressed file {100 * acc_loaded:6.2f} %")
+    rows = [("dense caffemodel", sizes["dense"]),
+            ("pruned caffemodel", sizes["pruned"]),
+            ("pruned caffemodel, gzip -9", sizes["pruned_gzip"]),
+            ("quantised caffemodel", sizes["quantized"]),
+            ("compressed (caffe-lite compress)", sizes["compressed"])]
+    for label, n in rows:
+        print(f"{label:<34} {n:>10,d} bytes  {dense / n:6.1f}x smaller than dense")
+    speed = speed_stage(shared, compressed_path)
+    return {"shared": acc_shared, "quantized": acc_q, "loaded": acc_loaded, "sizes": sizes,
+            "values": values, "untied": untied, "speed": speed}
+
+
+def speed_stage(shared, weights, batch=1, repeats=200):
+    """Time LeNet's deploy net (lenet.prototxt) with `weights` (the compressed file loads like
+    a caffemodel) on the dense path and on sparse inference's default (mode auto), alternately
+    in one run; print the medians per net and per pruned layer.  Returns time_model's dict."""
+    from caffe_lite.compression import sparse
+    deploy = os.path.join(shared, "models", "bvlc_mnist", "lenet.prototxt")
+    t = sparse.time_model(deploy, weights, batch=batch, sparse_mode="auto", repeats=repeats)
+    print()
+    print(f"== forward at batch {batch}: dense vs sparse (mode auto), median of {repeats}, "
+          "alternately ==")
+    print(f"{'whole net':<10} dense {t['dense_ms']:7.3f} ms  sparse {t['sparse_ms']:7.3f} ms  "
+          f"{t['speedup']:5.2f}x")
+    for name, v in t["layers"].items():
+        print(f"{name:<10} dense {v['dense_ms']:7.3f} ms  sparse {v['sparse_ms']:7.3f} ms  "
+              f"{v['speedup']:5.2f}x  (ran {v['ran']})")
+    return t
+
+
 def main(argv=None):
     args = parse_args(argv)
     t_start = time.perf_counter()
@@ -148,9 +256,9 @@ def main(argv=None):
         solver = SGDSolver(solver_param(shared, dbs, args.train_iters, 0.01, args.seed,
                                         os.path.join(args.workdir, "lenet")))
         print(f"training LeNet for {args.train_iters} iterations ...", flush=True)
-        solver.solve()
-        solver.net.save(dense_path)
-        solver.net.close()
+        with contextlib.closing(solver.net):
+            train(solver)
+            solver.net.save(dense_path)
         print(f"trained in {time.perf_counter() - t:.0f} s -> {dense_path}")
     elif not os.path.isfile(dense_path):
         die(f"--weights {dense_path}: no such file")
@@ -177,7 +285,7 @@ def main(argv=None):
         print(f"fine-tuning {args.finetune_iters} iterations ...", flush=True)
     del saved
     t = time.perf_counter()
-    ft.solve()
+    train(ft)
     acc_ft = accuracy(ft)
     print(f"fine-tuned in {time.perf_counter() - t:.0f} s", flush=True)
     pruned_path = os.path.join(args.workdir, "lenet_pruned.caffemodel")
@@ -191,7 +299,7 @@ def main(argv=None):
         control.net.copy_from(dense_path)
         print(f"control: fine-tuning the dense model {args.finetune_iters} iterations ...",
               flush=True)
-        control.solve()
+        train(control)
         acc_control = accuracy(control)
         control.net.close()
 
@@ -217,10 +325,15 @@ def main(argv=None):
     print(f"{'pruned, sparse (CSR) estimate':<34} {s['sparse_bytes_estimate']:>10,d} bytes")
     print(f"{'parameters':<34} {rep['total']['params']:>10,d} prunable, "
           f"{rep['total']['nonzeros']:,d} nonzero ({rep['total']['compression']:.1f}x fewer)")
+    compressed = None
+    if args.bits.lower() != "none":
+        compressed = compress_stage(args, shared, dbs, dense_path, pruned_path, acc_dense)
+        total = time.perf_counter() - t_start
     print()
     print(f"total time {total:.0f} s on {os.cpu_count()} CPU(s)")
     return {"dense": acc_dense, "pruned": acc_pruned, "finetuned": acc_ft,
-            "control": acc_control, "report": rep, "seconds": total}
+            "control": acc_control, "report": rep, "seconds": total,
+            "compressed": compressed}
 
 
 if __name__ == "__main__":
@@ -228,3 +341,9 @@ if __name__ == "__main__":
         main()
     except caffe_lite.CaffeLiteError as exc:
         die(str(exc))
+    except Stopped as exc:  # the CLI's convention: one line, status 130
+        print(f"prune_finetune.py: {exc}", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        print("prune_finetune.py: interrupted", file=sys.stderr)
+        sys.exit(130)
