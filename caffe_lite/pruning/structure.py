@@ -208,7 +208,7 @@ class ChannelGraph:
         blob_ids = layer.channel_params()
         for i in blob_ids:
             shape = layer.blobs[i].shape
-            if not shape or shape[0] != n * m.inner:
+            if not shape or shape[0] != n * m.inner or any(d != 1 for d in shape[1:]):
                 return self._opaque(layer, bottom, top, f"whose blob {i} {shape} is not "
                                                         "per channel")
         for i in blob_ids:

@@ -24,8 +24,8 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
 import caffe_lite  # noqa: E402
-from caffe_lite.pruning import (DnsPruner, GradualPruner, load_spec, report,  # noqa: E402
-                                sparsity_report)
+from caffe_lite.pruning import (DnsPruner, GradualPruner, load_spec, prune_net,  # noqa: E402
+                                report, sparsity_report)
 from caffe_lite.solvers import SGDSolver  # noqa: E402
 from prune_finetune import accuracy, die, prepare_data, solver_param  # noqa: E402
 
@@ -41,7 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--end-iter", type=int, default=None,
                    help="iteration at which the masks freeze (default: the spec's)")
     p.add_argument("--ramp", default=None, metavar="STEPS,EVERY",
-                   help="cubic ramp of the targets (default: the spec's gradual block)")
+                   help="cubic ramp of the targets (default: the spec's gradual block); "
+                        "none: the full targets from the first iteration")
     p.add_argument("--lr", type=float, default=0.005, help="base_lr while fine-tuning")
     p.add_argument("--no-splicing", action="store_true",
                    help="control: the same targets on the same cubic schedule by magnitude, "
@@ -60,7 +61,9 @@ def main(argv=None):
     spec = load_spec(args.spec)
     if args.end_iter is not None:
         spec.dns.end_iter = args.end_iter
-    if args.ramp:
+    if args.ramp == "none":
+        spec.ClearField("gradual")
+    elif args.ramp:
         steps, every = (int(x) for x in args.ramp.split(","))
         spec.gradual.num_steps, spec.gradual.frequency = steps, every
     dense = args.weights
@@ -83,7 +86,11 @@ def main(argv=None):
     if args.no_splicing:
         spec.method = "magnitude"
         spec.ClearField("dns")
-        pruner = GradualPruner(ft, spec).attach()
+        if spec.HasField("gradual"):
+            pruner = GradualPruner(ft, spec).attach()
+        else:                                    # everything at once, before fine-tuning
+            prune_net(ft.net, spec)
+            pruner = argparse.Namespace()
         pruner.spliced = pruner.updates = 0
         print(f"control: magnitude pruning on the same schedule, {args.iters} iterations ...",
               flush=True)
