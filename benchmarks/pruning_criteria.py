@@ -255,8 +255,8 @@ def run(args):
             r = one_run(cfg, net, w, args.finetune, method, ratio, target, recalibrate)
             rows.append(dict(model=name, criterion=label, ratio=ratio or 0.0,
                              target_flops=target, **r))
-            print(f"  {label:<28} {ratio or target:>4}: params {r['params'] / r['params_dense']:.3f}"
-                  f" FLOPs {r['flops'] / r['flops_dense']:.3f} acc {r['acc_pruned']:.4f} -> "
+            print(f"  {label:<28} {ratio or target:>4}: params "
+                  f"{r['params'] / r['params_dense']:.3f} FLOPs {r['flops'] / r['flops_dense']:.3f} acc {r['acc_pruned']:.4f} -> "
                   f"{r['acc']:.4f} ({r['prune_s']:.1f} s + {r['finetune_s']:.0f} s)", flush=True)
         cache.write_text(json.dumps(rows[first:]))
     return rows

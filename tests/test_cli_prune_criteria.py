@@ -50,7 +50,7 @@ def test_taylor_needs_training_data(small, tmp_path, capsys):  # noqa: F811
     assert not (tmp_path / "p.caffemodel").exists()
 
 
-def test_target_params_writes_a_spec_that_reproduces_the_pruning(small, tmp_path, capsys):  # noqa: F811,E501
+def test_target_params_writes_a_spec_that_reproduces_it(small, tmp_path, capsys):  # noqa: F811
     model, weights = small
     out, spec = tmp_path / "p.caffemodel", tmp_path / "solved.prototxt"
     assert _run("prune", "-model", model, "-weights", weights, "-input_shape", "1,1,28,28",
@@ -69,6 +69,15 @@ def test_target_params_writes_a_spec_that_reproduces_the_pruning(small, tmp_path
     assert _run("prune", "-model", model, "-weights", weights, "-input_shape", "1,1,28,28",
                 "-spec", spec, "-output", again) == 0
     assert again.read_bytes() == out.read_bytes()
+    # ... and `train -prune_spec` prunes to it gradually.
+    db = _mnist_like_lmdb(tmp_path, n=60)
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text(f'net: "{model}" base_lr: 0.01 lr_policy: "fixed" max_iter: 4 '
+                      f'random_seed: 3 solver_mode: CPU snapshot_prefix: "{tmp_path}/t"')
+    assert _run("train", "-solver", solver, "-weights", weights, "-train_source", db,
+                "-test_source", db, "-prune_spec", spec, "-prune_schedule", "0,2,1") == 0
+    trained = _w(tmp_path / "t_iter_4.caffemodel")["conv1"]
+    assert sum(not trained[c].any() for c in range(4)) == 2
 
 
 def test_target_from_a_sensitivity_scan(small, tmp_path, capsys):  # noqa: F811

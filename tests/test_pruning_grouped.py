@@ -8,6 +8,7 @@ from caffe_lite.pruning import ChannelGraph, prune_net, thin_net
 from caffe_lite.pruning.structure import FILTER, INPUT
 
 from pruning_nets import GROUPED, build, net_param, resnext_block
+from pruning_nets import _conv_f as _conv_text, _input as _input_text
 
 
 def _thinned(result):
@@ -81,3 +82,20 @@ def test_resnext_block_group_32_prunes_and_thins_exactly(method):
     assert (b.num_output, b.group) == (32, 32)
     assert small.params["b"][0].shape == (32, 1, 3, 3)
     assert result.params_after < 0.6 * result.params_before
+
+
+def test_depthwise_with_a_multiplier_keeps_its_input_channels():
+    text = ('name: "dwm"\n' + _input_text((1, 4, 5, 5))
+            + _conv_text("a", "data", 4)
+            + _conv_text("dw", "a", 8, k=3, pad=1, group=4)   # multiplier 2
+            + _conv_text("c", "dw", 3))
+    g = ChannelGraph(build(text))
+    # Cg = 1: the input units join every channel of a; the outputs pair up as j, 2 + j, ...
+    assert sorted(g.component_of("a", 0).atoms) == [("a", 0), ("a", 1), ("a", 2), ("a", 3)]
+    assert sorted(g.component_of("dw", 1).atoms) == [("dw", 1), ("dw", 3), ("dw", 5),
+                                                      ("dw", 7)]
+    net = build(text)
+    prune_net(net, method="l1-filter", spec='layer { name: "dw" sparsity: 0.5 }')
+    result = thin_net(net, net_param(text))
+    assert result.channels["dw"] == (8, 4) and result.channels["a"] == (4, 4)
+    _same_outputs(net, _thinned(result))

@@ -9,10 +9,10 @@ JSON form (`caffe-lite sparsity -format json`):
 compression = params / nonzeros.  flops: 2 x the multiply-accumulates of the layer's weights
 for one image (one input sample), as it is; nonzero_flops: the same counting only the nonzero
 weights (what a sparse kernel, or the thinned net for whole filters, would do).  Other layers
-(BatchNorm, ReLU, pooling, ...) are not counted.  For a convolution, a filter is one output channel's weights
-and an input channel is everything that reads one channel of the bottom (for a grouped
-convolution, of its group); for an InnerProduct they are an output neuron's row and an input
-neuron's column."""
+(BatchNorm, ReLU, pooling, ...) are not counted.  For a convolution, a filter is one output
+channel's weights and an input channel is everything that reads one channel of the bottom (for
+a grouped convolution, of its group); for an InnerProduct they are an output neuron's row and
+an input neuron's column."""
 import csv
 import io
 import json
