@@ -65,6 +65,16 @@ def gpu_impl_for(layer):
 class Layer:
     type = None            # Caffe type string (set by @register)
     prunable = False       # True: blobs[0] is a weight that carries a pruning mask
+    # How channels (axis 1) flow through the layer, for structured pruning and thinning
+    # (pruning/structure.py).  channelwise: True when channel c of every top is a function of
+    # channel c of the one bottom alone (and of entry c of the blobs channel_params() names);
+    # False when the layer mixes channels (channel_note says how), so the channels it reads
+    # are kept; None (not declared): kept as well, and the analysis says it does not know the
+    # type.  Layers that route channels instead set channel_route: "join" (channel c of every
+    # bottom meets in channel c of the top), "concat", "slice", "flatten" or "sink".
+    channelwise = None
+    channel_note = ""
+    channel_route = None
 
     # Blob-count constraints, as Caffe's ExactNumBottomBlobs() & co.; -1 means unchecked.
     exact_num_bottom = -1
@@ -153,6 +163,10 @@ class Layer:
 
     def loss(self, top_index):
         return self.loss_weights[top_index] if top_index < len(self.loss_weights) else 0.0
+
+    def channel_params(self):
+        """Indices of the blobs that hold one entry per channel (channelwise layers)."""
+        return ()
 
     def allow_force_backward(self, bottom_index):
         """False for bottoms no gradient can be computed for (labels, say)."""
@@ -254,6 +268,7 @@ def _blob_key(bottom, top):
 
 class NeuronLayer(Layer):
     """One bottom, one top of the same shape; may run in place."""
+    channelwise = True
     exact_num_bottom = 1
     exact_num_top = 1
 
@@ -263,6 +278,7 @@ class NeuronLayer(Layer):
 
 class LossLayer(Layer):
     """Two bottoms (prediction, target); a scalar top whose loss weight defaults to 1."""
+    channelwise = False
     exact_num_bottom = 2
     exact_num_top = 1
     auto_top_blobs = True

@@ -3,7 +3,11 @@ update rules shared by every solver type (clipping, iter_size normalisation, L1/
 
 A subclass defines `history_per_param` and `compute_update_value(i, rate)`, which turns
 param i's gradient into the step to subtract, in place in its diff; the base then applies
-`data -= diff` and `data *= mask`."""
+`data -= diff` and `data *= mask`.
+
+`solver.callbacks` get, per iteration and when they define them: `on_start(solver)` before
+the forward pass, `on_gradients_ready(solver)` before the update, and `on_update_done(solver)`
+after it (solver.iter already counts it), before any snapshot."""
 import contextlib
 import logging
 import math
@@ -101,6 +105,8 @@ class Solver:
                 getattr(cb, "on_gradients_ready", lambda s: None)(self)
             self.apply_update()
             self.iter += 1
+            for cb in self.callbacks:
+                getattr(cb, "on_update_done", lambda s: None)(self)
             request = self.action_request
             self.action_request = NONE
             if (p.snapshot and self.iter % p.snapshot == 0) or \
