@@ -346,6 +346,12 @@ def test_evaluating_verbs_take_gpu_and_fail_in_one_line_without_one(small, lenet
     err = capsys.readouterr().err.strip()
     assert err.startswith("caffe-lite thin: error: GPU mode requested but unavailable")
     assert "\n" not in err and not (tmp_path / "t.caffemodel").exists()
+    assert _run("prune", "-model", model, "-weights", weights, "-train_source", db,
+                "-method", "taylor", "-sparsity", "0.5", "-output", tmp_path / "p.caffemodel",
+                "-gpu", "0") == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("caffe-lite prune: error: GPU mode requested but unavailable")
+    assert "\n" not in err and not (tmp_path / "p.caffemodel").exists()
 
 
 @pytest.mark.gpu
@@ -381,3 +387,15 @@ def test_sensitivity_and_thin_on_the_gpu(small, lenet, tmp_path, capsys):
     from caffe_lite.backend import state
     assert state.mode() == state.GPU
     caffe_lite.set_mode_cpu()
+    # prune's data-driven criteria run their nets on the device: the same filters go
+    pruned = {}
+    for device in ("cpu", "gpu"):
+        out = tmp_path / f"taylor-{device}.caffemodel"
+        flags = ["-gpu", "0"] if device == "gpu" else []
+        assert _run("prune", "-model", model, "-weights", weights, "-train_source", db,
+                    "-test_source", db, "-method", "taylor", "-data_batches", "2",
+                    "-sparsity", "0.5",
+                    "-output", out, *flags) == 0
+        caffe_lite.set_mode_cpu()
+        pruned[device] = _w(out)["conv1"]
+    np.testing.assert_array_equal(pruned["gpu"] == 0, pruned["cpu"] == 0)

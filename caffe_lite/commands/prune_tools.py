@@ -123,6 +123,7 @@ def prune_cmd(args):
     check_writable(args.output, args.overwrite)  # and its .masks sidecar
     if args.sparsity is not None:
         check_sparsity(args.sparsity, "-sparsity")  # before the (slow) net build
+    select_mode(args.gpu)
     spec = load_spec(args.spec)
     if args.data_batches is not None:
         spec.data_batches = args.data_batches
@@ -196,6 +197,7 @@ def _configure_prune(p):
     flag(p, "spec", default=None, help="PruningSpec prototxt with per-layer targets and "
                                        "exclusions (see proto/caffe_lite.proto)")
     flag(p, "overwrite", action="store_true", help="replace an existing output file")
+    add_gpu_flag(p, "run the nets of the data-driven criteria (taylor, apoz)")
 
 
 prune_cmd.configure = _configure_prune
