@@ -77,8 +77,14 @@ else
   step bench 240 "python3 benchmarks/gpu/bench_gpu.py --profile --torch-profile --out $OUT/bench_gpu.json"
 fi
 
-# 5. the whole GPU suite (several workers on the one GPU)
-step tests_gpu 200 "python3 -m pytest -q -p no:cacheprovider -m gpu -n $([ "$EMULATOR" = 1 ] && echo 2 || echo 8) --timeout 300 tests/ --junitxml=$OUT/tests_gpu.xml"
+# 5. the whole GPU suite: every test module with gpu-marked tests (several workers, one GPU);
+# on the emulator, the modules tests/test_gpu_emulated.py runs (others start GPU subprocesses)
+if [ "$EMULATOR" = 1 ]; then
+  GPU_FILES=$(python3 -c "import sys; sys.path.insert(0, 'tests'); import test_gpu_emulated as t; print(' '.join(t.GPU_TESTS))")
+else
+  GPU_FILES=$(grep -l "mark.gpu" tests/test_*.py | tr '\n' ' ')
+fi
+step tests_gpu 200 "python3 -m pytest -q -p no:cacheprovider -m gpu -n $([ "$EMULATOR" = 1 ] && echo 2 || echo 8) --timeout 300 $GPU_FILES --junitxml=$OUT/tests_gpu.xml"
 
 # 6. the README's main job on the GPU
 if [ "$SMALL" = 1 ]; then
