@@ -10,7 +10,8 @@ Case kinds:
            reads.
   "mask_mismatch": rank 1 prunes one more weight before training: the ParallelError text.
   "diverge": rank 1 prunes one more weight mid-run (a pruning decision rank 0 did not make);
-           save weights and masks after training (rank 0's decision must hold everywhere)."""
+           save weights and masks after training (rank 0's decision must hold everywhere).
+  "nccl": as "train", registered the way pycaffe's train.py registers caffe.NCCL."""
 import json
 import os
 import sys
@@ -70,8 +71,15 @@ def run(case, out, rank):
     if case.get("pruner"):
         from caffe_lite.pruning import GradualPruner
         GradualPruner(solver, case["pruner"]).attach()
-    dp = parallel.DataParallel(solver, bucket_bytes=case.get("bucket_bytes"),
-                               layer_wise=case.get("layer_wise"))
+    if kind == "nccl":  # pycaffe's train.py shape, registered after another callback
+        solver.add_callback(lambda: None, lambda: None)
+        dp = caffe_lite.NCCL(solver, caffe_lite.NCCL.new_uid())
+        dp.bcast()
+        solver.add_callback(dp)
+        solver.net.after_backward(dp)
+    else:
+        dp = parallel.DataParallel(solver, bucket_bytes=case.get("bucket_bytes"),
+                                   layer_wise=case.get("layer_wise"))
     if kind == "diverge" and rank == 1:
         class Rogue:
             def on_start(self, s):
@@ -86,6 +94,8 @@ def run(case, out, rank):
         with open(os.path.join(out, f"{name}_rank{rank}.txt"), "w") as f:
             f.write(str(exc))
         return
+    if kind == "nccl":
+        assert solver.callbacks[0] is dp  # moved first: it sums before others see gradients
     save_solver(os.path.join(out, f"{name}_rank{rank}.npz"), solver)
     assert dp.world.size == int(case["ranks"])
     solver.net.close()

@@ -102,7 +102,17 @@ class DataParallel:
                     "after caffe_lite.parallel.init() so that each rank reads its own share")
 
     # --- the callback ----------------------------------------------------------------------
+    def bcast(self):
+        """pycaffe's NCCL.bcast(): rank 0's weights (and solver history) on every rank now
+        (the first iteration does it too)."""
+        self._broadcast_weights()
+
     def on_start(self, solver):
+        if solver.callbacks[0] is not self:
+            # registered later than other callbacks (solver.add_callback(nccl)): the gradients
+            # must be summed before any other callback sees them (weight sharing ties them)
+            solver.callbacks.remove(self)
+            solver.callbacks.insert(0, self)
         if not self._started:
             self._start()
         self._pass = 0

@@ -80,7 +80,7 @@ def init(comm=None):
     Every rank's global generator is seeded alike (a seed drawn on rank 0), so nets and data
     shuffles built from it agree across ranks even without a solver random_seed; the layers'
     CPU threads default to the host's CPUs shared among its ranks (CAFFE_LITE_NUM_THREADS
-    overrides)."""
+    overrides); an exception no code catches ends the whole job (MPI_Abort)."""
     global _world
     if _world is not None:
         return _world
@@ -94,8 +94,20 @@ def init(comm=None):
     if "CAFFE_LITE_NUM_THREADS" not in os.environ and world.local_size > 1:
         from ..layers.parallel import num_threads
         os.environ["CAFFE_LITE_NUM_THREADS"] = str(max(1, num_threads() // world.local_size))
+    if world.size > 1 and sys.excepthook is sys.__excepthook__:
+        sys.excepthook = _abort_hook(world)
     _world = world
     return world
+
+
+def _abort_hook(world):
+    """An exception nothing caught, on any rank, ends the job: the other ranks would otherwise
+    wait for this one in their next allreduce, forever."""
+    def hook(kind, exc, tb):
+        sys.__excepthook__(kind, exc, tb)
+        print(f"[rank {world.rank} of {world.size}] ending the MPI job", file=sys.stderr)
+        world.abort(1)
+    return hook
 
 
 def world():
