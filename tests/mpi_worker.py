@@ -19,17 +19,18 @@ import sys
 import numpy as np
 
 
-def set_masks(solver, seed):
-    """The same random masks on every rank (live fraction 0.6) on every prunable weight."""
+def set_masks(solver, seed, live=0.6):
+    """The same random masks on every rank (`live`: the fraction kept) on every prunable
+    weight."""
     g = np.random.default_rng(seed)
     for blob in solver.net.learnable_params:
         if blob.has_mask:
-            blob.mask = g.random(blob.shape) < 0.6
+            blob.mask = g.random(blob.shape) < live
             blob.apply_mask()
 
 
-def save_solver(path, solver):
-    arrays = {}
+def save_solver(path, solver, dp=None):
+    arrays = {} if dp is None else {"sent_bytes": np.array(dp.buckets.nbytes)}
     for i, b in enumerate(solver.net.learnable_params):
         arrays[f"w{i}"] = b.cpu_data
         if b.has_mask:
@@ -64,7 +65,7 @@ def run(case, out, rank):
         return
     solver = get_solver(case["solver"])
     feed(solver.net, case)
-    set_masks(solver, 7)
+    set_masks(solver, 7, case.get("live", 0.6))
     if kind == "mask_mismatch" and rank == 1:
         blob = solver.net.params["ip1"][0]
         blob.mask.reshape(-1)[np.flatnonzero(blob.cpu_mask)[0]] = 0
@@ -96,7 +97,7 @@ def run(case, out, rank):
         return
     if kind == "nccl":
         assert solver.callbacks[0] is dp  # moved first: it sums before others see gradients
-    save_solver(os.path.join(out, f"{name}_rank{rank}.npz"), solver)
+    save_solver(os.path.join(out, f"{name}_rank{rank}.npz"), solver, dp)
     assert dp.world.size == int(case["ranks"])
     solver.net.close()
 

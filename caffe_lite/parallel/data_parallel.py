@@ -1,7 +1,8 @@
 """DataParallel: one solver per rank, trained as one.
 
 Every rank runs forward and backward on its own share of the data; the gradients are summed
-across ranks (buckets.py, started during backward when `layer_wise_reduce`) and scaled by
+across ranks (buckets.py: during backward, by a communication thread, when the solver's
+`layer_wise_reduce` is true, Caffe's default) and scaled by
 1 / N, so each rank holds the gradient of the N ranks' combined batch; then each rank applies
 the same solver update to the same weights.  As a solver callback it comes first, before
 gradual pruning or weight sharing see the gradients.
@@ -66,7 +67,7 @@ class DataParallel:
         self.layer_wise = bool(solver.param.layer_wise_reduce if layer_wise is None
                                else layer_wise)
         self.buckets = GradientBuckets(self.world.comm, self.world.MPI, solver.net,
-                                       bucket_bytes or DEFAULT_BUCKET_BYTES)
+                                       bucket_bytes or DEFAULT_BUCKET_BYTES, self.layer_wise)
         self._masked = [b for b in solver.net.learnable_params if b.has_mask]
         self._live = self._live_count()
         self._started = False
@@ -125,12 +126,12 @@ class DataParallel:
         live = self._live_count()
         control = np.array(_REQUEST_BITS[request] + (live, -live), np.int64)
         agreed = np.empty_like(control)
-        req = comm.Iallreduce(control, agreed, op=MPI.MAX)
         self.buckets.finish(1.0 / self.size)
-        req.Wait()
+        comm.Allreduce(control, agreed, op=MPI.MAX)  # after: one thread in MPI at a time
         solver.action_request = _BITS_REQUEST[(int(agreed[0]), int(agreed[1]))]
         if agreed[2] != self._live or -agreed[3] != self._live:
             self._sync_masks()
+            self.buckets.refresh()  # pruned weights send fewer entries from now on
         self._live = self._live_count()
 
     # --- start ------------------------------------------------------------------------------
@@ -140,6 +141,7 @@ class DataParallel:
         cuda.sync_history_to_host(s)
         self._check_masks()
         self._live = self._live_count()
+        self.buckets.refresh()  # the masks as restored
         self._broadcast_weights()
         self._apply_saved_ranks()
         self._fork_identical_streams()
@@ -312,7 +314,11 @@ class DataParallel:
                  (f" x iter_size {p.iter_size}" if p.iter_size > 1 else "") +
                  f" = effective batch {b * w.size * p.iter_size}") if b else \
             f"{w.size} ranks"
+        dense = 4 * sum(blob.count for blob in self.solver.net.learnable_params)
+        sent = self.buckets.nbytes
         log.info("Data-parallel training over MPI (%s; %d rank(s) on %d host(s)): %s; "
-                 "gradients summed in %d bucket(s) of %.3g MB in all%s", w.library,
-                 w.size, w.hosts, batch, len(self.buckets.buckets), self.buckets.nbytes / 1e6,
+                 "gradients summed in %d bucket(s) of %.3g MB in all%s%s", w.library,
+                 w.size, w.hosts, batch, len(self.buckets.buckets), sent / 1e6,
+                 f" ({sent / dense:.0%} of the dense gradients: pruned weights send their "
+                 "live entries)" if sent < dense else "",
                  ", started during backward" if self.layer_wise else "")

@@ -35,7 +35,8 @@ def import_mpi(why="data-parallel training"):
     is missing."""
     try:
         import mpi4py
-        mpi4py.rc.thread_level = "funneled"  # only the main thread calls MPI
+        # one thread calls MPI at a time: the main one, or the allreduce thread (buckets.py)
+        mpi4py.rc.thread_level = "serialized"
         from mpi4py import MPI
     except (ImportError, RuntimeError, OSError) as exc:
         detail = " ".join(str(exc).split()) or type(exc).__name__
