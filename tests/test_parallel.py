@@ -472,7 +472,18 @@ def _rank_pid(launcher_pid, rank):
     return None
 
 
-def test_a_rank_that_dies_ends_the_job_and_leaves_whole_snapshot_sets(tmp_path):
+def _wait_for(path, proc, seconds=240):
+    deadline = time.time() + seconds
+    while not pathlib.Path(path).exists():
+        assert proc.poll() is None, proc.communicate()[1][-4000:]
+        assert time.time() < deadline, f"{path} did not appear in time"
+        time.sleep(0.05)
+
+
+def test_sigusr1_stops_all_ranks_and_a_rank_that_dies_ends_the_job(tmp_path):
+    """SIGUSR1 to mpirun (which passes it on): every rank finishes the same iteration, rank 0
+    snapshots, all exit 0.  Resumed from there, rank 1 killed with SIGKILL mid-run: the job
+    ends, every snapshot set on disk is whole, and training resumes from the newest."""
     launcher, openmpi = _mpirun()
     if not openmpi:
         pytest.skip("finding a rank's process uses Open MPI's environment variables")
@@ -481,11 +492,21 @@ def test_a_rank_that_dies_ends_the_job_and_leaves_whole_snapshot_sets(tmp_path):
     solver = _write_solver(tmp_path / "s.prototxt", net, prefix, 100000, 2)
     proc = mpirun(cli_args("train", "-solver", solver), wait=False)
     try:
-        deadline = time.time() + 240
-        while not pathlib.Path(f"{prefix}_iter_4.solverstate").exists():
-            assert proc.poll() is None, proc.communicate()[1][-4000:]
-            assert time.time() < deadline, "no snapshot in time"
-            time.sleep(0.05)
+        _wait_for(f"{prefix}_iter_2.solverstate", proc)
+        proc.send_signal(signal.SIGUSR1)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err[-4000:]
+    assert "Received SIGUSR1: snapshotting and stopping" in err
+    stop = re.search(r"Stopped at iteration (\d+); resume with -snapshot (\S+)", err)
+    stopped, state = int(stop.group(1)), stop.group(2)
+    assert pathlib.Path(state).exists() and stopped >= 2
+    proc = mpirun(cli_args("train", "-solver", solver, "-snapshot", state), wait=False)
+    try:
+        _wait_for(f"{prefix}_iter_{stopped + 4 - stopped % 2}.solverstate", proc)
         pid = _rank_pid(proc.pid, 1)
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
@@ -496,7 +517,7 @@ def test_a_rank_that_dies_ends_the_job_and_leaves_whole_snapshot_sets(tmp_path):
             proc.communicate()
     assert proc.returncode != 0
     states = sorted(prefix.parent.glob("run_iter_*.solverstate"))
-    assert len(states) >= 2
+    assert len(states) >= 3
     for s in states:  # every solverstate has its set
         assert s.with_suffix(".caffemodel").exists() and s.with_suffix(".masks").exists()
     last = max(int(re.search(r"_iter_(\d+)", s.name).group(1)) for s in states)
@@ -665,3 +686,25 @@ def test_the_fused_group_hook_path_gives_the_layer_by_layer_gradients():
     for a, b, c in zip(plain, after, before):
         np.testing.assert_array_equal(a, b)  # the after-hook keeps the fused path
         np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-6)
+
+
+# --- docs/distributed.md's cost model ---------------------------------------------------------------
+def test_the_cost_model_tables_are_the_documented_ones(models_dir):
+    """The doc's tables are what benchmarks/parallel_model.py computes, from the parameter and
+    bucket counts of the real prototxts (LeNet and MobileNet-v1 built here)."""
+    from benchmarks import nets, parallel_model as pm
+    from caffe_lite.parallel.buckets import GradientBuckets
+    doc = (ROOT / "docs" / "distributed.md").read_text()
+    for table in pm.tables():
+        assert table in doc
+    for model, key in (("LeNet", "lenet"), ("MobileNet-v1", "mobilenet_v1")):
+        net = caffe_lite.Net(nets.training_net(nets.model_path(key), 1), caffe_lite.TRAIN)
+        params = net.learnable_params
+        assert sum(b.count for b in params) == pm.PARAMS[model]
+        assert len(GradientBuckets(None, None, net).buckets) == pm.BUCKETS[model]
+        if model in pm.PRUNABLE:
+            assert sum(b.count for b in params if b.has_mask) == pm.PRUNABLE[model]
+        net.close()
+    # the worked example in the text
+    assert f"{pm.allreduce_s('MobileNet-v1', 64, 25) * 1e3:.2f} ms" == "10.96 ms"
+    assert "2 log₂64 = 12 messages × 5 µs = 0.24 ms: 10.96 ms" in doc

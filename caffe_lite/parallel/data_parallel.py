@@ -2,9 +2,9 @@
 
 Every rank runs forward and backward on its own share of the data; the gradients are summed
 across ranks (buckets.py: during backward, by a communication thread, when the solver's
-`layer_wise_reduce` is true, Caffe's default) and scaled by
-1 / N, so each rank holds the gradient of the N ranks' combined batch; then each rank applies
-the same solver update to the same weights.  As a solver callback it comes first, before
+`layer_wise_reduce` is true, Caffe's default) and scaled by 1 / N, so each rank holds the
+gradient of the N ranks' combined batch; then each rank applies the same solver update to the
+same weights.  As a solver callback it comes first, before
 gradual pruning or weight sharing see the gradients.
 
 At the first iteration it checks that the masks agree (a mismatch is a ParallelError naming
@@ -72,7 +72,7 @@ class DataParallel:
         self._live = self._live_count()
         self._started = False
         self._pass = 0
-        self._pending = NONE
+        self._signals = self._signals_seen = 0  # stop requests from signals, and handled
         self._saved_ranks = None  # per-rank states a restore handed over
         if attach:
             self.attach()
@@ -121,8 +121,10 @@ class DataParallel:
 
     def on_gradients_ready(self, solver):
         comm, MPI = self.world.comm, self.world.MPI
-        request = self._pending if self._pending != NONE else solver.action_request
-        self._pending = NONE
+        request = solver.action_request
+        signals = self._signals  # (a handler may add one meanwhile: seen next iteration)
+        if signals != self._signals_seen:
+            self._signals_seen, request = signals, SNAPSHOT_STOP
         live = self._live_count()
         control = np.array(_REQUEST_BITS[request] + (live, -live), np.int64)
         agreed = np.empty_like(control)
@@ -295,7 +297,7 @@ class DataParallel:
             if self.rank == 0:
                 log.info("Received %s: snapshotting and stopping after iteration %d",
                          signal.Signals(signum).name, self.solver.iter)
-            self._pending = SNAPSHOT_STOP
+            self._signals += 1
         return {sig: signal.signal(sig, handler)
                 for sig in (signal.SIGUSR1, signal.SIGINT, signal.SIGTERM)}
 
