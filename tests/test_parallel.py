@@ -708,3 +708,24 @@ def test_the_cost_model_tables_are_the_documented_ones(models_dir):
     # the worked example in the text
     assert f"{pm.allreduce_s('MobileNet-v1', 64, 25) * 1e3:.2f} ms" == "10.96 ms"
     assert "2 log₂64 = 12 messages × 5 µs = 0.24 ms: 10.96 ms" in doc
+
+
+def test_each_rank_takes_its_own_gpu(monkeypatch):
+    """GPU mode: the local rank picks from -gpu's list (cycling), -gpu all gives each rank its
+    local rank, solver_mode GPU offsets device_id by it; one process keeps the first id."""
+    from caffe_lite import backend
+    from caffe_lite.commands.caffe_tools import select_mode
+    chosen = []
+    monkeypatch.setattr(backend, "set_device", chosen.append)
+    monkeypatch.setattr(backend, "set_mode_gpu", lambda: None)
+    monkeypatch.setattr(backend, "gpu_available", lambda: (True, ""))
+    try:
+        assert select_mode("2,5", local_rank=1) == "GPU 5"
+        assert select_mode("2,5", local_rank=2) == "GPU 2"
+        assert select_mode("all", local_rank=3) == "GPU 3"
+        assert select_mode(None, True, 2, local_rank=1) == "GPU 3"
+        assert select_mode("2,5") == "GPU 2"
+        assert select_mode(None, True, 2) == "GPU 2"
+    finally:
+        backend.set_mode_cpu()
+    assert chosen == [5, 2, 3, 3, 2, 2]
