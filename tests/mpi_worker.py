@@ -11,7 +11,8 @@ Case kinds:
   "mask_mismatch": rank 1 prunes one more weight before training: the ParallelError text.
   "diverge": rank 1 prunes one more weight mid-run (a pruning decision rank 0 did not make);
            save weights and masks after training (rank 0's decision must hold everywhere).
-  "nccl": as "train", registered the way pycaffe's train.py registers caffe.NCCL."""
+  "nccl": as "train", registered the way pycaffe's train.py registers caffe.NCCL.
+  "drift": rank 1's weights change behind the solver's back; a snapshot follows."""
 import json
 import os
 import sys
@@ -95,6 +96,15 @@ def run(case, out, rank):
         with open(os.path.join(out, f"{name}_rank{rank}.txt"), "w") as f:
             f.write(str(exc))
         return
+    if kind == "drift":  # as if an MPI gave rank 1 other sums: the snapshot's check mends it
+        class Drift:
+            def on_start(self, s):
+                if s.iter == case["iters"] + 1 and rank == 1:  # in the second step()
+                    blob = s.net.params["ip2"][0]
+                    blob.data.reshape(-1)[np.flatnonzero(blob.cpu_mask)[0]] += 1e-3
+        solver.callbacks.append(Drift())
+        solver.step(case["iters"])
+        solver.snapshot()
     if kind == "nccl":
         assert solver.callbacks[0] is dp  # moved first: it sums before others see gradients
     save_solver(os.path.join(out, f"{name}_rank{rank}.npz"), solver, dp)

@@ -204,6 +204,9 @@ def cases(d):
                 "ranks": RANKS})
     out.append({"kind": "nccl", "name": "nccl", "solver": sgd, "iters": ITERS, "ranks": RANKS,
                 "live": LIVE["SGD"]})
+    (d / "drift").mkdir(exist_ok=True)
+    out.append({"kind": "drift", "name": "drift", "iters": 3, "ranks": RANKS,
+                "solver": sgd + f' snapshot_prefix: "{d / "drift" / "run"}"'})
     return out
 
 
@@ -332,6 +335,17 @@ def test_pycaffe_nccl_shape_trains_the_same(worker_run):
     for k in b:
         if k != "sent_bytes":
             assert a[k].tobytes() == b[k].tobytes(), k
+
+
+def test_weights_that_drift_apart_are_mended_at_the_snapshot(worker_run):
+    """Should ranks ever hold different weights (an MPI returning different sums), the check
+    at each snapshot finds it and copies rank 0's weights to every rank, with a warning."""
+    d, out, log = worker_run
+    a, b = rank_arrays(out, "drift", 0), rank_arrays(out, "drift", 1)
+    for k in a:
+        assert a[k].tobytes() == b[k].tobytes(), k
+    assert "the weights differ between ranks [1]; copying rank 0's to every rank" in log
+    assert (d / "drift" / "run_iter_6.caffemodel").exists()  # rank 0 wrote the snapshot
 
 
 # --- masks -----------------------------------------------------------------------------------------
@@ -545,6 +559,33 @@ def test_an_error_on_one_rank_ends_the_job_with_one_line(tmp_path):
     lines = [ln for ln in res.stderr.splitlines() if "caffe-lite train: error:" in ln]
     assert len(lines) == 1, res.stderr[-4000:]
     assert "[rank 1 of 2]" in lines[0] and "3.png" in lines[0]
+
+
+def test_an_uncaught_exception_in_python_ends_the_job(tmp_path):
+    """After parallel.init(), an exception nothing catches on one rank aborts every rank."""
+    code = ("from caffe_lite import parallel; w = parallel.init()\n"
+            "if w.rank == 1: raise RuntimeError('rank 1 gives up')\n"
+            "w.comm.Barrier()\n")
+    res = mpirun(["-c", code], timeout=120)
+    assert res.returncode != 0
+    assert "RuntimeError: rank 1 gives up" in res.stderr
+    assert "[rank 1 of 2] ending the MPI job" in res.stderr
+
+
+def test_a_launcher_of_another_mpi_is_named(tmp_path):
+    """The launcher says 2 processes, MPI (started alone) says 1: a one-line error, not two
+    single-process runs writing the same snapshots."""
+    _mpirun()
+    d = tmp_path / "data"
+    make_data(d)
+    (d / "s.prototxt").write_text(solver_text(d, SOLVERS[0], B))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMPI_COMM_WORLD_SIZE="2")
+    res = subprocess.run([sys.executable, "-m", "caffe_lite", "train", "-solver",
+                          d / "s.prototxt"], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 1
+    assert "(OMPI_COMM_WORLD_SIZE=2), but MPI reports 1 process(es): mpi4py uses another MPI" \
+        in res.stderr.strip().splitlines()[-1]
 
 
 # --- without MPI -----------------------------------------------------------------------------------
