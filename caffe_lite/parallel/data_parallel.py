@@ -66,6 +66,10 @@ class DataParallel:
             solver.test_nets = []
         self.layer_wise = bool(solver.param.layer_wise_reduce if layer_wise is None
                                else layer_wise)
+        if self.layer_wise and not self.world.threads_ok:
+            log.warning("MPI was started without thread support (MPI_THREAD_SERIALIZED): "
+                        "gradients are summed after backward, not during it")
+            self.layer_wise = False
         self.buckets = GradientBuckets(self.world.comm, self.world.MPI, solver.net,
                                        bucket_bytes or DEFAULT_BUCKET_BYTES, self.layer_wise)
         self._masked = [b for b in solver.net.learnable_params if b.has_mask]

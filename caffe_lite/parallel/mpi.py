@@ -57,6 +57,8 @@ class World:
         self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
         self.hosts = len(set(comm.allgather(MPI.Get_processor_name())))
         local.Free()
+        # the allreduce thread needs MPI to accept calls from a second thread, one at a time
+        self.threads_ok = MPI.Query_thread() >= MPI.THREAD_SERIALIZED
 
     @property
     def library(self):
