@@ -69,8 +69,9 @@ def mpirun(args, n=RANKS, timeout=300, wait=True, paths=()):
         [sys.executable] + [str(a) for a in args]
     if not wait:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+                                stdin=subprocess.DEVNULL, text=True)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
 
 
 def cli_args(*args):
