@@ -433,6 +433,20 @@ def test_cli_snapshot_of_two_ranks_resumes_bit_exactly(cli_run):
     pos4, pos6 = at4["train/lmdb"]["position"], at6["train/lmdb"]["position"]
     assert (pos6["epoch"] * 37 + pos6["index"]) - (pos4["epoch"] * 37 + pos4["index"]) == \
         2 * 2 * 5  # 2 iterations x iter_size 2 x batch 5, from where the 2 ranks stopped
+    # three ranks from the 2-rank snapshot: the same read position, split three ways
+    three = tmp_path / "three" / "run"
+    res = mpirun(cli_args("train", "-solver", _write_solver(tmp_path / "three.prototxt", net,
+                                                            three, 6, 6),
+                          "-snapshot", f"{full}_iter_4.solverstate"), n=3)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "The snapshot was taken by 2 data-parallel rank(s), this run has 3" in res.stderr
+    assert "effective batch 30" in res.stderr
+    _, at6, _ = sidecar(f"{three}_iter_6.masks")
+    pos6 = at6["train/lmdb"]["position"]
+    assert (pos6["epoch"] * 37 + pos6["index"]) - (pos4["epoch"] * 37 + pos4["index"]) == \
+        2 * 2 * 5 * 3
+    states = _rank_states(f"{three}_iter_6.masks")
+    assert states["ranks"] == 3 and len({json.dumps(r) for r in states["rank_states"]}) == 3
 
 
 def test_gpu_path_emulated_trains_as_the_cpu_path(cli_run):
