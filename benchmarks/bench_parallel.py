@@ -39,7 +39,7 @@ BATCH = {"lenet": 64, "mobilenet_v1": 8}
 CONFIGS = ("1p1t", "1p2t", "2r", "2r-nl")
 
 
-# --- the worker: one launch, several timed steps ---------------------------------------------------
+# --- the worker: one launch, several timed steps -------------------------------------------------
 def worker(args):
     import numpy as np
     import caffe_lite as caffe
@@ -120,7 +120,7 @@ def collectives_worker(args):
         print("RESULT " + json.dumps(out), flush=True)
 
 
-# --- the driver -----------------------------------------------------------------------------------
+# --- the driver ----------------------------------------------------------------------------------
 def _mpirun_cmd():
     path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
     mpirun = shutil.which("mpirun", path=path)

@@ -301,7 +301,7 @@ def test_iter_size_accumulates_per_rank_before_one_allreduce(worker_run):
         solver.net.close()
 
 
-# --- shards ----------------------------------------------------------------------------------------
+# --- shards --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("source,extra", SHARD_CASES, ids=[c[0] for c in SHARD_CASES])
 def test_each_rank_reads_its_stride_of_the_one_process_stream(worker_run, source, extra):
     d, out, _ = worker_run
@@ -349,7 +349,7 @@ def test_weights_that_drift_apart_are_mended_at_the_snapshot(worker_run):
     assert (d / "drift" / "run_iter_6.caffemodel").exists()  # rank 0 wrote the snapshot
 
 
-# --- masks -----------------------------------------------------------------------------------------
+# --- masks ---------------------------------------------------------------------------------------
 def test_masks_that_differ_between_ranks_are_an_error(worker_run):
     _, out, _ = worker_run
     for r in range(RANKS):
@@ -366,7 +366,7 @@ def test_a_pruning_decision_of_one_rank_gives_way_to_rank_0s(worker_run):
     assert "the ranks pruned differently; every rank now uses rank 0's" in log
 
 
-# --- the CLI: snapshots, resume, failures ----------------------------------------------------------
+# --- the CLI: snapshots, resume, failures --------------------------------------------------------
 def _resume_net(tmp_path):
     from test_resume_exact import make_data as resume_data
     return resume_data(tmp_path / "data")
@@ -603,7 +603,7 @@ def test_a_launcher_of_another_mpi_is_named(tmp_path):
         in res.stderr.strip().splitlines()[-1]
 
 
-# --- without MPI -----------------------------------------------------------------------------------
+# --- without MPI ---------------------------------------------------------------------------------
 def test_without_mpi_one_process_trains_unchanged_and_an_mpi_launch_fails_clearly(tmp_path):
     d = tmp_path / "data"
     make_data(d)
@@ -633,7 +633,7 @@ def test_without_mpi_one_process_trains_unchanged_and_an_mpi_launch_fails_clearl
         "Open MPI)"]
 
 
-# --- buckets and the backward hook (no MPI: a stand-in communicator) -------------------------------
+# --- buckets and the backward hook (no MPI: a stand-in communicator) -----------------------------
 class _FakeMPI:
     IN_PLACE, SUM = object(), "sum"
 
@@ -744,7 +744,7 @@ def test_the_fused_group_hook_path_gives_the_layer_by_layer_gradients():
         np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-6)
 
 
-# --- docs/distributed.md's cost model ---------------------------------------------------------------
+# --- docs/distributed.md's cost model ------------------------------------------------------------
 def test_the_cost_model_tables_are_the_documented_ones(models_dir):
     """The doc's tables are what benchmarks/parallel_model.py computes, from the parameter and
     bucket counts of the real prototxts (LeNet and MobileNet-v1 built here)."""
