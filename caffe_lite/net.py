@@ -429,8 +429,9 @@ class Net:
 
     def backward_from_to(self, start=None, end=0):
         start = len(self.layers) - 1 if start is None else start
-        if self._hooks["before_backward"] or self._hooks["after_backward"]:
+        if self._hooks["before_backward"]:
             return self._backward_hooked(start, end)
+        after = self._hooks["after_backward"]  # after a fused group: for each of its layers
         by_last = self._groups()[1]
         need = self.layer_need_backward
         i = start
@@ -439,11 +440,16 @@ class Net:
                 g = by_last.get(i) if by_last else None
                 if g is not None and g.first >= end and g.backward_ok and g.active():
                     g.backward()
+                    for j in range(i, g.first - 1, -1):
+                        for fn in after:
+                            fn(j)
                     i = g.first - 1
                     continue
                 if need[i]:
                     self.layers[i].backward(self.top_vecs[i], self.bottom_need_backward[i],
                                             self.bottom_vecs[i])
+                for fn in after:
+                    fn(i)
                 i -= 1
         except (CaffeLiteError, MemoryError) as exc:
             raise _in_layer(exc, self.layers[i], "in backward") from None
@@ -528,7 +534,8 @@ class Net:
         self._hooks["before_backward"].append(fn)
 
     def after_backward(self, fn):
-        """Call fn(layer_index) after each layer's backward step (run or skipped)."""
+        """Call fn(layer_index) after each layer's backward step (run or skipped); for the
+        layers of a fused BatchNorm-Scale group, once the group's backward is done."""
         self._hooks["after_backward"].append(fn)
 
     def _forward_hooked(self, start, end):

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from ..backend.state import set_random_seed
+from ..backend.state import root_solver, set_random_seed
 from ..errors import ArgumentTypeError, NumericalError, SolverError
 from ..net import Net
 from . import state as snapshot_state
@@ -47,7 +47,8 @@ class Solver:
             set_random_seed(self.param.random_seed)
         train, tests = net_params(self.param)
         self.net = Net(train)
-        self.test_nets = [Net(t) for t in tests]
+        # As Caffe: in data-parallel training only the root solver (rank 0) tests.
+        self.test_nets = [Net(t) for t in tests] if root_solver() else []
         for t in self.test_nets:
             t.share_with(self.net)
         self.iter = 0
@@ -342,8 +343,14 @@ class Solver:
     # --- snapshots -----------------------------------------------------------------------
     def snapshot(self):
         """Write <prefix>_iter_N.caffemodel / .solverstate (+ .masks), as one set; return the
-        model path."""
+        model path.  In data-parallel training every rank calls it (the callbacks' state_dict()
+        may gather from all ranks) and only the root solver writes (returns None elsewhere)."""
         cuda.sync_history_to_host(self)
+        if not root_solver():
+            for _, cb in snapshot_state.callback_states(self):
+                cb.state_dict()
+            self._last_snapshot_iter = self.iter
+            return None
         with self.snapshot_lock():
             model = snapshot_state.write_snapshot(self)
         self._last_snapshot_iter = self.iter
@@ -354,9 +361,9 @@ class Solver:
         """Hold the lock on snapshot_prefix (`<prefix>.lock`) for the block, first clearing
         what an interrupted snapshot write left there.  solve() and `caffe-lite train` hold it
         for the whole run; a snapshot() outside them holds it while writing.  LockedError when
-        another process holds it."""
+        another process holds it.  Only the root solver writes snapshots, and locks."""
         prefix = self.param.snapshot_prefix
-        if not prefix or self._snapshot_lock is not None:
+        if not prefix or self._snapshot_lock is not None or not root_solver():
             yield
             return
         lock = snapshot_state.snapshot_lock(prefix).acquire()
