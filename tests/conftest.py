@@ -36,5 +36,18 @@ def _cpu_mode_and_seed():
 
 
 @pytest.fixture
+def need_gpu():
+    """GPU tests: skip with the reason where PyCUDA or a device is missing (the kernel emulator,
+    tests/gpu_emu, provides both); back to the CPU afterwards."""
+    import caffe_lite
+    from caffe_lite.backend import gpu as gpu_backend
+    ok, reason = gpu_backend.available()
+    if not ok:
+        pytest.skip(f"needs PyCUDA and a CUDA device: {reason}")
+    yield
+    caffe_lite.set_mode_cpu()
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(0)

@@ -6,21 +6,12 @@ import numpy as np
 import pytest
 
 import caffe_lite
-from caffe_lite.backend import gpu as gpu_backend
 from caffe_lite.blob import Blob
 from caffe_lite.testing import layer_from_text
 from ssd_nets import CASES, PRIOR_A, PRIOR_B, random_weights, small_ssd
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("need_gpu")]
 
-
-@pytest.fixture(autouse=True)
-def _need_gpu():
-    ok, reason = gpu_backend.available()
-    if not ok:
-        pytest.skip(f"needs PyCUDA and a CUDA device: {reason}")
-    yield
-    caffe_lite.set_mode_cpu()
 
 
 def test_small_ssd_detections_gpu_equal_cpu(tmp_path):

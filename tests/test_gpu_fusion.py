@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 
 import caffe_lite as caffe
-from caffe_lite.backend import gpu as gpu_backend
 from caffe_lite.layers.cuda import fusion as cuda_fusion
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("need_gpu")]
 
 NET = """
 name: "fuse" force_backward: {force}
@@ -34,14 +33,6 @@ layer {{ name: "ip" type: "InnerProduct" bottom: "{bn_top}" top: "ip"
 layer {{ name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "target" top: "loss" }}
 """
 
-
-@pytest.fixture(autouse=True)
-def _need_gpu():
-    ok, reason = gpu_backend.available()
-    if not ok:
-        pytest.skip(f"needs PyCUDA and a CUDA device: {reason}")
-    yield
-    caffe.set_mode_cpu()
 
 
 def _net(shape, c, bn_top, bias, relu, global_stats):

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 
 import caffe_lite as caffe
-from caffe_lite.backend import gpu as gpu_backend
 from caffe_lite.solvers import get_solver
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("need_gpu")]
 
 NET = """
   name: "small" force_backward: true
@@ -34,14 +33,6 @@ NET = """
   layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
 """
 
-
-@pytest.fixture(autouse=True)
-def _need_gpu():
-    ok, reason = gpu_backend.available()
-    if not ok:
-        pytest.skip(f"needs PyCUDA and a CUDA device: {reason}")
-    yield
-    caffe.set_mode_cpu()
 
 
 def _emulator():

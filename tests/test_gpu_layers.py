@@ -11,26 +11,17 @@ import numpy as np
 import pytest
 
 import caffe_lite
-from caffe_lite.backend import gpu as gpu_backend
 from caffe_lite.blob import Blob
 from caffe_lite.layers.base import gpu_impl_for
 from caffe_lite.proto import caffe_pb2
 from caffe_lite.testing import layer_from_text
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("need_gpu")]
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 GARBAGE = 7.25   # what bottom diffs hold before backward
 PREFILL = 0.5    # what parameter diffs hold before backward (they accumulate)
 
-
-@pytest.fixture(autouse=True)
-def _need_gpu():
-    ok, reason = gpu_backend.available()
-    if not ok:
-        pytest.skip(f"needs PyCUDA and a CUDA device: {reason}")
-    yield
-    caffe_lite.set_mode_cpu()
 
 
 def _inputs(spec, rng):

@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 
 import caffe_lite as caffe
-from caffe_lite.backend import gpu as gpu_backend
 from caffe_lite.solvers import get_solver
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("need_gpu")]
 
 SOLVER = """type: "SGD" base_lr: 0.05 momentum: 0.9 weight_decay: 0.001 lr_policy: "fixed"
 net_param {
@@ -27,14 +26,6 @@ net_param {
   layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
 }"""
 
-
-@pytest.fixture(autouse=True)
-def _need_gpu():
-    ok, reason = gpu_backend.available()
-    if not ok:
-        pytest.skip(f"needs PyCUDA and a CUDA device: {reason}")
-    yield
-    caffe.set_mode_cpu()
 
 
 def train(mode, steps=4):

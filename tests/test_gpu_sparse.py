@@ -6,21 +6,12 @@ import numpy as np
 import pytest
 
 import caffe_lite
-from caffe_lite.backend import gpu as gpu_backend
 from caffe_lite.blob import Blob
 from caffe_lite.proto import caffe_pb2
 from caffe_lite.testing import layer_from_text
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("need_gpu")]
 
-
-@pytest.fixture(autouse=True)
-def _need_gpu():
-    ok, reason = gpu_backend.available()
-    if not ok:
-        pytest.skip(f"needs PyCUDA and a CUDA device: {reason}")
-    yield
-    caffe_lite.set_mode_cpu()
 
 
 def _setup(text, x, density, seed):
