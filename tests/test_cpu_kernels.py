@@ -14,7 +14,7 @@ from caffe_lite.layers.im2col import ConvGeometry, GemmEngine
 from caffe_lite.testing import blob, layer_from_text
 from caffe_lite.proto import caffe_pb2
 
-needs_jit = pytest.mark.skipif(jit.kernels() is None, reason="numba not installed")
+needs_jit = pytest.mark.skipif(not jit.available(), reason="numba not installed")
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def test_depthwise_kernel_matches_numpy(no_jit, multiplier):
 def test_depthwise_small_planes_match_numpy(no_jit, multiplier, stride, pad, size):
     """MobileNet's late layers: 3x3 on small planes, where pad 1 takes the margined form
     (at stride 2 the half grid for even widths, the stride-1 grid for odd ones)."""
-    from caffe_lite.layers._jit_kernels import _is_same3
+    from caffe_lite.layers.numba.depthwise import _is_same3
     rng = np.random.default_rng(1)
     n, c, m = 3, 5, multiplier
     g = ConvGeometry((3, 3), (stride, stride), (pad, pad), (1, 1))
@@ -301,8 +301,11 @@ def test_single_threaded_blas_restores_the_setting():
 
 def test_jit_can_be_switched_off(monkeypatch):
     monkeypatch.setenv("CAFFE_LITE_JIT", "0")
-    assert jit.kernels() is None
-    assert jit.warm_up() is False
+    from caffe_lite.warmup import warm_up
+    assert not jit.available()
+    assert all(jit.kernels(f) is None for f in ("depthwise", "im2col", "pooling", "batchnorm",
+                                                "scale", "neuron", "sparse", "sgd"))
+    assert warm_up() is False
 
 
 FUSION_NET = """
@@ -432,3 +435,24 @@ def test_fused_sgd_update_is_bit_identical(monkeypatch, reg):
     for a, b in zip(fused, plain):
         np.testing.assert_array_equal(a, b)
     assert (fused[0][np.arange(18).reshape(3, 6) % 4 == 0] == 0).all()  # pruned stay 0
+
+
+@needs_jit
+def test_families_drop_their_cache_when_the_shared_helpers_change():
+    """numba keys a kernel's cache on its own file: a family whose cached code was built with
+    another version of layers/numba/_planes.py gets its index emptied (STYLE.md A1)."""
+    import hashlib
+    import pathlib
+    k = jit.kernels("scale")
+    caches = [d._cache for d in jit._dispatchers(k)]
+    assert {d.__name__ for d in jit._dispatchers(k)} == {"scale_forward", "scale_backward"}
+    stamp = pathlib.Path(caches[0]._cache_path) / "scale.planes-sha256"
+    digest = hashlib.sha256(jit._SHARED.read_bytes()).hexdigest()
+    x = np.ones((2, 3), np.float32)
+    k.scale_forward(x, np.ones(2, np.float32), np.zeros(2, np.float32), x.copy(), x, True,
+                    False, 0, 2)   # compiled (or loaded) and in the index
+    assert caches[0]._cache_file._load_index()
+    stamp.write_text("an older _planes.py")
+    jit._check_shared_cache(k)
+    assert stamp.read_text() == digest
+    assert caches[0]._cache_file._load_index() == {}

@@ -10,7 +10,7 @@ Caffe's grouped path does one tiny matrix product per group.  The kernel here in
 over the kernel taps only: each tap is one multiply-add of a strided view of the (padded)
 input with a per-channel weight, over all images and channels at once (split into
 cache-sized row blocks that run on a few threads).  For 2-D convolutions, when numba is
-installed, compiled kernels (jit.py) do the same per (image, channel) plane at memory speed,
+installed, compiled kernels (layers/numba/depthwise.py) do the same per (image, channel) plane at memory speed,
 forward and both gradients in one pass."""
 import numpy as np
 
@@ -35,7 +35,7 @@ class DepthwiseEngine:
         self.scratch = Scratch()
 
     def reshape(self, num, in_spatial, out_spatial):
-        key = (num, tuple(in_spatial), tuple(out_spatial), jit.kernels() is not None)
+        key = (num, tuple(in_spatial), tuple(out_spatial), jit.kernels("depthwise") is not None)
         if key == getattr(self, "_key", None):
             return  # called before every forward; nothing changed
         self._key = key
@@ -45,7 +45,7 @@ class DepthwiseEngine:
         self.in_spatial, self.out_spatial = tuple(in_spatial), tuple(out_spatial)
         self.out_count = int(np.prod(out_spatial, dtype=np.int64))
         nsp = len(out_spatial)
-        self.jit = jit.kernels() if nsp == 2 else None
+        self.jit = jit.kernels("depthwise") if nsp == 2 else None
         if self.jit is not None:
             self.jit_geometry = np.array(
                 (self.channels, self.multiplier) + g.kernel + g.stride + g.pad + g.dilation,

@@ -50,7 +50,7 @@ class BatchNormScaleGroup:
         self.backward_ok = all(need) and net.bottom_need_backward[first][0]
 
     def active(self):
-        return _mode.mode() == _mode.CPU and jit.kernels() is not None
+        return _mode.mode() == _mode.CPU and jit.kernels("batchnorm") is not None
 
     def _reshape(self):
         net = self.net
@@ -66,7 +66,7 @@ class BatchNormScaleGroup:
 
     def forward(self):
         self._reshape()
-        k = jit.kernels()
+        k = jit.kernels("batchnorm")
         bn = self.bn
         x = bn._view3(self.x_blob.cpu_data)
         y = bn._view3(self.t_blob.data)
@@ -100,7 +100,7 @@ class BatchNormScaleGroup:
             self.scale._saved_input = None
 
     def backward(self):
-        k = jit.kernels()
+        k = jit.kernels("batchnorm")
         bn, scale = self.bn, self.scale
         tdiff = bn._view3(self.t_blob.diff)
         xdiff = bn._view3(self.x_blob.diff)
@@ -159,7 +159,7 @@ def _is_chain(net, i):
 
 def plan(net):
     """{first layer index: group} for the net's fusable chains ({} when disabled)."""
-    if not enabled() or jit.kernels() is None:
+    if not enabled() or jit.kernels("batchnorm") is None:
         return {}
     groups = {}
     i = 0

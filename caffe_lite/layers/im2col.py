@@ -194,7 +194,7 @@ class GemmEngine:
         self.in_spatial = self.out_spatial = None
 
     def reshape(self, num, in_spatial, out_spatial):
-        key = (num, tuple(in_spatial), tuple(out_spatial), jit.kernels() is not None)
+        key = (num, tuple(in_spatial), tuple(out_spatial), jit.kernels("im2col") is not None)
         if key == getattr(self, "_key", None):
             return  # called before every forward; nothing changed
         self._key = key
@@ -207,7 +207,7 @@ class GemmEngine:
         per_image = self.conv_in * g.kernel_count * self.out_count
         self.chunk = max(1, min(num, COL_BUFFER_ELEMENTS // max(1, per_image)))
         # 2-D with numba: compiled im2col / col2im (no padded copy of the input is kept).
-        self.jit = jit.kernels() if len(in_spatial) == 2 and not g.is_1x1 else None
+        self.jit = jit.kernels("im2col") if len(in_spatial) == 2 and not g.is_1x1 else None
         if self.jit is not None:
             self.jit_geometry = np.array(g.kernel + g.stride + g.pad + g.dilation, np.int64)
             self.padded.reshape(rows, in_spatial, in_spatial, g.pad)  # no copy kept

@@ -109,7 +109,7 @@ class ReLULayer(_KeepsInput):
             return
         x = self.backward_input(bottom)
         dy, dx = top[0].cpu_diff, bottom[0].diff
-        k = jit.kernels()
+        k = jit.kernels("neuron")
         if k is not None and self.negative_slope == 0:
             xf, dyf, dxf = x.reshape(-1), dy.reshape(-1), dx.reshape(-1)
             in_place = top[0] is bottom[0]

@@ -175,7 +175,7 @@ class PoolingLayer(Layer):
         """The compiled kernels for MAX / AVE windows (not global pooling, not STOCHASTIC)."""
         if self._whole or self.pool not in (_P.MAX, _P.AVE):
             return None
-        return jit.kernels()
+        return jit.kernels("pooling")
 
     def _rows(self, a):
         return a.reshape(-1, *a.shape[2:])
