@@ -20,11 +20,7 @@ from ._planes import _ELEMENTWISE, _REDUCTION, _F, _fill_phased, _fill_split, _t
 
 
 # --------------------------------------------------------------------------------------------
-# Depthwise convolution, 2-D.  x rows (R, H, W) with R = num * C; output rows (R, M, OH, OW);
-# weights (C * M, K) with K = kh * kw; channel of row r is r % C, output channel c * M + m.
-# g = (C, M, kh, kw, sh, sw, ph, pw, dh, dw).
-#
-# Rows of output: a plane is copied into a phase-split zero-bordered buffer (_fill_phased) and
+# The general strategy.  Rows of output: a plane is copied into a phase-split zero-bordered buffer (_fill_phased) and
 # each output row is one unit-stride loop over the taps (nine multiply-adds per element for
 # 3x3).  Narrow planes (the late layers, 14x14 and 7x7) take their weight sums in "flat" form
 # instead: a buffer split by phase on both axes, B[u % sh, v % sw, u // sh, v // sw], in
@@ -366,56 +362,71 @@ def _is_same3(g, wd):
 
 
 @njit(nogil=True, cache=True, boundscheck=False, fastmath=_ELEMENTWISE)
-def depthwise_forward(x, w, bias, y, g, r0, r1):
+def _dw_fwd_half3(x, w, bias, y, g, r0, r1):
+    """3x3, pad 1, stride 2 on an even width: even / odd column phases, a half grid."""
     c_n, m_n, kh, kw, sh, sw, ph, pw, dh, dw = g
     oh_n, ow_n = y.shape[2], y.shape[3]
     has_bias = bias.shape[0] > 0
     h, wd = x.shape[1], x.shape[2]
-    if _is_same3(g, wd) and sh == 2 and wd % 2 == 0:
-        hw = wd // 2
-        n = h * hw
-        left, right = _column_masks(h, hw)
-        eb = np.zeros(n + 2 * hw + 2, _F)
-        ob = np.zeros(n + 2 * hw + 2, _F)
-        z = np.empty(n, _F)
-        for r in range(r0, r1):
-            c = r % c_n
-            _fill_phases(eb, ob, x[r].reshape(2 * n), hw)
-            for m in range(m_n):
-                o = c * m_n + m
-                bv = bias[o] if has_bias else _F(0)
-                _half_correlate(eb, ob, w[o], z, left, hw)
-                for oh in range(oh_n):
-                    src = z[2 * oh * hw:]
-                    row = y[r, m, oh]
-                    for ow in range(ow_n):
-                        row[ow] = src[ow] + bv
-        return
-    if _is_same3(g, wd):
-        n = h * wd
-        left, right = _column_masks(h, wd)
-        buf = np.zeros(n + 2 * wd + 2, _F)
-        full = np.empty(n if sh > 1 else 0, _F)
-        for r in range(r0, r1):
-            c = r % c_n
-            _fill_margined(buf, x[r].reshape(n), wd)
-            for m in range(m_n):
-                o = c * m_n + m
-                bv = bias[o] if has_bias else _F(0)
-                if sh == 1:
-                    out = y[r, m].reshape(n)
-                    _same3_correlate(buf, w[o], out, left, right, wd, False, False)
-                    if has_bias:
-                        for k in range(n):
-                            out[k] += bv
-                    continue
-                _same3_correlate(buf, w[o], full, left, right, wd, False, False)
-                for oh in range(oh_n):
-                    src = full[2 * oh * wd:]
-                    row = y[r, m, oh]
-                    for ow in range(ow_n):
-                        row[ow] = src[2 * ow] + bv
-        return
+    hw = wd // 2
+    n = h * hw
+    left, right = _column_masks(h, hw)
+    eb = np.zeros(n + 2 * hw + 2, _F)
+    ob = np.zeros(n + 2 * hw + 2, _F)
+    z = np.empty(n, _F)
+    for r in range(r0, r1):
+        c = r % c_n
+        _fill_phases(eb, ob, x[r].reshape(2 * n), hw)
+        for m in range(m_n):
+            o = c * m_n + m
+            bv = bias[o] if has_bias else _F(0)
+            _half_correlate(eb, ob, w[o], z, left, hw)
+            for oh in range(oh_n):
+                src = z[2 * oh * hw:]
+                row = y[r, m, oh]
+                for ow in range(ow_n):
+                    row[ow] = src[ow] + bv
+
+
+@njit(nogil=True, cache=True, boundscheck=False, fastmath=_ELEMENTWISE)
+def _dw_fwd_same3(x, w, bias, y, g, r0, r1):
+    """3x3, pad 1, stride 1 (or 2 on an odd width, every other stride-1 output): the
+    margined flat form."""
+    c_n, m_n, kh, kw, sh, sw, ph, pw, dh, dw = g
+    oh_n, ow_n = y.shape[2], y.shape[3]
+    has_bias = bias.shape[0] > 0
+    h, wd = x.shape[1], x.shape[2]
+    n = h * wd
+    left, right = _column_masks(h, wd)
+    buf = np.zeros(n + 2 * wd + 2, _F)
+    full = np.empty(n if sh > 1 else 0, _F)
+    for r in range(r0, r1):
+        c = r % c_n
+        _fill_margined(buf, x[r].reshape(n), wd)
+        for m in range(m_n):
+            o = c * m_n + m
+            bv = bias[o] if has_bias else _F(0)
+            if sh == 1:
+                out = y[r, m].reshape(n)
+                _same3_correlate(buf, w[o], out, left, right, wd, False, False)
+                if has_bias:
+                    for k in range(n):
+                        out[k] += bv
+                continue
+            _same3_correlate(buf, w[o], full, left, right, wd, False, False)
+            for oh in range(oh_n):
+                src = full[2 * oh * wd:]
+                row = y[r, m, oh]
+                for ow in range(ow_n):
+                    row[ow] = src[2 * ow] + bv
+
+
+@njit(nogil=True, cache=True, boundscheck=False, fastmath=_ELEMENTWISE)
+def _dw_fwd_general(x, w, bias, y, g, r0, r1):
+    """Any kernel, stride, pad and dilation: phase-split rows (_fill_phased)."""
+    c_n, m_n, kh, kw, sh, sw, ph, pw, dh, dw = g
+    oh_n, ow_n = y.shape[2], y.shape[3]
+    has_bias = bias.shape[0] > 0
     buf = np.zeros(((oh_n - 1) * sh + (kh - 1) * dh + 1, sw, ow_n + ((kw - 1) * dw) // sw),
                    _F)
     for r in range(r0, r1):
@@ -434,67 +445,90 @@ def depthwise_forward(x, w, bias, y, g, r0, r1):
 
 
 @njit(nogil=True, cache=True, boundscheck=False, fastmath=_ELEMENTWISE)
-def depthwise_backward(x, dy, w, dx, gw, want_dx, want_dw, g, r0, r1):
-    """dx rows (overwritten) and per-row weight sums gw (R, M, K) (overwritten) for rows
-    [r0, r1)."""
+def depthwise_forward(x, w, bias, y, g, r0, r1):
+    if _is_same3(g, x.shape[2]):
+        if g[4] == 2 and x.shape[2] % 2 == 0:
+            _dw_fwd_half3(x, w, bias, y, g, r0, r1)
+        else:
+            _dw_fwd_same3(x, w, bias, y, g, r0, r1)
+    else:
+        _dw_fwd_general(x, w, bias, y, g, r0, r1)
+
+
+@njit(nogil=True, cache=True, boundscheck=False, fastmath=_ELEMENTWISE)
+def _dw_bwd_half3(x, dy, w, dx, gw, want_dx, want_dw, g, r0, r1):
+    """3x3, pad 1, stride 2 on an even width (as _dw_fwd_half3)."""
+    c_n, m_n = g[0], g[1]
+    h, wd = x.shape[1], x.shape[2]
+    oh_n, ow_n = dy.shape[2], dy.shape[3]
+    hw = wd // 2
+    n = h * hw
+    left, right = _column_masks(h, hw)
+    eb = np.zeros(n + 2 * hw + 2, _F)
+    ob = np.zeros(n + 2 * hw + 2, _F)
+    db = np.zeros(n + 2 * hw + 2, _F)
+    dhalf = db[hw + 1:hw + 1 + n]  # dy on the even rows; the odd ones stay zero
+    for r in range(r0, r1):
+        c = r % c_n
+        if want_dw:
+            _fill_phases(eb, ob, x[r].reshape(2 * n), hw)
+        for m in range(m_n):
+            for oh in range(oh_n):
+                src = dy[r, m, oh]
+                row = dhalf[2 * oh * hw:]
+                for ow in range(ow_n):
+                    row[ow] = src[ow]
+            if want_dw:
+                _half_weight_sums(eb, ob, dhalf, left, hw, gw[r, m])
+            if want_dx:
+                _half_transpose(db, w[c * m_n + m], dx[r].reshape(2 * n), right, hw,
+                                m > 0)
+
+
+@njit(nogil=True, cache=True, boundscheck=False, fastmath=_ELEMENTWISE)
+def _dw_bwd_same3(x, dy, w, dx, gw, want_dx, want_dw, g, r0, r1):
+    """3x3, pad 1, stride 1 or 2 (as _dw_fwd_same3)."""
+    c_n, m_n, sh = g[0], g[1], g[4]
+    h, wd = x.shape[1], x.shape[2]
+    oh_n, ow_n = dy.shape[2], dy.shape[3]
+    # dy goes in the margined buffer, at stride 2 onto the even positions of the full
+    # grid (the odd ones stay zero): the gradients are then those of stride 1.
+    n = h * wd
+    left, right = _column_masks(h, wd)
+    xbuf = np.zeros(n + 2 * wd + 2, _F)
+    dbuf = np.zeros(n + 2 * wd + 2, _F)
+    dfull = dbuf[wd + 1:wd + 1 + n]
+    for r in range(r0, r1):
+        c = r % c_n
+        if want_dw:
+            _fill_margined(xbuf, x[r].reshape(n), wd)
+        for m in range(m_n):
+            if sh == 1:
+                d = dy[r, m].reshape(n)
+                if want_dx:
+                    _fill_margined(dbuf, d, wd)
+            else:
+                d = dfull
+                for oh in range(oh_n):
+                    src = dy[r, m, oh]
+                    row = dfull[2 * oh * wd:]
+                    for ow in range(ow_n):
+                        row[2 * ow] = src[ow]
+            if want_dw:
+                _same3_weight_sums(xbuf, d, left, right, wd, gw[r, m])
+            if want_dx:
+                _same3_correlate(dbuf, w[c * m_n + m], dx[r].reshape(n), left, right,
+                                 wd, True, m > 0)
+
+
+@njit(nogil=True, cache=True, boundscheck=False, fastmath=_ELEMENTWISE)
+def _dw_bwd_general(x, dy, w, dx, gw, want_dx, want_dw, g, r0, r1):
+    """Any geometry: weight sums on phase-split rows (a flat form for narrow planes), the input
+    gradient as a correlation with the rotated kernel (polyphase above stride 1)."""
     c_n, m_n, kh, kw, sh, sw, ph, pw, dh, dw = g
     h, wd = x.shape[1], x.shape[2]
     oh_n, ow_n = dy.shape[2], dy.shape[3]
     kc = kh * kw
-    if _is_same3(g, wd) and sh == 2 and wd % 2 == 0:
-        hw = wd // 2
-        n = h * hw
-        left, right = _column_masks(h, hw)
-        eb = np.zeros(n + 2 * hw + 2, _F)
-        ob = np.zeros(n + 2 * hw + 2, _F)
-        db = np.zeros(n + 2 * hw + 2, _F)
-        dhalf = db[hw + 1:hw + 1 + n]  # dy on the even rows; the odd ones stay zero
-        for r in range(r0, r1):
-            c = r % c_n
-            if want_dw:
-                _fill_phases(eb, ob, x[r].reshape(2 * n), hw)
-            for m in range(m_n):
-                for oh in range(oh_n):
-                    src = dy[r, m, oh]
-                    row = dhalf[2 * oh * hw:]
-                    for ow in range(ow_n):
-                        row[ow] = src[ow]
-                if want_dw:
-                    _half_weight_sums(eb, ob, dhalf, left, hw, gw[r, m])
-                if want_dx:
-                    _half_transpose(db, w[c * m_n + m], dx[r].reshape(2 * n), right, hw,
-                                    m > 0)
-        return
-    if _is_same3(g, wd):
-        # dy goes in the margined buffer, at stride 2 onto the even positions of the full
-        # grid (the odd ones stay zero): the gradients are then those of stride 1.
-        n = h * wd
-        left, right = _column_masks(h, wd)
-        xbuf = np.zeros(n + 2 * wd + 2, _F)
-        dbuf = np.zeros(n + 2 * wd + 2, _F)
-        dfull = dbuf[wd + 1:wd + 1 + n]
-        for r in range(r0, r1):
-            c = r % c_n
-            if want_dw:
-                _fill_margined(xbuf, x[r].reshape(n), wd)
-            for m in range(m_n):
-                if sh == 1:
-                    d = dy[r, m].reshape(n)
-                    if want_dx:
-                        _fill_margined(dbuf, d, wd)
-                else:
-                    d = dfull
-                    for oh in range(oh_n):
-                        src = dy[r, m, oh]
-                        row = dfull[2 * oh * wd:]
-                        for ow in range(ow_n):
-                            row[2 * ow] = src[ow]
-                if want_dw:
-                    _same3_weight_sums(xbuf, d, left, right, wd, gw[r, m])
-                if want_dx:
-                    _same3_correlate(dbuf, w[c * m_n + m], dx[r].reshape(n), left, right,
-                                     wd, True, m > 0)
-        return
     # --- weight sums: x in a row buffer (wide planes) or a flat buffer (narrow ones)
     flat = ow_n < _NARROW
     hq = oh_n + ((kh - 1) * dh) // sh + 1
@@ -613,3 +647,16 @@ def depthwise_backward(x, dy, w, dx, gw, want_dx, want_dw, g, r0, r1):
                         else:
                             for v in range(cols_b):
                                 row[v * sw] += src[v]
+
+
+@njit(nogil=True, cache=True, boundscheck=False, fastmath=_ELEMENTWISE)
+def depthwise_backward(x, dy, w, dx, gw, want_dx, want_dw, g, r0, r1):
+    """dx rows (overwritten) and per-row weight sums gw (R, M, K) (overwritten) for rows
+    [r0, r1)."""
+    if _is_same3(g, x.shape[2]):
+        if g[4] == 2 and x.shape[2] % 2 == 0:
+            _dw_bwd_half3(x, dy, w, dx, gw, want_dx, want_dw, g, r0, r1)
+        else:
+            _dw_bwd_same3(x, dy, w, dx, gw, want_dx, want_dw, g, r0, r1)
+    else:
+        _dw_bwd_general(x, dy, w, dx, gw, want_dx, want_dw, g, r0, r1)
