@@ -233,7 +233,7 @@ class Net:
         self._output_ids = [name_to_idx[n] for n in sorted(available)]
         self._share_weights()
         self._build_views()
-        self._fused = None
+        self._plans = {}
         self._hooks = {"before_forward": [], "after_forward": [], "before_backward": [],
                        "after_backward": []}
 
@@ -363,57 +363,38 @@ class Net:
     def reshape(self):
         for layer, bottom, top in zip(self.layers, self.bottom_vecs, self.top_vecs):
             layer.reshape(bottom, top)
+        self._plan().reshaped()
 
-    def _groups(self):
-        """Chains of layers the CPU runs as one step (layers/fusion.py), by first and by last
-        layer index; built on first use."""
-        if self._fused is None:
-            from .layers import fusion
-            groups = fusion.plan(self)
-            self._fused = (groups, {g.last: g for g in groups.values()})
-        return self._fused
+    def _plan(self):
+        """The steps of this net's passes for the current configuration (caffe_lite/plan.py),
+        built on first use and again when the device mode, CAFFE_LITE_JIT or CAFFE_LITE_FUSE
+        changes."""
+        from . import plan
+        key = plan.current_key()
+        p = self._plans.get(key)
+        if p is None:
+            p = self._plans[key] = plan.Plan(self, key)
+        return p
 
     def forward_from_to(self, start=0, end=None):
         end = len(self.layers) - 1 if end is None else end
         if self._hooks["before_forward"] or self._hooks["after_forward"]:
             return self._forward_hooked(start, end)
-        loss = 0.0
-        layers, bottoms, tops = self.layers, self.bottom_vecs, self.top_vecs
-        by_first = self._groups()[0]
-        i = start
+        plan = self._plan()
         try:
-            while i <= end:
-                g = by_first.get(i) if by_first else None
-                if g is not None and g.last <= end and g.active():
-                    g.forward()  # no loss weights inside a group
-                    i = g.last + 1
-                    continue
-                loss += layers[i].forward(bottoms[i], tops[i])
-                i += 1
+            return plan.forward(start, end)
         except (CaffeLiteError, MemoryError) as exc:
-            raise _in_layer(exc, layers[i], "in forward") from None
-        return loss
+            raise _in_layer(exc, self.layers[plan.failed], "in forward") from None
 
     def backward_from_to(self, start=None, end=0):
         start = len(self.layers) - 1 if start is None else start
         if self._hooks["before_backward"] or self._hooks["after_backward"]:
             return self._backward_hooked(start, end)
-        by_last = self._groups()[1]
-        need = self.layer_need_backward
-        i = start
+        plan = self._plan()
         try:
-            while i >= end:
-                g = by_last.get(i) if by_last else None
-                if g is not None and g.first >= end and g.backward_ok and g.active():
-                    g.backward()
-                    i = g.first - 1
-                    continue
-                if need[i]:
-                    self.layers[i].backward(self.top_vecs[i], self.bottom_need_backward[i],
-                                            self.bottom_vecs[i])
-                i -= 1
+            plan.backward(start, end)
         except (CaffeLiteError, MemoryError) as exc:
-            raise _in_layer(exc, self.layers[i], "in backward") from None
+            raise _in_layer(exc, self.layers[plan.failed], "in backward") from None
 
     def forward(self, blobs=None, start=None, end=None, **kwargs):
         """Run forward; inputs may be given as keyword arrays (an input whose shape differs
@@ -486,27 +467,36 @@ class Net:
         self._hooks["after_backward"].append(fn)
 
     def _forward_hooked(self, start, end):
-        """Layer by layer (no fused groups), calling the hooks as Caffe's ForwardFromTo does."""
+        """Layer by layer (no fused groups, every layer reshaped), calling the hooks as Caffe's
+        ForwardFromTo does."""
         before, after = self._hooks["before_forward"], self._hooks["after_forward"]
         loss = 0.0
-        for i in range(start, end + 1):
-            for fn in before:
-                fn(i)
-            loss += self.layers[i].forward(self.bottom_vecs[i], self.top_vecs[i])
-            for fn in after:
-                fn(i)
+        i = start
+        try:
+            for i in range(start, end + 1):
+                for fn in before:
+                    fn(i)
+                loss += self.layers[i].forward(self.bottom_vecs[i], self.top_vecs[i])
+                for fn in after:
+                    fn(i)
+        except (CaffeLiteError, MemoryError) as exc:
+            raise _in_layer(exc, self.layers[i], "in forward") from None
         return loss
 
     def _backward_hooked(self, start, end):
         before, after = self._hooks["before_backward"], self._hooks["after_backward"]
-        for i in range(start, end - 1, -1):
-            for fn in before:
-                fn(i)
-            if self.layer_need_backward[i]:
-                self.layers[i].backward(self.top_vecs[i], self.bottom_need_backward[i],
-                                        self.bottom_vecs[i])
-            for fn in after:
-                fn(i)
+        i = start
+        try:
+            for i in range(start, end - 1, -1):
+                for fn in before:
+                    fn(i)
+                if self.layer_need_backward[i]:
+                    self.layers[i].backward(self.top_vecs[i], self.bottom_need_backward[i],
+                                            self.bottom_vecs[i])
+                for fn in after:
+                    fn(i)
+        except (CaffeLiteError, MemoryError) as exc:
+            raise _in_layer(exc, self.layers[i], "in backward") from None
 
     def _batch(self, arrays):
         """(batch dict, number of real items) over `arrays` in the net's batch size, the last

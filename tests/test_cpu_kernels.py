@@ -359,7 +359,7 @@ def test_batchnorm_scale_relu_group_matches_layer_by_layer(monkeypatch, bn_top, 
             bn.blobs[0].data[...] = [0.5, -1, 2, 0]
             bn.blobs[1].data[...] = [1, 2, 3, 4]
             bn.blobs[2].data[...] = 2
-        assert bool(net._groups()[0]) == fuse
+        assert bool(net._plan().by_first) == fuse
         net.blobs["data"].data[...] = x
         net.blobs["target"].data[...] = target
         out = []

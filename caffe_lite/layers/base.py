@@ -159,12 +159,23 @@ class Layer:
         return True
 
     # --- forward / backward ----------------------------------------------------------------
+    # A Net skips reshape while no blob's shape has changed (caffe_lite/plan.py); a layer whose
+    # reshape reads more than its bottoms' shapes (the data it is about to produce, a user's
+    # Python code) sets this to be reshaped before every forward, as Caffe does.
+    reshape_each_forward = False
+
     def forward(self, bottom, top):
+        """reshape, forward on the current device, and the loss: Caffe's Layer::Forward (a Net
+        runs the three parts itself, reshaping only when shapes changed)."""
         self.reshape(bottom, top)  # as Caffe's Layer::Forward: inputs may have changed shape
         if _mode.mode() == _mode.GPU:
             self.forward_gpu(bottom, top)
         else:
             self.forward_cpu(bottom, top)
+        return self.loss_value(top)
+
+    def loss_value(self, top):
+        """sum(weight * top) over the tops with a loss weight."""
         loss = 0.0
         for w, t in zip(self.loss_weights, top):
             if w != 0:

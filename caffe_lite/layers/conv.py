@@ -156,22 +156,29 @@ class BaseConvolution(Layer):
             y3 = y.reshape(self.num, self.num_output, -1)
             np.add(y3, self._bias().reshape(-1, 1), out=y3)
 
-    def forward_cpu(self, bottom, top):
+    def forward_cpu(self, bottom, top, post=None):
+        """`post`: a fusion.Epilogue that adds the bias (and applies what follows the layer
+        in a fused group) in one pass after the products."""
         w = self.blobs[0].cpu_data
         csr = None if self.empty else self.sparse.choose(self.columns)
+        bias = self._bias() if post is None else None
         for b, t in zip(bottom, top):
             x = b.cpu_data.reshape(self.bottom_shape)
             y = t.data.reshape(self.top_shape)
             if self.empty:
                 y[...] = 0
-                self._add_bias(y)
+                if post is None:
+                    self._add_bias(y)
             elif csr is not None:
-                sparse.convolution(self.sparse, csr, x, self._bias(), y)
+                sparse.convolution(self.sparse, csr, x, bias, y)
             elif self.reverse_dimensions:
                 self.engine.backward_data(x, w, y)
-                self._add_bias(y)
+                if post is None:
+                    self._add_bias(y)
             else:
-                self.engine.forward(x, w, self._bias(), y)
+                self.engine.forward(x, w, bias, y)
+            if post is not None:
+                post.apply(y.reshape(self.num, self.num_output, -1))
 
     def forward_gpu(self, bottom, top):
         csr = None if self.empty else self.sparse.choose(self.columns, gpu=True)

@@ -65,16 +65,21 @@ class InnerProductLayer(Layer):
         """The weight as a (K, N) matrix: x @ it is the forward product."""
         return w if self.transpose else w.T
 
-    def forward_cpu(self, bottom, top):
+    def forward_cpu(self, bottom, top, post=None):
+        """`post`: a fusion.Epilogue that adds the bias (and applies what follows the layer
+        in a fused group) in one pass after the product."""
         x = bottom[0].cpu_data.reshape(self.M, self.K)
         y = top[0].data.reshape(self.M, self.num_output)
         csr = self.sparse.choose(self.M)
+        bias = self._bias() if post is None else None
         if csr is not None:
-            sparse.inner_product(self.sparse, csr, x, self._bias(), y)
-            return
-        matmul(x, self._weight_as_kn(self.blobs[0].cpu_data), y)
-        if self.bias_term:
-            y += self.blobs[1].cpu_data
+            sparse.inner_product(self.sparse, csr, x, bias, y)
+        else:
+            matmul(x, self._weight_as_kn(self.blobs[0].cpu_data), y)
+            if bias is not None:
+                y += bias
+        if post is not None:
+            post.apply(y.reshape(self.M, self.num_output, 1))
 
     def forward_gpu(self, bottom, top):
         csr = self.sparse.choose(self.M, gpu=True)

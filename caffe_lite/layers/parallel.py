@@ -26,7 +26,10 @@ MIN_PARALLEL_KERNEL_ELEMENTS = 1 << 16
 
 
 def num_threads():
-    """Threads used by the layers: CAFFE_LITE_NUM_THREADS, else the usable CPUs."""
+    """Threads used by the layers: CAFFE_LITE_NUM_THREADS, else the usable CPUs (read once
+    per pass inside a `cpu_pass`)."""
+    if _pass_threads:
+        return _pass_threads
     env = os.environ.get("CAFFE_LITE_NUM_THREADS")
     if env:
         return max(1, int(env))
@@ -34,6 +37,33 @@ def num_threads():
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+_pass_threads = 0   # num_threads() while a cpu_pass is open, else 0
+_pass_blas = None   # the single_threaded_blas context of the open pass
+
+
+class cpu_pass:
+    """Context around a whole forward or backward pass of a Net on the CPU: the thread count
+    is read once and BLAS is held at one thread once, not around each product.  Nested
+    passes (a Net inside a Python layer) reuse the outer one's settings."""
+    __slots__ = ("outer",)
+
+    def __enter__(self):
+        global _pass_threads, _pass_blas
+        self.outer = _pass_threads
+        if not self.outer:
+            threads = num_threads()
+            _pass_blas = single_threaded_blas().__enter__()
+            _pass_threads = threads
+        return self
+
+    def __exit__(self, *exc):
+        global _pass_threads, _pass_blas
+        if not self.outer:
+            _pass_threads = 0
+            blas, _pass_blas = _pass_blas, None
+            blas.__exit__(*exc)
 
 
 class _Worker:
@@ -219,8 +249,11 @@ def matmul(a, b, out):
     k = a.shape[-1]
     macs = out.size * k
     if threads == 1 or macs < MIN_PARALLEL_MACS or not _blas_libraries():
-        with single_threaded_blas():
+        if _pass_blas is not None:
             np.matmul(a, b, out=out)
+        else:
+            with single_threaded_blas():
+                np.matmul(a, b, out=out)
         return out
     axis, size = _split_axis(a, b, out, threads)
     step = -(-size // threads)
@@ -238,7 +271,10 @@ def matmul(a, b, out):
             aa = a[sl] if a.ndim == out.ndim and a.shape[0] == out.shape[0] else a
             bb = b[sl] if b.ndim == out.ndim and b.shape[0] == out.shape[0] else b
             np.matmul(aa, bb, out=out[sl])
-    with single_threaded_blas():
-        run_tasks([lambda lo=lo: piece(lo, min(lo + step, size))
-                   for lo in range(0, size, step)])
+    tasks = [lambda lo=lo: piece(lo, min(lo + step, size)) for lo in range(0, size, step)]
+    if _pass_blas is not None:
+        run_tasks(tasks)
+    else:
+        with single_threaded_blas():
+            run_tasks(tasks)
     return out
