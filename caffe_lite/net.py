@@ -228,12 +228,15 @@ class Net:
                     self.blob_need_backward[bid] = self.blob_need_backward[bid] or nb
                 for pid in range(len(layer.blobs)):
                     layer.param_propagate_down[pid] = True
+        for layer, need in zip(self.layers, self.layer_need_backward):
+            layer.backward_needed = need
 
         # Caffe collects the remaining blobs in a std::set, so outputs come sorted by name.
         self._output_ids = [name_to_idx[n] for n in sorted(available)]
+        self._output_names = tuple(dict.fromkeys(self._blob_names[i] for i in self._output_ids))
         self._share_weights()
         self._build_views()
-        self._plans = {}
+        self._plan_ = None
         self._hooks = {"before_forward": [], "after_forward": [], "before_backward": [],
                        "after_backward": []}
 
@@ -363,17 +366,17 @@ class Net:
     def reshape(self):
         for layer, bottom, top in zip(self.layers, self.bottom_vecs, self.top_vecs):
             layer.reshape(bottom, top)
-        self._plan().reshaped()
+        self._plan_ = None  # the layers may have new buffers: prepare every step again
 
     def _plan(self):
         """The steps of this net's passes for the current configuration (caffe_lite/plan.py),
-        built on first use and again when the device mode, CAFFE_LITE_JIT or CAFFE_LITE_FUSE
-        changes."""
+        built on first use and again when the device mode, CAFFE_LITE_JIT, CAFFE_LITE_FUSE or
+        the thread count changes."""
         from . import plan
         key = plan.current_key()
-        p = self._plans.get(key)
-        if p is None:
-            p = self._plans[key] = plan.Plan(self, key)
+        p = self._plan_
+        if p is None or p.key != key:
+            p = self._plan_ = plan.Plan(self, key)
         return p
 
     def forward_from_to(self, start=0, end=None):
@@ -400,11 +403,14 @@ class Net:
         """Run forward; inputs may be given as keyword arrays (an input whose shape differs
         is reshaped).  Returns {output name: data array} for the outputs (or the `end` layer's
         tops) plus any names in `blobs`."""
-        blobs = list(blobs or [])
         start_i = 0 if start is None else self._layer_index(start, "forward(start=)")
-        if end is None:
+        if end is None and not blobs:
+            end_i, outs = len(self.layers) - 1, self._output_names
+        elif end is None:
+            blobs = list(blobs)
             end_i, outs = len(self.layers) - 1, self.outputs + blobs
         else:
+            blobs = list(blobs or [])
             end_i = self._layer_index(end, "forward(end=)")
             outs = self.top_names[end] + blobs
         for name, arr in kwargs.items():
@@ -481,6 +487,8 @@ class Net:
                     fn(i)
         except (CaffeLiteError, MemoryError) as exc:
             raise _in_layer(exc, self.layers[i], "in forward") from None
+        finally:
+            self._plan_ = None  # every layer reshaped: prepare every step again
         return loss
 
     def _backward_hooked(self, start, end):

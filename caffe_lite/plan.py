@@ -7,12 +7,15 @@ holds, per configuration (device mode, compiled kernels on or off, fusion on or 
   * the steps of a pass: each layer's bound forward_cpu / forward_gpu (or backward), its
     bottom and top vectors, whether it carries a loss; consecutive layers that run as one
     step (layers/fusion.py) as one entry;
-  * the shape epoch (blob.shape_epoch) at which every layer was last shaped.  A pass whose
-    blobs all still have those shapes and buffers skips the layers' reshape; as soon as any
-    blob's shape or memory changes (an input of another size, a layer whose output size
-    depends on its data, a blob shared anew) the layers from there on reshape, as Caffe's do.
-    Layers whose reshape does more than shape tops from bottoms (data layers, Python layers)
-    say so with `reshape_each_forward = True` and reshape on every pass.
+  * the shape epoch (blob.shape_epoch) the steps were shaped at.  A pass whose blobs all
+    still have those shapes and buffers skips the layers' reshape; as soon as any blob's shape
+    or memory changes (an input of another size, a layer whose output size depends on its
+    data, a blob shared anew) the layers from there on reshape, as Caffe's do.  Layers whose
+    reshape does more than shape tops from bottoms (Python layers) say so with
+    `reshape_each_forward = True` and reshape on every pass;
+  * on the CPU, each step's prepared forward (Layer.prepare_cpu): a callable with the arrays,
+    buffers, kernels and thread split of the current shapes bound, made right after the
+    reshape and run as long as nothing changes.
 
 Validation therefore happens when shapes change, not per call, and buffers sized by reshape
 are reused.  On the CPU the pass runs inside parallel.cpu_pass: the thread count is read and
@@ -20,56 +23,93 @@ BLAS held at one thread once per pass, not around each matrix product.  Net hook
 before_forward & co.) take the layer-by-layer path instead (net.py), as before."""
 from . import blob as _blob
 from .backend import state as _mode
+from .backend.memory import HEAD_AT_CPU
 from .layers import fusion, jit, parallel
 
 
 def current_key():
     """The configuration a plan is valid for."""
-    return (_mode.mode(), jit.enabled(), fusion.enabled())
+    return (_mode.mode(), jit.enabled(), fusion.enabled(), parallel.num_threads())
+
+
+class _Step:
+    """One entry of a pass: a layer, or a fused group of consecutive layers."""
+    __slots__ = ("index", "reshape", "prepare", "bottom", "top", "always", "loss", "run", "gen")
+
+    def __init__(self, index, reshape, prepare, bottom, top, always, loss):
+        self.index = index
+        self.reshape, self.prepare = reshape, prepare
+        self.bottom, self.top = bottom, top
+        self.always, self.loss = always, loss
+        self.run = None
+        self.gen = -1           # the plan generation the step was shaped and prepared in
 
 
 class Plan:
-    # (start, end) ranges whose steps are kept (the full range, plus a few partial ones)
+    # (start, end) ranges whose step lists are kept (the full range, plus a few partial ones)
     MAX_RANGES = 8
 
     def __init__(self, net, key):
         self.net = net
         self.key = key
-        gpu = key[0] == _mode.GPU
+        self.cpu = key[0] != _mode.GPU
         groups = [g for g in fusion.plan(net).values() if g.active()]
         self.by_first = {g.first: g for g in groups}
         self.by_last = {g.last: g for g in groups if g.backward_ok}
-        self.run_name = "forward_gpu" if gpu else "forward_cpu"
-        self.cpu = not gpu
+        self._layer_steps = {}
+        self._group_steps = {}
         self._forward_steps = {}
         self._backward_steps = {}
-        self.shaped_at = None   # shape epoch at which every layer was shaped (None: unknown)
+        self.shaped_at = None   # shape epoch when the current generation began
+        self.gen = 0            # bumped whenever a blob's shape or memory changed
+        self.failed = 0
 
     # --- steps --------------------------------------------------------------------------------
+    def _layer_step(self, i):
+        st = self._layer_steps.get(i)
+        if st is None:
+            net = self.net
+            layer, bottom, top = net.layers[i], net.bottom_vecs[i], net.top_vecs[i]
+            loss = layer if any(layer.loss_weights) else None
+            if self.cpu:
+                prepare = _prepare_layer(layer, bottom, top)
+            else:
+                fwd = layer.forward_gpu
+
+                def prepare(fwd=fwd, bottom=bottom, top=top):
+                    return lambda: fwd(bottom, top)
+            st = self._layer_steps[i] = _Step(i, layer.reshape, prepare, bottom, top,
+                                              layer.reshape_each_forward, loss)
+        return st
+
+    def _group_step(self, g):
+        st = self._group_steps.get(g.first)
+        if st is None:
+            prepare = g.prepare_cpu if self.cpu else (lambda g=g: g.run_forward)
+            st = self._group_steps[g.first] = _Step(g.first, g.reshape_layers, prepare, None,
+                                                    None, False, None)
+        return st
+
     def forward_steps(self, start, end):
-        """[(layer index, reshape(bottom, top), run(bottom, top), bottom, top,
-        reshape every pass, layer whose loss to add or None)] for layers start..end."""
+        """The steps of layers start..end."""
         key = (start, end)
         steps = self._forward_steps.get(key)
         if steps is not None:
             return steps
-        net = self.net
         steps = []
         i = start
         while i <= end:
             g = self.by_first.get(i)
             if g is not None and g.last <= end:
-                steps.append((i, g.reshape_layers, g.run_forward, None, None, False, None))
+                steps.append(self._group_step(g))
                 i = g.last + 1
                 continue
-            layer = net.layers[i]
-            loss = layer if any(layer.loss_weights) else None
-            steps.append((i, layer.reshape, getattr(layer, self.run_name), net.bottom_vecs[i],
-                          net.top_vecs[i], layer.reshape_each_forward, loss))
+            steps.append(self._layer_step(i))
             i += 1
         if len(self._forward_steps) >= self.MAX_RANGES:
             self._forward_steps.clear()
         self._forward_steps[key] = steps
+        self._written = None
         return steps
 
     def backward_steps(self, start, end):
@@ -98,31 +138,52 @@ class Plan:
         self._backward_steps[key] = steps
         return steps
 
+    def _host_heads(self):
+        """Prepared CPU steps write the blobs' host arrays directly: make sure every blob's
+        host copy is the one that counts (it is, unless its GPU side was asked for since)."""
+        mems = self._written
+        if mems is None:
+            mems = self._written = [b._data.mem for b in self.net._blobs]
+        for m in mems:
+            if m.head is not HEAD_AT_CPU:
+                m.mutable_cpu()
+
     # --- passes -------------------------------------------------------------------------------
     def forward(self, start, end):
-        """Run layers start..end; returns the summed loss.  On an error, `failed` names the
-        layer index."""
+        """Run layers start..end; returns the summed loss.  On an error, `failed` is the index
+        of the layer (or group) that raised."""
         steps = self.forward_steps(start, end)
         epoch = _blob.shape_epoch
-        dirty = epoch != self.shaped_at
-        changed = False
+        if epoch != self.shaped_at:
+            self.gen += 1
+            self._written = None
+        gen = self.gen
         loss = 0.0
         self.failed = start
+        if self.cpu:
+            self._host_heads()
         with parallel.cpu_pass() if self.cpu else _NoPass():
-            for step in steps:
-                self.failed = step[0]
-                if dirty or step[5]:
-                    step[1](step[3], step[4])
-                step[2](step[3], step[4])
-                if step[6] is not None:
-                    loss += step[6].loss_value(step[4])
+            for st in steps:
+                if st.gen != gen or st.always:
+                    self.failed = st.index
+                    st.reshape(st.bottom, st.top)
+                    st.run = st.prepare()
+                    st.gen = gen
+                try:
+                    st.run()
+                except BaseException:
+                    self.failed = st.index
+                    raise
+                if st.loss is not None:
+                    loss += st.loss.loss_value(st.top)
                 if _blob.shape_epoch != epoch:
+                    # a layer changed a blob's shape (or reshaped itself anew): everything
+                    # after it reshapes and prepares again
                     epoch = _blob.shape_epoch
-                    dirty = changed = True
-        if start == 0 and end == len(self.net.layers) - 1:
-            self.shaped_at = epoch
-        elif changed or dirty:
-            self.shaped_at = None
+                    self.gen += 1
+                    gen = self.gen
+                    self._written = None
+        self.shaped_at = epoch
         return loss
 
     def backward(self, start, end):
@@ -133,9 +194,16 @@ class Plan:
                 self.failed = step[0]
                 step[1](step[2], step[3], step[4])
 
-    def reshaped(self):
-        """Every layer was just shaped (Net.reshape)."""
-        self.shaped_at = _blob.shape_epoch
+
+def _prepare_layer(layer, bottom, top):
+    """prepare() of a layer's CPU step: its prepare_cpu, else its forward_cpu on the blobs."""
+    def prepare():
+        run = layer.prepare_cpu(bottom, top) if layer.uses_prepared() else None
+        if run is None:
+            fwd = layer.forward_cpu
+            return lambda: fwd(bottom, top)
+        return run
+    return prepare
 
 
 class _NoPass:

@@ -159,26 +159,49 @@ class BaseConvolution(Layer):
     def forward_cpu(self, bottom, top, post=None):
         """`post`: a fusion.Epilogue that adds the bias (and applies what follows the layer
         in a fused group) in one pass after the products."""
+        self.prepare_cpu(bottom, top, post)()
+
+    def prepare_cpu(self, bottom, top, post=None):
+        runs = [self._prepare_one(b.cpu_data.reshape(self.bottom_shape),
+                                  t.data.reshape(self.top_shape), post)
+                for b, t in zip(bottom, top)]
+        if len(runs) == 1:
+            return runs[0]
+
+        def run():
+            for r in runs:
+                r()
+        return run
+
+    def _prepare_one(self, x, y, post):
+        """A callable computing y from x (one bottom): the sparse path's choice each time,
+        then the products and the bias (or the epilogue)."""
         w = self.blobs[0].cpu_data
-        csr = None if self.empty else self.sparse.choose(self.columns)
         bias = self._bias() if post is None else None
-        for b, t in zip(bottom, top):
-            x = b.cpu_data.reshape(self.bottom_shape)
-            y = t.data.reshape(self.top_shape)
-            if self.empty:
+        tail = None if post is None else post.prepare(y.reshape(self.num, self.num_output, -1))
+        if self.empty:
+            def dense():
                 y[...] = 0
                 if post is None:
                     self._add_bias(y)
-            elif csr is not None:
-                sparse.convolution(self.sparse, csr, x, bias, y)
-            elif self.reverse_dimensions:
+        elif self.reverse_dimensions:
+            def dense():
                 self.engine.backward_data(x, w, y)
                 if post is None:
                     self._add_bias(y)
+        else:
+            dense = self.engine.prepare_forward(x, w, bias, y)
+        path, columns, empty = self.sparse, self.columns, self.empty
+
+        def run():
+            csr = None if empty else path.choose(columns)
+            if csr is None:
+                dense()
             else:
-                self.engine.forward(x, w, bias, y)
-            if post is not None:
-                post.apply(y.reshape(self.num, self.num_output, -1))
+                sparse.convolution(path, csr, x, bias, y)
+            if tail is not None:
+                tail()
+        return run
 
     def forward_gpu(self, bottom, top):
         csr = None if self.empty else self.sparse.choose(self.columns, gpu=True)

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import jit
 from .conv import Convolution
-from .im2col import PaddedRows, Scratch, run_blocks
+from .im2col import PaddedRows, Scratch, prepare_blocks, run_blocks
 from .registry import register
 
 _NO_BIAS = np.zeros(0, np.float32)
@@ -71,16 +71,17 @@ class DepthwiseEngine:
         self.wgrad_subscripts = f"bm{letters},bx{letters}->bm"
 
     # --- compiled path (2-D, numba) ----------------------------------------------------------
-    def _jit_forward(self, x, w, b, y):
+    def prepare_forward(self, x, w, b, y):
+        """A callable computing forward(x, w, b, y) for these arrays (Layer.prepare_cpu)."""
+        if self.jit is None:
+            return lambda: self.forward(x, w, b, y)
         k, geo, m = self.jit, self.jit_geometry, self.multiplier
         x3 = x.reshape(self.rows, *self.in_spatial)
         w2 = w.reshape(self.channels * m, -1)
         y4 = y.reshape(self.rows, m, *self.out_spatial)
         bias = _NO_BIAS if b is None else b
-
-        def block(a, c, slot):
-            k.depthwise_forward(x3, w2, bias, y4, geo, a, c)
-        run_blocks(self.rows, m * self.out_count, block, block_elements=None)
+        return prepare_blocks(self.rows, m * self.out_count, lambda a, c, slot:
+                              k.depthwise_forward(x3, w2, bias, y4, geo, a, c))
 
     def backward(self, x, dy, w, dx, dw):
         """Both gradients in one pass over x and dy: dx (overwritten) unless None, and
@@ -126,7 +127,7 @@ class DepthwiseEngine:
     # --- forward ---------------------------------------------------------------------------
     def forward(self, x, w, b, y):
         if self.jit is not None:
-            return self._jit_forward(x, w, b, y)
+            return self.prepare_forward(x, w, b, y)()
         m = self.multiplier
         x_rows = x.reshape(self.rows, *self.in_spatial)
         y_rows = y.reshape(self.rows, m, *self.out_spatial)

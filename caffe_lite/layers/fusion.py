@@ -32,29 +32,25 @@ The groups:
   * BatchNormScaleGroup: BatchNorm -> Scale (-> ReLU) on BatchNorm's top, in training
     (batch statistics, forward and backward as one step, compiled kernels) or on global
     statistics (forward only; compiled kernels or numpy)."""
-import os
-
 import numpy as np
 
 from ..backend import state as _mode
+from ..proto import caffe_pb2
+from ..util import env
 from . import jit
 from .base import gpu_impl_for
 from .conv import BaseConvolution
 from .inner_product import InnerProductLayer
-from .neuron import PReLULayer, ReLULayer
+from .neuron import DropoutLayer, PReLULayer, ReLULayer
 from .normalization import BatchNormLayer, same_memory
-from .parallel import run_blocks
+from .parallel import prepare_blocks, run_blocks
 from .scale_bias import _NO_BIAS, ScaleLayer
 
 _F = np.float32
-# "none" for the kernels' optional arrays (writable, as the arrays they stand in for)
-_NONE = np.zeros(0, _F)
-_NONE3 = np.zeros((0, 0, 0), _F)
-_NONE2 = np.zeros((0, 0), _F)
 
 
 def enabled():
-    return os.environ.get("CAFFE_LITE_FUSE", "1").lower() not in ("0", "false", "no", "off")
+    return env.flag("CAFFE_LITE_FUSE")
 
 
 class Group:
@@ -105,6 +101,11 @@ class Group:
     def run_backward(self, *unused):
         self.backward()
 
+    def prepare_cpu(self):
+        """A callable running forward_cpu on the blobs as they are shaped now (see
+        Layer.prepare_cpu)."""
+        return self.forward_cpu
+
     def forward_cpu(self):
         raise NotImplementedError
 
@@ -136,54 +137,54 @@ def _channel_scale_ok(scale, channels, t):
 # --------------------------------------------------------------------------------------------
 
 class Epilogue:
-    """y (N, C, S) <- act(y * scale + shift) per channel c, in one pass, where scale / shift
-    come from the layer's bias and a folded BatchNorm + Scale, and act is ReLU (slope), PReLU
-    (a slope per channel, or one) or nothing.  `keep`: where to copy the value before the
-    activation (PReLU's backward reads it), or None."""
+    """y (N, C, S) <- act(y * scale + shift) per channel c, in one pass: scale / shift come
+    from the layer's bias and a folded BatchNorm + Scale (1 and 0 where there is none), act is
+    ReLU, leaky ReLU / PReLU (`slope` per channel) or nothing.  `keep`: where to copy the value
+    before the activation (PReLU's backward reads it), or None.  The arrays are allocated
+    once and updated in place, so a prepared step always sees the current values."""
 
-    NONE, LEAKY, PRELU = 0, 1, 2
+    NONE, RELU, SLOPE = 0, 1, 2
 
-    def __init__(self):
-        self.scale = None       # (C,) or None
-        self.shift = None       # (C,) or None
+    def __init__(self, channels):
+        self.scale = np.ones(channels, _F)
+        self.shift = np.zeros(channels, _F)
+        self.slope = np.zeros(channels, _F)
         self.kind = self.NONE
-        self.slope = None       # (1,) for LEAKY, (C,) or (1,) for PRELU
         self.keep = None
 
-    def apply(self, y3):
+    def prepare(self, y3):
+        """A callable applying the epilogue to y3 (N, C, S), a view of the output."""
         n, c, s = y3.shape
         k = jit.kernels("neuron")
-        scale = _NONE if self.scale is None else self.scale
-        shift = _NONE if self.shift is None else self.shift
-        slope = _NONE if self.slope is None else self.slope
-        keep = self.keep
+        scale, shift, slope, kind = self.scale, self.shift, self.slope, self.kind
+        keep = y3 if self.keep is None else self.keep.reshape(y3.shape)
+        has_keep = self.keep is not None
         if k is not None:
-            kp = _NONE3 if keep is None else keep.reshape(y3.shape)
             if s == 1:  # InnerProduct: per row of the batch, vectorised over the channels
-                y2 = y3.reshape(n, c)
-                kp2 = _NONE2 if keep is None else kp.reshape(n, c)
-                run_blocks(n, c, lambda a, b, slot: k.affine_act_rows(
-                    y2, scale, shift, self.kind, slope, kp2, a, b), block_elements=None)
-                return
-            run_blocks(n * c, s, lambda a, b, slot: k.affine_act(
-                y3, scale, shift, self.kind, slope, kp, a, b), block_elements=None)
-            return
-        if self.scale is not None:
-            np.multiply(y3, scale.reshape(-1, 1), out=y3)
-        if self.shift is not None:
-            np.add(y3, shift.reshape(-1, 1), out=y3)
-        if keep is not None:
-            np.copyto(keep.reshape(y3.shape), y3)
-        if self.kind == self.NONE:
-            return
-        if self.kind == self.LEAKY and slope[0] == 0:
-            np.maximum(y3, _F(0), out=y3)
-            return
-        a = slope[0] if slope.size == 1 else slope.reshape(-1, 1)
-        neg = np.minimum(y3, _F(0))
-        np.maximum(y3, _F(0), out=y3)
-        neg *= a
-        y3 += neg
+                y2, k2 = y3.reshape(n, c), keep.reshape(n, c)
+                return prepare_blocks(n, c, lambda a, b, slot: k.affine_act_rows(
+                    y2, scale, shift, kind, slope, k2, has_keep, a, b))
+            return prepare_blocks(n * c, s, lambda a, b, slot: k.affine_act(
+                y3, scale, shift, kind, slope, keep, has_keep, a, b))
+        a, b, sl = scale.reshape(-1, 1), shift.reshape(-1, 1), slope.reshape(-1, 1)
+        neg = np.empty(y3.shape, _F) if kind == self.SLOPE else None
+
+        def run():
+            np.multiply(y3, a, out=y3)
+            np.add(y3, b, out=y3)
+            if has_keep:
+                np.copyto(keep, y3)
+            if kind == self.RELU:
+                np.maximum(y3, _F(0), out=y3)
+            elif kind == self.SLOPE:
+                np.minimum(y3, _F(0), out=neg)
+                np.maximum(y3, _F(0), out=y3)
+                np.multiply(neg, sl, out=neg)
+                np.add(y3, neg, out=y3)
+        return run
+
+    def apply(self, y3):
+        self.prepare(y3)()
 
 
 class ConvolutionGroup(Group):
@@ -195,7 +196,8 @@ class ConvolutionGroup(Group):
     def match(cls, net, i):
         layers = net.layers
         conv = layers[i]
-        if not isinstance(conv, (BaseConvolution, InnerProductLayer)):
+        if not isinstance(conv, (BaseConvolution, InnerProductLayer)) \
+                or not conv.uses_prepared():   # (a subclass with its own forward_cpu: alone)
             return None
         if len(net.bottom_vecs[i]) != 1 or len(net.top_vecs[i]) != 1:
             return None
@@ -216,13 +218,20 @@ class ConvolutionGroup(Group):
             if b.use_global_stats and b.channels == c and _channel_scale_ok(s, c, t):
                 bn, scale = b, s
                 j += 2
+        # an in-place Dropout outside TRAIN copies nothing: it may sit before the activation
+        while j < len(layers) and type(layers[j]) is DropoutLayer and \
+                layers[j].phase != caffe_pb2.TRAIN and _in_place_on(net, j, t):
+            j += 1
         if j < len(layers) and _in_place_on(net, j, t):
             a = layers[j]
-            if (type(a) is ReLULayer and a.negative_slope >= 0) or type(a) is PReLULayer:
+            if (type(a) is ReLULayer and a.negative_slope >= 0) or (
+                    type(a) is PReLULayer and (a.channel_shared or a.blobs[0].count == c)):
                 act = a
                 j += 1
         last = j - 1
-        if last == i or not _no_loss(net, i, last):
+        if act is None and bn is None:
+            return None
+        if not _no_loss(net, i, last):
             return None
         if bn is not None and any(net.layer_need_backward[i:last + 1]):
             return None  # a folded BatchNorm / Scale keeps none of what their backward reads
@@ -232,12 +241,12 @@ class ConvolutionGroup(Group):
         super().__init__(net, first, last)
         self.conv = net.layers[first]
         self.bn, self.scale, self.act = bn, scale, act
-        self.act_backward = act is not None and net.layer_need_backward[last]
-        self.epilogue = Epilogue()
+        self.act_backward = act is not None and act.backward_needed
+        self.epilogue = Epilogue(net.top_vecs[first][0].shape[1])
         self._versions = None
 
     def _refresh(self):
-        """The epilogue's per-channel scale and shift, recomputed when a parameter changed."""
+        """The epilogue's per-channel values, recomputed (in place) when a parameter changed."""
         conv, bn, scale, act = self.conv, self.bn, self.scale, self.act
         blobs = list(conv.blobs[1:2] if conv.bias_term else [])
         if bn is not None:
@@ -249,43 +258,62 @@ class ConvolutionGroup(Group):
             return
         self._versions = versions
         e = self.epilogue
-        # (copies: the kernels then always see writable contiguous arrays, one signature)
-        bias = np.array(conv.blobs[1].cpu_data.reshape(-1)) if conv.bias_term else None
+        bias = conv.blobs[1].cpu_data.reshape(-1) if conv.bias_term else 0
         if bn is not None:
             mean, var = bn._global_stats()
             bn._std = np.sqrt(var + bn.eps)
-            s = scale.blobs[0].cpu_data.reshape(-1)
-            a = (s / bn._std).astype(_F)
-            shift = -mean * a if bias is None else (bias - mean) * a
+            a = scale.blobs[0].cpu_data.reshape(-1) / bn._std
+            shift = (bias - mean) * a
             if scale.bias is not None:
                 shift = shift + scale.blobs[scale.bias_id].cpu_data.reshape(-1)
-            e.scale, e.shift = a, np.ascontiguousarray(shift, _F)
+            e.scale[...] = a
+            e.shift[...] = shift
         else:
-            e.scale, e.shift = None, bias
+            e.scale[...] = 1
+            e.shift[...] = bias
         if act is None:
             e.kind = Epilogue.NONE
         elif type(act) is ReLULayer:
-            e.kind, e.slope = Epilogue.LEAKY, np.array([act.negative_slope], _F)
+            e.kind = Epilogue.RELU if act.negative_slope == 0 else Epilogue.SLOPE
+            e.slope[...] = act.negative_slope
         else:
-            e.kind = Epilogue.PRELU
-            e.slope = np.array(act.blobs[0].cpu_data.reshape(-1), _F)
+            e.kind = Epilogue.SLOPE
+            e.slope[...] = act.blobs[0].cpu_data.reshape(-1)
+
+    def _keep(self):
+        """PReLU's input copy, when its backward will read it (its forward keeps the same)."""
+        act, e = self.act, self.epilogue
+        if self.act_backward and type(act) is PReLULayer:
+            t = self.net.top_vecs[self.first][0]
+            act._x = e.keep = act._saved.view(t.shape)
+        else:
+            e.keep = None
+            if act is not None:
+                # ReLU's backward reads its top; a PReLU that keeps no input refuses one
+                act._x = False if type(act) is PReLULayer else None
+        if self.scale is not None:
+            self.scale._saved_input = None
 
     def forward_cpu(self):
         self._refresh()
-        net, i = self.net, self.first
-        if self.act_backward and type(self.act) is PReLULayer:
-            # PReLU's backward reads its input, which the activation overwrites: kept as
-            # PReLU's own forward keeps it.
-            t = net.top_vecs[i][0]
-            self.act._x = self.act._saved.view(t.shape)
-            self.epilogue.keep = self.act._x
-        else:
-            self.epilogue.keep = None
-            if self.act is not None:
-                self.act._x = None
-        self.conv.forward_cpu(net.bottom_vecs[i], net.top_vecs[i], self.epilogue)
-        if self.scale is not None:
-            self.scale._saved_input = None
+        self._keep()
+        i = self.first
+        self.conv.forward_cpu(self.net.bottom_vecs[i], self.net.top_vecs[i], self.epilogue)
+
+    def prepare_cpu(self):
+        self._refresh()
+        self._keep()
+        i = self.first
+        run = self.conv.prepare_cpu(self.net.bottom_vecs[i], self.net.top_vecs[i],
+                                    self.epilogue)
+        if run is None:
+            return self.forward_cpu
+        refresh = self._refresh
+
+        def step():
+            refresh()   # the epilogue's values follow the parameters (arrays updated in place)
+            run()
+        return step
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..blob import checked_count
 from . import jit
-from .parallel import matmul, num_threads, run_blocks, run_flat, run_tasks  # noqa: F401
+from .parallel import (matmul, num_threads, prepare_blocks, prepare_matmul,  # noqa: F401
+                       run_blocks, run_flat, run_tasks)
 
 # Elements of output per row block: small enough that a block's input, output and scratch
 # stay in cache, large enough that the Python overhead per numpy call is negligible.
@@ -229,6 +230,13 @@ class GemmEngine:
 
     def _im2col(self, x, n0, n1):
         """Columns (n, G, Cg*K, P) of images n0:n1 of x, in the reused column buffer."""
+        fill, col = self._prepare_im2col(x, n0, n1)
+        fill()
+        return col
+
+    def _prepare_im2col(self, x, n0, n1):
+        """(a callable filling the columns of images n0:n1 of x, the columns (n, G, Cg*K, P)
+        in the reused column buffer)."""
         g = self.geom
         cin = self.conv_in
         x_rows = x.reshape(self.num * cin, *self.in_spatial)
@@ -236,34 +244,51 @@ class GemmEngine:
         col = self.scratch.get("col", (n * cin, g.kernel_count, self.out_count))
         base = n0 * cin
         out_shape = g.kernel + self.out_spatial
+        cols = col.reshape(n, self.group, -1, self.out_count)
         if self.jit is not None:
             k, geo = self.jit, self.jit_geometry
             x3 = x_rows[base:base + n * cin]
             col4 = col.reshape(n * cin, g.kernel_count, *self.out_spatial)
-            run_blocks(n * cin, g.kernel_count * self.out_count,
-                       lambda a, b, slot: k.im2col(x3, col4, geo, a, b), block_elements=None)
-            return col.reshape(n, self.group, -1, self.out_count)
+            return prepare_blocks(n * cin, g.kernel_count * self.out_count,
+                                  lambda a, b, slot: k.im2col(x3, col4, geo, a, b)), cols
 
         def block(a, b, slot):
             xp = self.padded.fill(x_rows, base + a, base + b)
             np.copyto(col[a:b].reshape((b - a,) + out_shape),
                       strided_columns(xp, g, self.out_spatial))
-        run_blocks(n * cin, g.kernel_count * self.out_count, block)
-        return col.reshape(n, self.group, -1, self.out_count)
+        return prepare_blocks(n * cin, g.kernel_count * self.out_count, block,
+                              BLOCK_ELEMENTS), cols
 
     # --- the three products ----------------------------------------------------------------
     def forward(self, x, w, b, y):
+        self.prepare_forward(x, w, b, y)()
+
+    def prepare_forward(self, x, w, b, y):
+        """A callable computing forward(x, w, b, y) for these arrays (Layer.prepare_cpu)."""
         wg = self._wg(w)
+        steps = []
         if self.geom.is_1x1:
-            matmul(wg, self._groups(x, self.conv_in, self.in_count),
-                   self._groups(y, self.conv_out, self.out_count))
+            steps.append(prepare_matmul(wg, self._groups(x, self.conv_in, self.in_count),
+                                        self._groups(y, self.conv_out, self.out_count)))
         else:
             for n0, n1 in self._chunks():
-                col = self._im2col(x, n0, n1)
-                matmul(wg, col, self._groups(y[n0:n1], self.conv_out, self.out_count))
+                fill, col = self._prepare_im2col(x, n0, n1)
+                steps += [fill, prepare_matmul(wg, col, self._groups(y[n0:n1], self.conv_out,
+                                                                     self.out_count))]
         if b is not None:
             y3 = y.reshape(self.num, self.conv_out, self.out_count)
-            np.add(y3, b.reshape(-1, 1), out=y3)
+            b2 = b.reshape(-1, 1)
+            steps.append(lambda: np.add(y3, b2, out=y3))
+        if len(steps) == 1:
+            return steps[0]
+        if len(steps) == 2:
+            first, second = steps
+            return lambda: (first(), second())
+
+        def run():
+            for s in steps:
+                s()
+        return run
 
     def backward_data(self, dy, w, dx):
         wgt = self._wg(w).swapaxes(-1, -2)

@@ -4,7 +4,7 @@ import numpy as np
 from ..errors import CaffeLiteError
 from .base import Layer
 from . import sparse
-from .parallel import matmul
+from .parallel import matmul, prepare_matmul
 from .registry import register
 
 
@@ -68,18 +68,27 @@ class InnerProductLayer(Layer):
     def forward_cpu(self, bottom, top, post=None):
         """`post`: a fusion.Epilogue that adds the bias (and applies what follows the layer
         in a fused group) in one pass after the product."""
+        self.prepare_cpu(bottom, top, post)()
+
+    def prepare_cpu(self, bottom, top, post=None):
         x = bottom[0].cpu_data.reshape(self.M, self.K)
         y = top[0].data.reshape(self.M, self.num_output)
-        csr = self.sparse.choose(self.M)
         bias = self._bias() if post is None else None
-        if csr is not None:
-            sparse.inner_product(self.sparse, csr, x, bias, y)
-        else:
-            matmul(x, self._weight_as_kn(self.blobs[0].cpu_data), y)
-            if bias is not None:
-                y += bias
-        if post is not None:
-            post.apply(y.reshape(self.M, self.num_output, 1))
+        product = prepare_matmul(x, self._weight_as_kn(self.blobs[0].cpu_data), y)
+        tail = None if post is None else post.prepare(y.reshape(self.M, self.num_output, 1))
+        path, m = self.sparse, self.M
+
+        def run():
+            csr = path.choose(m)
+            if csr is not None:
+                sparse.inner_product(path, csr, x, bias, y)
+            else:
+                product()
+                if bias is not None:
+                    np.add(y, bias, out=y)
+            if tail is not None:
+                tail()
+        return run
 
     def forward_gpu(self, bottom, top):
         csr = self.sparse.choose(self.M, gpu=True)

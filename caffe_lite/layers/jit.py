@@ -17,8 +17,9 @@ families' cached code is dropped here (`_check_shared_cache`), or it would keep 
 old helpers."""
 import hashlib
 import importlib
-import os
 import pathlib
+
+from ..util import env
 
 # family -> module (relative to this package unless absolute)
 _LOCATIONS = {"sgd": "caffe_lite.solvers.numba_sgd"}
@@ -28,7 +29,7 @@ _numba = None
 
 
 def enabled():
-    return os.environ.get("CAFFE_LITE_JIT", "1").lower() not in ("0", "false", "no", "off")
+    return env.flag("CAFFE_LITE_JIT")
 
 
 def available():

@@ -15,6 +15,8 @@ import threading
 
 import numpy as np
 
+from ..util import env
+
 # Handing work to the pool and waiting for it costs 20-50 us (more on a virtual machine whose
 # idle CPU has to wake up), so work is only split when each piece is worth several times that:
 # elementwise work of at least this many elements per thread,
@@ -30,13 +32,23 @@ def num_threads():
     per pass inside a `cpu_pass`)."""
     if _pass_threads:
         return _pass_threads
-    env = os.environ.get("CAFFE_LITE_NUM_THREADS")
-    if env:
-        return max(1, int(env))
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    value = env.get("CAFFE_LITE_NUM_THREADS")
+    if value:
+        return max(1, int(value))
+    return _usable_cpus()
+
+
+_cpus = None
+
+
+def _usable_cpus():
+    global _cpus
+    if _cpus is None:
+        try:
+            _cpus = max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not on Linux
+            _cpus = max(1, os.cpu_count() or 1)
+    return _cpus
 
 
 _pass_threads = 0   # num_threads() while a cpu_pass is open, else 0
@@ -174,6 +186,50 @@ def run_blocks(rows, row_elements, fn, block_elements=1 << 17):
     run_tasks([lambda s=s: work(s) for s in range(threads)])
 
 
+def prepare_blocks(rows, row_elements, fn, block_elements=None):
+    """A callable doing what run_blocks(rows, row_elements, fn, block_elements) does, with
+    the split worked out now (for a prepared step, Layer.prepare_cpu)."""
+    if rows <= 0:
+        return _nothing
+    threads = num_threads()
+    if block_elements is None:
+        if rows * row_elements < MIN_PARALLEL_KERNEL_ELEMENTS:
+            threads = 1
+        per_block = -(-rows // threads)
+    else:
+        per_block = max(1, min(-(-rows // threads), block_elements // max(1, row_elements)))
+    blocks = [(r, min(r + per_block, rows)) for r in range(0, rows, per_block)]
+    threads = min(threads, len(blocks))
+    if threads == 1:
+        if len(blocks) == 1:
+            return lambda: fn(0, rows, 0)
+
+        def serial():
+            for a, b in blocks:
+                fn(a, b, 0)
+        return serial
+
+    def work(slot):
+        for a, b in blocks[slot::threads]:
+            fn(a, b, slot)
+    tasks = [lambda s=s: work(s) for s in range(threads)]
+    return lambda: run_tasks(tasks)
+
+
+def prepare_flat(count, fn):
+    """A callable doing what run_flat(count, fn) does, the split worked out now."""
+    threads = min(num_threads(), max(1, count // MIN_PARALLEL_ELEMENTS))
+    if threads <= 1:
+        return (lambda: fn(0, count)) if count > 0 else _nothing
+    step = -(-count // threads)
+    tasks = [lambda a=a: fn(a, min(a + step, count)) for a in range(0, count, step)]
+    return lambda: run_tasks(tasks)
+
+
+def _nothing():
+    pass
+
+
 def run_flat(count, fn):
     """fn(start, stop) over a split of range(count) into one contiguous piece per thread (one
     piece when count is small)."""
@@ -245,36 +301,37 @@ def _split_axis(a, b, out, threads):
 def matmul(a, b, out):
     """np.matmul(a, b, out=out), split over the pool along the rows, columns or leading
     (batch) axis of `out` (see _split_axis); one single-threaded BLAS call per piece."""
+    if _pass_blas is not None:
+        prepare_matmul(a, b, out)()
+    else:
+        with single_threaded_blas():
+            prepare_matmul(a, b, out)()
+    return out
+
+
+def prepare_matmul(a, b, out):
+    """A callable computing np.matmul(a, b, out=out) as `matmul` splits it, the split worked
+    out now; it expects BLAS on one thread (a cpu_pass)."""
     threads = num_threads()
     k = a.shape[-1]
     macs = out.size * k
     if threads == 1 or macs < MIN_PARALLEL_MACS or not _blas_libraries():
-        if _pass_blas is not None:
-            np.matmul(a, b, out=out)
-        else:
-            with single_threaded_blas():
-                np.matmul(a, b, out=out)
-        return out
+        return lambda: np.matmul(a, b, out=out)
     axis, size = _split_axis(a, b, out, threads)
     step = -(-size // threads)
     if axis == -2 and size > step:
         step = -(-step // 8) * 8  # row blocks in multiples of 8 (BLAS kernels' granularity)
 
     def piece(lo, hi):
+        """(a, b, out) views of one piece."""
         sl = slice(lo, hi)
         if axis == -2:
-            aa = a[..., sl, :] if a.ndim >= 2 else a
-            np.matmul(aa, b, out=out[..., sl, :])
-        elif axis == -1:
-            np.matmul(a, b[..., sl], out=out[..., sl])
-        else:
-            aa = a[sl] if a.ndim == out.ndim and a.shape[0] == out.shape[0] else a
-            bb = b[sl] if b.ndim == out.ndim and b.shape[0] == out.shape[0] else b
-            np.matmul(aa, bb, out=out[sl])
-    tasks = [lambda lo=lo: piece(lo, min(lo + step, size)) for lo in range(0, size, step)]
-    if _pass_blas is not None:
-        run_tasks(tasks)
-    else:
-        with single_threaded_blas():
-            run_tasks(tasks)
-    return out
+            return (a[..., sl, :] if a.ndim >= 2 else a), b, out[..., sl, :]
+        if axis == -1:
+            return a, b[..., sl], out[..., sl]
+        aa = a[sl] if a.ndim == out.ndim and a.shape[0] == out.shape[0] else a
+        bb = b[sl] if b.ndim == out.ndim and b.shape[0] == out.shape[0] else b
+        return aa, bb, out[sl]
+    pieces = [piece(lo, min(lo + step, size)) for lo in range(0, size, step)]
+    tasks = [lambda p=p: np.matmul(p[0], p[1], out=p[2]) for p in pieces]
+    return lambda: run_tasks(tasks)

@@ -12,7 +12,7 @@ from ..blob import checked_count
 from ..proto import caffe_pb2
 from . import jit
 from .base import Layer
-from .parallel import run_blocks
+from .parallel import prepare_blocks, run_blocks
 from .registry import register
 
 _P = caffe_pb2.PoolingParameter
@@ -180,22 +180,38 @@ class PoolingLayer(Layer):
     def _rows(self, a):
         return a.reshape(-1, *a.shape[2:])
 
-    def forward_cpu(self, bottom, top):
+    def _geometry(self):
+        return np.array((self.kernel_h, self.kernel_w, self.stride_h, self.stride_w,
+                         self.pad_h, self.pad_w), np.int64)
+
+    def prepare_cpu(self, bottom, top):
         k = self._jit()
-        if k is not None:
-            x, y = self._rows(bottom[0].cpu_data), self._rows(top[0].data)
-            geo = np.array((self.kernel_h, self.kernel_w, self.stride_h, self.stride_w,
-                            self.pad_h, self.pad_w), np.int64)
-            if self.pool == _P.MAX:
-                choice = self._rows(self._choice)
-                run_blocks(x.shape[0], y[0].size, lambda a, b, slot: k.max_pool_forward(
-                    x, y, choice, geo, self._none, a, b), block_elements=None)
-                if len(top) > 1:
-                    top[1].data[...] = self.mask()
-            else:
-                run_blocks(x.shape[0], y[0].size, lambda a, b, slot: k.ave_pool_forward(
-                    x, y, self._pool_size, geo, a, b), block_elements=None)
-            return
+        if k is None:
+            return None
+        x, y = self._rows(bottom[0].cpu_data), self._rows(top[0].data)
+        geo = self._geometry()
+        rows, per_row = x.shape[0], y[0].size
+        if self.pool != _P.MAX:
+            pool_size = self._pool_size
+            return prepare_blocks(rows, per_row, lambda a, b, slot: k.ave_pool_forward(
+                x, y, pool_size, geo, a, b))
+        choice = self._rows(self._choice)
+        none = self._none
+        fill = prepare_blocks(rows, per_row, lambda a, b, slot: k.max_pool_forward(
+            x, y, choice, geo, none, a, b))
+        if len(top) == 1:
+            return fill
+        mask = top[1].data
+
+        def with_mask():
+            fill()
+            mask[...] = self.mask()
+        return with_mask
+
+    def forward_cpu(self, bottom, top):
+        run = self.prepare_cpu(bottom, top)
+        if run is not None:
+            return run()
         src = self._source(bottom)
         y = top[0].data
         if self.pool == _P.MAX:
@@ -288,8 +304,7 @@ class PoolingLayer(Layer):
         k = self._jit()
         if k is not None:
             dy3, dx3 = self._rows(dy), self._rows(dx)
-            geo = np.array((self.kernel_h, self.kernel_w, self.stride_h, self.stride_w,
-                            self.pad_h, self.pad_w), np.int64)
+            geo = self._geometry()
             if self.pool == _P.MAX:
                 choice = self._rows(self._choice)
                 run_blocks(dy3.shape[0], dx3[0].size, lambda a, b, slot: k.max_pool_backward(

@@ -180,3 +180,4 @@ def ave_pool_backward(dy, dx, pool_size, g, r0, r1):
                     row = out[hs + i]
                     for j in range(j0, j1):
                         row[ws + j] += v
+
