@@ -155,16 +155,18 @@ class Plan:
         steps = self.forward_steps(start, end)
         epoch = _blob.shape_epoch
         if epoch != self.shaped_at:
+            # shapes changed since the last pass: every step is stale
             self.gen += 1
             self._written = None
         gen = self.gen
+        dirty = False
         loss = 0.0
         self.failed = start
         if self.cpu:
             self._host_heads()
         with parallel.cpu_pass() if self.cpu else _NoPass():
             for st in steps:
-                if st.gen != gen or st.always:
+                if dirty or st.gen != gen or st.always:
                     self.failed = st.index
                     st.reshape(st.bottom, st.top)
                     st.run = st.prepare()
@@ -177,12 +179,17 @@ class Plan:
                 if st.loss is not None:
                     loss += st.loss.loss_value(st.top)
                 if _blob.shape_epoch != epoch:
-                    # a layer changed a blob's shape (or reshaped itself anew): everything
-                    # after it reshapes and prepares again
+                    # this step changed a blob's shape or memory: the steps after it reshape
+                    # and prepare again
                     epoch = _blob.shape_epoch
-                    self.gen += 1
-                    gen = self.gen
+                    dirty = True
                     self._written = None
+        if dirty and end < len(self.net.layers) - 1:
+            # the steps beyond this partial pass may read what changed: a new generation,
+            # in which only this pass's steps are up to date
+            self.gen += 1
+            for st in steps:
+                st.gen = self.gen
         self.shaped_at = epoch
         return loss
 

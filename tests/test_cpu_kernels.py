@@ -456,3 +456,83 @@ def test_families_drop_their_cache_when_the_shared_helpers_change():
     jit._check_shared_cache(k)
     assert stamp.read_text() == digest
     assert caches[0]._cache_file._load_index() == {}
+
+
+def _layer_both_ways(monkeypatch, text, shape, in_place, seed=0):
+    """A layer's forward (and backward) with and without the compiled kernels."""
+    from caffe_lite.blob import Blob
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    x.flat[:3] = [0, -0.0, 1e-30]
+    dy = rng.standard_normal(shape, dtype=np.float32)
+    results = []
+    for flag in ("1", "0"):
+        monkeypatch.setenv("CAFFE_LITE_JIT", flag)
+        layer = layer_from_text(text)
+        bottom = [Blob.from_array(x)]
+        top = bottom if in_place else [Blob()]
+        layer.setup(bottom, top)
+        for b in layer.blobs:
+            b.data[...] = rng.uniform(-0.5, 0.5, b.shape) if flag == "1" else saved.pop(0)
+        if flag == "1":
+            saved = [b.data.copy() for b in layer.blobs]
+        layer.forward(bottom, top)
+        y = top[0].data.copy()
+        top[0].diff[...] = dy
+        layer.backward(top, [True], bottom)
+        results.append([y, bottom[0].diff.copy()] + [b.diff.copy() for b in layer.blobs])
+    return results
+
+
+@needs_jit
+@pytest.mark.parametrize("shape,axis", [((3, 7), 1), ((2, 5, 4, 3), 1), ((2, 5, 4, 3), 2),
+                                        ((4, 1000), 1)])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_softmax_kernel_matches_numpy(monkeypatch, shape, axis, in_place):
+    fast, slow = _layer_both_ways(
+        monkeypatch, f'type: "Softmax" softmax_param {{ axis: {axis} }}', shape, in_place)
+    for a, b in zip(fast, slow):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@needs_jit
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 4), (4, 6)])
+def test_prelu_kernel_matches_numpy(monkeypatch, shared, in_place, shape):
+    fast, slow = _layer_both_ways(
+        monkeypatch, f'type: "PReLU" prelu_param {{ channel_shared: {str(shared).lower()} }}',
+        shape, in_place)
+    for a, b in zip(fast, slow):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@needs_jit
+@pytest.mark.parametrize("kind", [0, 1, 2])
+@pytest.mark.parametrize("shape", [(3, 4, 10), (5, 7, 1)])
+def test_epilogue_kernel_matches_numpy(monkeypatch, kind, shape):
+    """fusion.Epilogue: per-channel affine map and activation, compiled and numpy."""
+    from caffe_lite.layers.fusion import Epilogue
+    rng = np.random.default_rng(kind)
+    y = rng.standard_normal(shape, dtype=np.float32)
+    y[0, 0, 0] = np.nan
+    y[0, 1, 0] = -np.inf
+    out = []
+    for flag in ("1", "0"):
+        monkeypatch.setenv("CAFFE_LITE_JIT", flag)
+        e = Epilogue(shape[1])
+        e.scale[...] = rng.uniform(0.5, 2, shape[1]) if flag == "1" else e_scale
+        e.shift[...] = rng.normal(0, 1, shape[1]) if flag == "1" else e_shift
+        e.slope[...] = rng.uniform(0, 0.5, shape[1]) if flag == "1" else e_slope
+        if flag == "1":
+            e_scale, e_shift, e_slope = e.scale.copy(), e.shift.copy(), e.slope.copy()
+        e.kind = kind
+        e.keep = np.empty(shape, np.float32)
+        z = y.copy()
+        e.apply(z)
+        out.append((z, e.keep.copy()))
+    (a, ka), (b, kb) = out
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(ka, kb, rtol=1e-6, atol=1e-7)
+    assert np.isnan(a[0, 0, 0]) and (a[0, 1, 0] == (-np.inf if kind == 2 else
+                                                    0 if kind == 1 else -np.inf))
