@@ -536,3 +536,56 @@ def test_epilogue_kernel_matches_numpy(monkeypatch, kind, shape):
     np.testing.assert_allclose(ka, kb, rtol=1e-6, atol=1e-7)
     assert np.isnan(a[0, 0, 0]) and (a[0, 1, 0] == (-np.inf if kind == 2 else
                                                     0 if kind == 1 else -np.inf))
+
+
+@needs_jit
+@pytest.mark.parametrize("n,c,o,size,pad", [(1, 8, 5, (9, 7), 0), (2, 3, 4, (6, 6), 1),
+                                            (1, 5, 6, (13, 10), 2), (3, 4, 4, (4, 5), 1),
+                                            (1, 2, 3, (3, 3), 0)])
+def test_winograd_matches_im2col(monkeypatch, n, c, o, size, pad):
+    """F(4x4, 3x3) against the exact im2col products (tiles overhanging every edge)."""
+    from caffe_lite.layers import winograd
+    monkeypatch.setattr(winograd, "MIN_CHANNEL_RATIO", 0)
+    monkeypatch.setattr(winograd, "MIN_TILES", 0)
+    rng = np.random.default_rng(n * 7 + c)
+    g = ConvGeometry((3, 3), (1, 1), (pad, pad), (1, 1))
+    out = g.conv_output(size)
+    engine = GemmEngine(g, c, o, 1)
+    engine.reshape(n, size, out)
+    assert engine.winograd_ok
+    x = rng.standard_normal((n, c) + size, dtype=np.float32)
+    w = rng.standard_normal((o, c, 3, 3), dtype=np.float32)
+    exact, fast = (np.empty((n, o) + out, np.float32) for _ in range(2))
+    with parallel.cpu_pass():
+        engine.prepare_forward(x, w, None, exact)()
+        version = [1]
+        run = engine.prepare_forward(x, w, None, fast, exact=False, w_version=lambda: version[0])
+        run()
+        np.testing.assert_allclose(fast, exact, rtol=1e-4, atol=1e-4 * np.abs(exact).max())
+        w *= -1          # new weights (a new data version): the filters are transformed again
+        version[0] = 2
+        run()
+        np.testing.assert_allclose(fast, -exact, rtol=1e-4, atol=1e-4 * np.abs(exact).max())
+
+
+@needs_jit
+def test_winograd_only_where_backward_never_runs():
+    """A TRAIN net's convolution keeps im2col (exact products); the same layer in a net that
+    needs no backward takes the Winograd path."""
+    import caffe_lite as caffe
+    text = """
+    name: "w" {force}
+    layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ dim: 2 dim: 64 dim: 28 dim: 28 }} }} }}
+    layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv"
+            convolution_param {{ num_output: 96 kernel_size: 3 pad: 1
+                                weight_filler {{ type: "gaussian" std: 0.05 }} }} }}
+    """
+    x = np.random.default_rng(0).standard_normal((2, 64, 28, 28), dtype=np.float32)
+    train = caffe.Net(text.format(force="force_backward: true"), caffe.TRAIN)
+    test = caffe.Net(text.format(force=""), caffe.TEST)
+    test.params["conv"][0].data[...] = train.params["conv"][0].data
+    a = train.forward(data=x)["conv"].copy()
+    b = test.forward(data=x)["conv"]
+    assert train.layer_dict["conv"].engine.winograd is None
+    assert test.layer_dict["conv"].engine.winograd is not None
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * np.abs(a).max())

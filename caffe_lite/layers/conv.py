@@ -189,6 +189,10 @@ class BaseConvolution(Layer):
                 self.engine.backward_data(x, w, y)
                 if post is None:
                     self._add_bias(y)
+        elif isinstance(self.engine, GemmEngine):
+            blob = self.blobs[0]
+            dense = self.engine.prepare_forward(x, w, bias, y, exact=self.backward_needed,
+                                                w_version=lambda: blob.data_version)
         else:
             dense = self.engine.prepare_forward(x, w, bias, y)
         path, columns, empty = self.sparse, self.columns, self.empty

@@ -18,7 +18,8 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..blob import checked_count
-from . import jit
+from . import jit, winograd
+from .winograd import Winograd
 from .parallel import (matmul, num_threads, prepare_blocks, prepare_matmul,  # noqa: F401
                        run_blocks, run_flat, run_tasks)
 
@@ -201,6 +202,9 @@ class GemmEngine:
         self._key = key
         g = self.geom
         self.num = num
+        self.winograd = None
+        self.winograd_ok = (key[-1] and winograd.applies(g, self.group, in_spatial)
+                            and winograd.worth(self.conv_in, self.conv_out, num, out_spatial))
         self.in_spatial, self.out_spatial = tuple(in_spatial), tuple(out_spatial)
         self.in_count = int(np.prod(in_spatial, dtype=np.int64))
         self.out_count = int(np.prod(out_spatial, dtype=np.int64))
@@ -263,11 +267,19 @@ class GemmEngine:
     def forward(self, x, w, b, y):
         self.prepare_forward(x, w, b, y)()
 
-    def prepare_forward(self, x, w, b, y):
-        """A callable computing forward(x, w, b, y) for these arrays (Layer.prepare_cpu)."""
+    def prepare_forward(self, x, w, b, y, exact=True, w_version=None):
+        """A callable computing forward(x, w, b, y) for these arrays (Layer.prepare_cpu).
+        exact=False (a layer whose backward never runs) allows the Winograd products, whose
+        float32 rounding differs from im2col's; w_version() then gives the weight's data
+        version."""
         wg = self._wg(w)
         steps = []
-        if self.geom.is_1x1:
+        if not exact and w_version is not None and self.winograd_ok:
+            if self.winograd is None:
+                self.winograd = Winograd(self.num, self.conv_in, self.conv_out,
+                                         self.in_spatial, self.out_spatial, self.geom.pad)
+            steps.append(self.winograd.prepare(x, w, w_version, y))
+        elif self.geom.is_1x1:
             steps.append(prepare_matmul(wg, self._groups(x, self.conv_in, self.in_count),
                                         self._groups(y, self.conv_out, self.out_count)))
         else:
