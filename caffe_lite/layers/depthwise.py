@@ -48,7 +48,7 @@ class DepthwiseEngine:
         self.jit = jit.kernels("depthwise") if nsp == 2 else None
         if self.jit is not None:
             self.jit_geometry = np.array(
-                (self.channels, self.multiplier) + g.kernel + g.stride + g.pad + g.dilation,
+                (self.channels, self.multiplier) + g.pack("kernel", "stride", "pad", "dilation"),
                 np.int64)
             self.padded.reshape(self.rows, in_spatial, in_spatial, g.pad)  # no copy kept
             return
@@ -234,5 +234,4 @@ class DepthwiseConvolution(Convolution):
                              f"{channels}; num_output may be any multiple of {channels})")
         super().layer_setup(bottom, top)
 
-    def make_engine(self):
-        return DepthwiseEngine(self.geom, self.channels, self.num_output // self.channels)
+    depthwise_type = True

@@ -79,6 +79,22 @@ class ConvGeometry:
         return tuple(s * (i - 1) + e - 2 * p
                      for i, p, e, s in zip(in_spatial, self.pad, self.extent, self.stride))
 
+    _FILL = {"pad": 0}
+
+    def pack(self, *fields, axes=None, **values):
+        """The named per-axis fields concatenated, in the order named: "kernel", "stride",
+        "pad", "dilation", or any keyword given (input=(h, w), output=(oh, ow)).  With `axes`,
+        each is left-filled to that many axes (0 for pad, 1 for the rest), as kernels taking
+        3-D geometry for 1-D and 2-D convolutions want.  Naming the fields keeps pad and
+        stride from trading places between the CPU and GPU kernels' argument lists."""
+        out = ()
+        for name in fields:
+            v = tuple(values[name] if name in values else getattr(self, name))
+            if axes is not None:
+                v = (self._FILL.get(name, 1),) * (axes - len(v)) + v
+            out += v
+        return out
+
     def taps(self):
         return list(itertools.product(*(range(k) for k in self.kernel)))
 
@@ -214,7 +230,8 @@ class GemmEngine:
         # 2-D with numba: compiled im2col / col2im (no padded copy of the input is kept).
         self.jit = jit.kernels("im2col") if len(in_spatial) == 2 and not g.is_1x1 else None
         if self.jit is not None:
-            self.jit_geometry = np.array(g.kernel + g.stride + g.pad + g.dilation, np.int64)
+            self.jit_geometry = np.array(g.pack("kernel", "stride", "pad", "dilation"),
+                                         np.int64)
             self.padded.reshape(rows, in_spatial, in_spatial, g.pad)  # no copy kept
             return
         self.padded.reshape(rows, in_spatial, g.padded_shape(in_spatial, out_spatial), g.pad)
