@@ -589,3 +589,34 @@ def test_winograd_only_where_backward_never_runs():
     assert train.layer_dict["conv"].engine.winograd is None
     assert test.layer_dict["conv"].engine.winograd is not None
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * np.abs(a).max())
+
+
+@needs_jit
+@pytest.mark.parametrize("size,k,s,pad", [((21, 21), 3, 2, 0), ((9, 11), 3, 2, 1),
+                                          ((8, 8), 2, 2, 0), ((13, 7), 5, 3, 2),
+                                          ((6, 6), 3, 1, 1)])
+def test_channels_last_max_pooling_matches_the_flat_form(size, k, s, pad):
+    """Same maxima and the same argmax (the first maximum in row-major order: ties after a
+    ReLU), NaN never chosen, padding never chosen."""
+    from caffe_lite.layers.pooling import pooled_size
+    kp = jit.kernels("pooling")
+    rng = np.random.default_rng(k * 10 + s)
+    n, c = 2, 9
+    x = rng.standard_normal((n, c) + size).astype(np.float32)
+    x[x < 0.3] = 0
+    x[0, 0, 0, :2] = np.nan
+    x[1, 2, 1, 1] = -np.inf
+    oh, ow = (pooled_size(v, k, pad, s) for v in size)
+    if pad:
+        oh -= (oh - 1) * s >= size[0] + pad
+        ow -= (ow - 1) * s >= size[1] + pad
+    g = np.array((k, k, s, s, pad, pad), np.int64)
+    y, y2 = (np.empty((n, c, oh, ow), np.float32) for _ in range(2))
+    ch, ch2 = (np.empty((n, c, oh, ow), np.int16) for _ in range(2))
+    kp.max_pool_forward(x.reshape(n * c, *size), y.reshape(n * c, oh, ow),
+                        ch.reshape(n * c, oh, ow), g, k * k, 0, n * c)
+    bufs = (np.empty(size + (c,), np.float32), np.empty((oh, ow, c), np.float32),
+            np.empty((oh, ow, c), np.int32))
+    kp.max_pool_channels_last(x, y2, ch2, g, k * k, *bufs, 0, n)
+    np.testing.assert_array_equal(y2, y)
+    np.testing.assert_array_equal(ch2, ch)

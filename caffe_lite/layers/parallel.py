@@ -24,7 +24,7 @@ MIN_PARALLEL_ELEMENTS = 1 << 17
 # matrix products of at least this many multiply-adds,
 MIN_PARALLEL_MACS = 1 << 22
 # and compiled kernels (run_blocks with block_elements=None) on at least this many elements.
-MIN_PARALLEL_KERNEL_ELEMENTS = 1 << 16
+MIN_PARALLEL_KERNEL_ELEMENTS = 1 << 18
 
 
 def num_threads():

@@ -181,3 +181,47 @@ def ave_pool_backward(dy, dx, pool_size, g, r0, r1):
                     for j in range(j0, j1):
                         row[ws + j] += v
 
+
+
+@njit(nogil=True, cache=True, boundscheck=False)
+def max_pool_channels_last(x, y, choice, g, none, xt, yt, tt, n0, n1):
+    """max_pool_forward on small planes, images [n0, n1) of x (N, C, H, W): each image is
+    turned channels-last (xt (H, W, C)), so that every tap of every window is one unit-stride
+    loop over the channels (yt, tt (OH, OW, C): the maxima and their taps), and back.  Small
+    planes leave the flat form's loops too short to vectorise; a channel loop is as long as
+    the layer is wide.  Same semantics: the first maximum in row-major tap order."""
+    kh, kw, sh, sw, ph, pw = g
+    c_n, h, w = x.shape[1], x.shape[2], x.shape[3]
+    oh_n, ow_n = y.shape[2], y.shape[3]
+    lowest = -np.finfo(np.float32).max
+    for n in range(n0, n1):
+        for c in range(c_n):
+            plane = x[n, c]
+            for i in range(h):
+                for j in range(w):
+                    xt[i, j, c] = plane[i, j]
+        for oh in range(oh_n):
+            hs = oh * sh - ph
+            for ow in range(ow_n):
+                ws = ow * sw - pw
+                best = yt[oh, ow]
+                tap = tt[oh, ow]
+                for c in range(c_n):
+                    best[c] = lowest
+                    tap[c] = none
+                for i in range(max(0, -hs), min(kh, h - hs)):
+                    for j in range(max(0, -ws), min(kw, w - ws)):
+                        src = xt[hs + i, ws + j]
+                        t = i * kw + j
+                        for c in range(c_n):
+                            v = src[c]
+                            better = v > best[c]
+                            best[c] = v if better else best[c]
+                            tap[c] = t if better else tap[c]
+        for c in range(c_n):
+            yp = y[n, c]
+            cp = choice[n, c]
+            for oh in range(oh_n):
+                for ow in range(ow_n):
+                    yp[oh, ow] = yt[oh, ow, c]
+                    cp[oh, ow] = tt[oh, ow, c]
