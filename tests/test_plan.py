@@ -224,17 +224,22 @@ def test_blas_is_set_once_per_pass(monkeypatch):
     if not libs:
         pytest.skip("threadpoolctl cannot see numpy's BLAS")
     calls = []
-    for lib in libs:
-        original = lib.set_num_threads
-        monkeypatch.setattr(lib, "set_num_threads",
-                            lambda n, original=original: (calls.append(n), original(n))[1])
+    switches = [(get, lambda n, set_=set_: (calls.append(n), set_(n))[1])
+                for get, set_ in parallel._blas_switches()]
+    monkeypatch.setattr(parallel, "_switches", switches)
     before = [lib.get_num_threads() for lib in libs]
+    for lib in libs:
+        lib.set_num_threads(2)
     net = caffe.Net(NET, caffe.TEST)
     net.forward(data=np.ones((2, 3, 8, 8), np.float32))
     calls.clear()
     net.forward()
-    assert len(calls) <= 2 * len(libs)    # to one thread and back, once each
-    assert [lib.get_num_threads() for lib in libs] == before
+    assert sorted(calls) == [1] * len(libs) + [2] * len(libs)  # to one thread and back
+    with parallel.cpu_pass():
+        assert [lib.get_num_threads() for lib in libs] == [1] * len(libs)
+    assert [lib.get_num_threads() for lib in libs] == [2] * len(libs)
+    for lib, n in zip(libs, before):
+        lib.set_num_threads(n)
 
 
 def test_shape_epoch_moves_only_on_real_changes():
