@@ -106,14 +106,14 @@ DYNAMIC = """
 name: "d"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 6 dim: 2 } } }
 layer { name: "keep" type: "Python" bottom: "data" top: "kept"
-        python_param { module: "python_layer_classes" layer: "KeepPositive" } }
+        python_param { module: "plan_dynamic_layers" layer: "KeepPositive" } }
 layer { name: "scale" type: "Power" bottom: "kept" top: "out" power_param { scale: 2 } }
 """
 
 
 def test_a_layer_whose_output_size_depends_on_its_data(monkeypatch, tmp_path):
     """Its consumers reshape in the same pass (as after DetectionOutput)."""
-    (tmp_path / "python_layer_classes.py").write_text(
+    (tmp_path / "plan_dynamic_layers.py").write_text(
         "import caffe_lite as caffe\n"
         "import numpy as np\n"
         "class KeepPositive(caffe.Layer):\n"
