@@ -2,6 +2,8 @@
 and ReLU / PReLU after them run as products plus one pass, and give what the layers give one
 by one: every blob, every gradient, in TEST and TRAIN nets, with and without the compiled
 kernels.  Groups form only where nothing observable is skipped."""
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -89,7 +91,7 @@ TAIL = 'layer { name: "out" type: "TanH" bottom: "conv" top: "out" }\n'
                          ids=["relu", "leaky", "prelu", "prelu-shared"])
 def test_convolution_and_activation_train_exactly(monkeypatch, jit_on, layer, act):
     """Forward fused, backward layer by layer: every value and gradient as unfused."""
-    if jit_on and not jit.available():
+    if jit_on and importlib.util.find_spec("numba") is None:
         pytest.skip("numba not installed")
     _same(layer + act + TAIL, caffe.TRAIN, monkeypatch, jit_on=jit_on,
           expect_group=[("conv", "act", "ConvolutionGroup")])
@@ -99,19 +101,22 @@ def test_convolution_and_activation_train_exactly(monkeypatch, jit_on, layer, ac
 @pytest.mark.parametrize("layer", [CONV, DW, IP], ids=["conv", "depthwise", "ip"])
 @pytest.mark.parametrize("act", ["", RELU, PRELU], ids=["none", "relu", "prelu"])
 def test_convolution_batchnorm_scale_fold_in_inference(monkeypatch, jit_on, layer, act):
-    if jit_on and not jit.available():
+    if jit_on and importlib.util.find_spec("numba") is None:
         pytest.skip("numba not installed")
     last = "act" if act else "scale"
     _same(layer + BN_SCALE + act + TAIL, caffe.TEST, monkeypatch, jit_on=jit_on,
           backward=False, expect_group=[("conv", last, "ConvolutionGroup")])
 
 
-def test_batchnorm_is_not_folded_where_its_backward_runs(monkeypatch):
+@pytest.mark.parametrize("jit_on", [True, False])
+def test_batchnorm_is_not_folded_where_its_backward_runs(monkeypatch, jit_on):
     """TRAIN with batch statistics: the convolution alone, BatchNorm + Scale + ReLU as their
-    own group (with the compiled kernels)."""
-    groups = [("bn", "act", "BatchNormScaleGroup")] if jit.available() else []
+    own group (with the compiled kernels; without them, layer by layer)."""
+    if jit_on and importlib.util.find_spec("numba") is None:
+        pytest.skip("numba not installed")
+    groups = [("bn", "act", "BatchNormScaleGroup")] if jit_on else []
     body = CONV + BN_SCALE.replace("use_global_stats: true", "") + RELU + TAIL
-    _same(body, caffe.TRAIN, monkeypatch, expect_group=groups)
+    _same(body, caffe.TRAIN, monkeypatch, jit_on=jit_on, expect_group=groups)
 
 
 def test_dropout_in_inference_sits_inside_a_group(monkeypatch):
