@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import caffe_lite as caffe
-from caffe_lite.layers import fusion, jit
+from caffe_lite.layers import fusion
 
 
 def _net(body, phase, shape=(2, 3, 7, 6), force=True):
