@@ -267,8 +267,7 @@ class Blob:
         if self._mask is None:
             return
         if _mode.mode() == _mode.GPU:
-            d = self.mutable_gpu_data
-            d *= self.gpu_mask
+            self._mask_gpu(self._data)
         else:
             np.multiply(self.data, self.cpu_mask, out=self.data)
 
@@ -277,10 +276,16 @@ class Blob:
         if self._mask is None:
             return
         if _mode.mode() == _mode.GPU:
-            g = self.mutable_gpu_diff
-            g *= self.gpu_mask
+            self._mask_gpu(self._diff)
         else:
             np.multiply(self.diff, self.cpu_mask, out=self.diff)
+
+    def _mask_gpu(self, views):
+        # On the flat device buffers: no shaped GPUArray views, no PyCUDA elementwise call
+        # (host work once per prunable layer per backward).
+        from .backend import gpu, ops
+        p = gpu.ptr(views.mem.mutable_gpu())
+        ops.mul(self._count, p, gpu.ptr(self._mask.mem.gpu()), p)
 
     # --- sharing and update ----------------------------------------------------------------
     def share_data(self, other):

@@ -61,6 +61,11 @@ class NumericalError(CaffeLiteError):
     """A NaN or infinite loss or value during training."""
 
 
+class ParallelError(CaffeLiteError):
+    """Data-parallel training that cannot go on: MPI missing, or ranks that disagree (masks,
+    data layers, solver settings)."""
+
+
 class DataError(CaffeLiteError):
     """A data source (LMDB, HDF5, image list) that is missing, empty or corrupt."""
 

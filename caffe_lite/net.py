@@ -36,6 +36,14 @@ def _prefix_error(exc, source):
     return exc
 
 
+class _Pending:
+    """A loss layer's place in the list Plan.forward(..., defer) returns, read back later."""
+    __slots__ = ("index",)
+
+    def __init__(self, index):
+        self.index = index
+
+
 def _in_layer(exc, layer, doing):
     """`exc` (a CaffeLiteError, or a MemoryError made an OutOfMemoryError) naming `layer`."""
     prefix = f"layer '{layer.name}' ({layer.type})"
@@ -389,13 +397,30 @@ class Net:
         except (CaffeLiteError, MemoryError) as exc:
             raise _in_layer(exc, self.layers[plan.failed], "in forward") from None
 
+    def _deferrable_losses(self):
+        """Loss layers whose tops no later layer reads or writes: their loss can be read
+        after the backward pass, with the same value."""
+        if getattr(self, "_deferrable", None) is None:
+            out = set()
+            for i, layer in enumerate(self.layers):
+                if not any(layer.loss_weights):
+                    continue
+                ids = {id(t) for t in self.top_vecs[i]}
+                if not any(id(b) in ids for j in range(i + 1, len(self.layers))
+                           for b in self.bottom_vecs[j] + self.top_vecs[j]):
+                    out.add(i)
+            self._deferrable = frozenset(out)
+        return self._deferrable
+
     def backward_from_to(self, start=None, end=0):
         start = len(self.layers) - 1 if start is None else start
-        if self._hooks["before_backward"] or self._hooks["after_backward"]:
+        if self._hooks["before_backward"]:
             return self._backward_hooked(start, end)
         plan = self._plan()
         try:
-            plan.backward(start, end)
+            # after_backward hooks run after each layer's step (after a fused group, for each
+            # of its layers): the data-parallel solver starts its reductions from them
+            plan.backward(start, end, self._hooks["after_backward"])
         except (CaffeLiteError, MemoryError) as exc:
             raise _in_layer(exc, self.layers[plan.failed], "in backward") from None
 
@@ -443,9 +468,26 @@ class Net:
         return {o: self.blobs[o].diff for o in dict.fromkeys(outs)}
 
     def forward_backward(self):
-        loss = self.forward_from_to()
+        from .backend import state
+        hooked = any(self._hooks.values())
+        defer = self._deferrable_losses() if state.mode() == state.GPU and not hooked else ()
+        if not defer:
+            loss = self.forward_from_to()
+            self.backward_from_to()
+            return loss
+        # GPU: the backward pass is queued before the loss is read back (one synchronisation
+        # per step, at its end); the sum runs in layer order, as forward_from_to's.
+        plan = self._plan()
+        try:
+            parts = plan.forward(0, len(self.layers) - 1, defer)
+        except (CaffeLiteError, MemoryError) as exc:
+            raise _in_layer(exc, self.layers[plan.failed], "in forward") from None
         self.backward_from_to()
-        return loss
+        total = 0.0
+        for p in parts:
+            total += self.layers[p.index].loss_value(self.top_vecs[p.index]) \
+                if isinstance(p, _Pending) else p
+        return total
 
     def set_input_arrays(self, data, labels, layer=None):
         """Feed a MemoryData layer (the first one, or the one named `layer`), as pycaffe's
@@ -469,7 +511,8 @@ class Net:
         self._hooks["before_backward"].append(fn)
 
     def after_backward(self, fn):
-        """Call fn(layer_index) after each layer's backward step (run or skipped)."""
+        """Call fn(layer_index) after each layer's backward step (run or skipped); for the
+        layers of a fused BatchNorm-Scale group, once the group's backward is done."""
         self._hooks["after_backward"].append(fn)
 
     def _forward_hooked(self, start, end):

@@ -72,13 +72,10 @@ class Plan:
             layer, bottom, top = net.layers[i], net.bottom_vecs[i], net.top_vecs[i]
             loss = layer if any(layer.loss_weights) else None
             if self.cpu:
-                prepare = _prepare_layer(layer, bottom, top)
+                reshape, prepare = layer.reshape, _prepare_layer(layer, bottom, top)
             else:
-                fwd = layer.forward_gpu
-
-                def prepare(fwd=fwd, bottom=bottom, top=top):
-                    return lambda: fwd(bottom, top)
-            st = self._layer_steps[i] = _Step(i, layer.reshape, prepare, bottom, top,
+                reshape, prepare = _gpu_step(layer, bottom, top)
+            st = self._layer_steps[i] = _Step(i, reshape, prepare, bottom, top,
                                               layer.reshape_each_forward, loss)
         return st
 
@@ -149,10 +146,13 @@ class Plan:
                 m.mutable_cpu()
 
     # --- passes -------------------------------------------------------------------------------
-    def forward(self, start, end):
+    def forward(self, start, end, defer=()):
         """Run layers start..end; returns the summed loss.  On an error, `failed` is the index
-        of the layer (or group) that raised."""
+        of the layer (or group) that raised.  With `defer` (layer indices whose loss may be
+        read after the backward pass, Net._deferrable_losses), returns instead each step's
+        loss in layer order, a net._Pending for those in `defer`."""
         steps = self.forward_steps(start, end)
+        parts = [] if defer else None
         epoch = _blob.shape_epoch
         if epoch != self.shaped_at:
             # shapes changed since the last pass: every step is stale
@@ -176,7 +176,14 @@ class Plan:
                 except BaseException:
                     self.failed = st.index
                     raise
-                if st.loss is not None:
+                if parts is not None:
+                    if st.loss is None:
+                        pass
+                    elif st.index in defer:
+                        parts.append(_pending(st.index))
+                    else:
+                        parts.append(st.loss.loss_value(st.top))
+                elif st.loss is not None:
                     loss += st.loss.loss_value(st.top)
                 if _blob.shape_epoch != epoch:
                     # this step changed a blob's shape or memory: the steps after it reshape
@@ -191,15 +198,60 @@ class Plan:
             for st in steps:
                 st.gen = self.gen
         self.shaped_at = epoch
-        return loss
+        return loss if parts is None else parts
 
-    def backward(self, start, end):
+    def backward(self, start, end, after=()):
+        """Backward over layers start down to end; `after`: hooks called with each layer's
+        index after its step (every layer, run or skipped; after a group, for each of its
+        layers, last first)."""
+        if after:
+            return self._backward_hooked(start, end, after)
         steps = self.backward_steps(start, end)
         self.failed = start
         with parallel.cpu_pass() if self.cpu else _NoPass():
             for step in steps:
                 self.failed = step[0]
                 step[1](step[2], step[3], step[4])
+
+    def _backward_hooked(self, start, end, after):
+        net = self.net
+        need = net.layer_need_backward
+        with parallel.cpu_pass() if self.cpu else _NoPass():
+            i = start
+            while i >= end:
+                self.failed = i
+                g = self.by_last.get(i)
+                if g is not None and g.first >= end:
+                    g.run_backward()
+                    for j in range(i, g.first - 1, -1):
+                        for fn in after:
+                            fn(j)
+                    i = g.first - 1
+                    continue
+                if need[i]:
+                    net.layers[i].backward(net.top_vecs[i], net.bottom_need_backward[i],
+                                           net.bottom_vecs[i])
+                for fn in after:
+                    fn(i)
+                i -= 1
+
+
+def _pending(index):
+    from .net import _Pending
+    return _Pending(index)
+
+
+def _gpu_step(layer, bottom, top):
+    """(reshape, prepare) of a layer's GPU step."""
+    fwd = layer.forward_gpu
+
+    def reshape(bottom, top):
+        layer.reshape(bottom, top)
+        layer._reshape_key = None  # (Layer.reshape_if_changed's memo is stale)
+
+    def prepare():
+        return lambda: fwd(bottom, top)
+    return reshape, prepare
 
 
 def _prepare_layer(layer, bottom, top):

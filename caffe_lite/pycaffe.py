@@ -64,17 +64,32 @@ def log(message):
 
 
 def has_nccl():
-    """False: caffe-lite has no NCCL multi-GPU path (as a pycaffe built without USE_NCCL)."""
+    """False: caffe-lite has no NCCL library path (as a pycaffe built without USE_NCCL); its
+    data-parallel training runs over MPI (caffe_lite.parallel), which NCCL(...) also reaches."""
     return False
 
 
 class NCCL:
-    """pycaffe's caffe.NCCL(solver, uid), for multi-GPU training; not available (has_nccl() is
-    False)."""
+    """pycaffe's caffe.NCCL(solver, uid), over MPI: in a process started by mpirun, after
+    caffe_lite.parallel.init() and before building the solver, `NCCL(solver, uid)` gives the
+    solver's caffe_lite.parallel.DataParallel (uid is not needed), which pycaffe's training
+    script then registers as it would NCCL: `nccl.bcast()`, `solver.add_callback(nccl)` and
+    `solver.net.after_backward(nccl)`.  Without MPI it raises NCCLUnavailableError."""
 
-    def __init__(self, solver=None, uid=None):
-        raise NCCLUnavailableError("caffe.NCCL: caffe-lite has no NCCL multi-GPU training "
-                                   "(has_nccl() is False); train with one process")
+    def __new__(cls, solver=None, uid=None):
+        from .parallel import world
+        if world() is None:
+            raise NCCLUnavailableError(
+                "caffe.NCCL: caffe-lite trains on several GPUs or CPUs over MPI, not NCCL "
+                "(has_nccl() is False): start the processes with mpirun and call "
+                "caffe_lite.parallel.init() before building the solver (docs/distributed.md)")
+        from .parallel import DataParallel
+        return DataParallel(solver, attach=False)
+
+    @staticmethod
+    def new_uid():
+        """pycaffe's NCCL.new_uid(): MPI needs no id; a placeholder."""
+        return "mpi"
 
 
 class NCCLUnavailableError(CaffeLiteError, NotImplementedError):

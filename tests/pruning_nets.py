@@ -58,6 +58,59 @@ FLATNET = ('name: "flat"\n'
              'bias_filler { type: "gaussian" std: 0.3 } } }\n')
 
 
+def _input(shape):
+    dims = " ".join(f"dim: {d}" for d in shape)
+    return ('layer { name: "data" type: "Input" top: "data" '
+            f'input_param {{ shape {{ {dims} }} }} }}\n')
+
+
+def _conv_f(name, bottom, n, k=1, pad=0, group=1, filler="msra", layer="Convolution"):
+    return f"""layer {{ name: "{name}" type: "{layer}" bottom: "{bottom}" top: "{name}"
+  convolution_param {{ num_output: {n} kernel_size: {k} pad: {pad} group: {group}
+    weight_filler {{ type: "{filler}" }} bias_filler {{ type: "gaussian" std: 0.1 }} }} }}
+"""
+
+
+# Grouped convolutions: a (1x1, 8) -> g (3x3, 8 -> 8, group 4) -> d (Deconvolution 2x2,
+# 8 -> 6, group 2) -> c (1x1, 6) -> global pooling -> fc.
+GROUPED = ('name: "grouped"\n' + _input((2, 8, 5, 5))
+           + _conv_f("a", "data", 8) + _bn_scale("a", "a")
+           + _conv_f("g", "a", 8, k=3, pad=1, group=4)
+           + 'layer { name: "g_relu" type: "ReLU" bottom: "g" top: "g" }\n'
+           + _conv_f("d", "g", 6, k=2, group=2, layer="Deconvolution")
+           + _conv_f("c", "d", 6)
+           + 'layer { name: "pool" type: "Pooling" bottom: "c" top: "pool" '
+             'pooling_param { pool: AVE global_pooling: true } }\n'
+           + 'layer { name: "fc" type: "InnerProduct" bottom: "pool" top: "fc" '
+             'inner_product_param { num_output: 3 weight_filler { type: "xavier" } } }\n')
+
+
+def resnext_block(channels=64, width=64, group=32, size=6):
+    """A ResNeXt bottleneck as in ResNeXt-50 (1x1 - grouped 3x3 - 1x1, BatchNorm + Scale,
+    identity shortcut by Eltwise), small; group 32 with 2 channels per group."""
+    return ('name: "resnext"\n' + _input((2, channels, size, size))
+            + _conv_f("a", "data", width) + _bn_scale("a", "a")
+            + _conv_f("b", "a", width, k=3, pad=1, group=group) + _bn_scale("b", "b")
+            + _conv_f("c", "b", channels) + _bn_scale("c", "c")
+            + 'layer { name: "add" type: "Eltwise" bottom: "data" bottom: "c" top: "add" }\n'
+            + 'layer { name: "pool" type: "Pooling" bottom: "add" top: "pool" '
+              'pooling_param { pool: AVE global_pooling: true } }\n'
+            + 'layer { name: "fc" type: "InnerProduct" bottom: "pool" top: "fc" '
+              'inner_product_param { num_output: 10 weight_filler { type: "xavier" } } }\n')
+
+
+# A 1x1 and a 3x3 branch (16 filters each) joined by a Concat and coupled to a residual
+# through an Eltwise: the case where raw L1 sums took 15 of the 1x1 branch's 16 filters.
+CONCAT = ('name: "concat"\n' + _input((2, 8, 6, 6))
+          + _conv_f("stem", "data", 32) + _bn_scale("stem", "stem")
+          + _conv_f("b1", "stem", 16) + _conv_f("b3", "stem", 16, k=3, pad=1)
+          + 'layer { name: "cat" type: "Concat" bottom: "b1" bottom: "b3" top: "cat" }\n'
+          + 'layer { name: "res" type: "Eltwise" bottom: "stem" bottom: "cat" top: "res" }\n'
+          + _conv_f("head", "res", 4)
+          + 'layer { name: "pool" type: "Pooling" bottom: "head" top: "pool" '
+            'pooling_param { pool: AVE global_pooling: true } }\n')
+
+
 def net_param(text):
     return parse_text(text, caffe_pb2.NetParameter())
 

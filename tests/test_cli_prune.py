@@ -319,3 +319,83 @@ def test_thin_a_train_test_net_with_data_layers(small, tmp_path, capsys):
         net = caffe_lite.Net(param, caffe_lite.TEST, weights=str(w))
         scores.append(net.forward(data=x, label=label)["loss"].copy())
     np.testing.assert_allclose(scores[1], scores[0], rtol=1e-5)
+
+
+def _no_gpu(monkeypatch):
+    from caffe_lite.backend import gpu
+    monkeypatch.setattr(gpu, "_ctx", dict(gpu._ctx, checked=True, ok=False,
+                                          reason="no CUDA device present"))
+
+
+def test_evaluating_verbs_take_gpu_and_fail_in_one_line_without_one(small, lenet, tmp_path,
+                                                                    capsys, monkeypatch):
+    _no_gpu(monkeypatch)
+    model, weights = small
+    db = _mnist_like_lmdb(tmp_path, n=50)
+    out = tmp_path / "s.csv"
+    capsys.readouterr()
+    assert _run("sensitivity", "-model", model, "-weights", weights, "-test_source", db,
+                "-iterations", "1", "-output_csv", out, "-gpu", "0") == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("caffe-lite sensitivity: error: GPU mode requested but unavailable: "
+                          "no CUDA device present")
+    assert "\n" not in err and not out.exists()
+    lmodel, lweights = lenet
+    assert _run("thin", "-model", lmodel, "-weights", lweights, "-output_model",
+                tmp_path / "t.prototxt", "-output", tmp_path / "t.caffemodel", "-gpu", "0") == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("caffe-lite thin: error: GPU mode requested but unavailable")
+    assert "\n" not in err and not (tmp_path / "t.caffemodel").exists()
+    assert _run("prune", "-model", model, "-weights", weights, "-train_source", db,
+                "-method", "taylor", "-sparsity", "0.5", "-output", tmp_path / "p.caffemodel",
+                "-gpu", "0") == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("caffe-lite prune: error: GPU mode requested but unavailable")
+    assert "\n" not in err and not (tmp_path / "p.caffemodel").exists()
+
+
+@pytest.mark.gpu
+def test_sensitivity_and_thin_on_the_gpu(small, lenet, tmp_path, capsys):
+    """-gpu 0 runs the evaluations on the device and gives the CPU's numbers."""
+    from caffe_lite.backend import gpu
+    ok, reason = gpu.available()
+    if not ok:
+        pytest.skip(f"needs PyCUDA and a CUDA device: {reason}")
+    model, weights = small
+    db = _mnist_like_lmdb(tmp_path, n=100)
+    rows = {}
+    for device in ("cpu", "gpu"):
+        out = tmp_path / f"{device}.csv"
+        flags = ["-gpu", "0"] if device == "gpu" else []
+        assert _run("sensitivity", "-model", model, "-weights", weights, "-test_source", db,
+                    "-iterations", "2", "-sparsities", "0.5,0.9", "-layers", "conv1",
+                    "-output_csv", out, *flags) == 0
+        rows[device] = list(csv.reader(out.read_text().splitlines()))
+        caffe_lite.set_mode_cpu()
+    assert rows["gpu"][0] == rows["cpu"][0]
+    for g, c in zip(rows["gpu"][1:], rows["cpu"][1:]):
+        assert g[:2] == c[:2]
+        np.testing.assert_allclose([float(v) for v in g[2:]], [float(v) for v in c[2:]],
+                                   atol=1e-6)
+    lmodel, lweights = lenet
+    pruned = tmp_path / "p.caffemodel"
+    assert _run("prune", "-model", lmodel, "-weights", lweights, "-output", pruned,
+                "-method", "l1-filter", "-sparsity", "0.5") == 0
+    assert _run("thin", "-model", lmodel, "-weights", pruned, "-output_model",
+                tmp_path / "t.prototxt", "-output", tmp_path / "t.caffemodel", "-gpu", "0") == 0
+    assert "outputs (prob) match the pruned net" in capsys.readouterr().out
+    from caffe_lite.backend import state
+    assert state.mode() == state.GPU
+    caffe_lite.set_mode_cpu()
+    # prune's data-driven criteria run their nets on the device: the same filters go
+    pruned = {}
+    for device in ("cpu", "gpu"):
+        out = tmp_path / f"taylor-{device}.caffemodel"
+        flags = ["-gpu", "0"] if device == "gpu" else []
+        assert _run("prune", "-model", model, "-weights", weights, "-train_source", db,
+                    "-test_source", db, "-method", "taylor", "-data_batches", "2",
+                    "-sparsity", "0.5",
+                    "-output", out, *flags) == 0
+        caffe_lite.set_mode_cpu()
+        pruned[device] = _w(out)["conv1"]
+    np.testing.assert_array_equal(pruned["gpu"] == 0, pruned["cpu"] == 0)

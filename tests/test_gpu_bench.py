@@ -23,8 +23,15 @@ def test_bench_gpu_small(tmp_path):
     finally:
         sys.path.remove(str(ROOT / "benchmarks" / "gpu"))
     report = json.loads(out.read_text())
-    step = report["mobilenet_step"]
-    assert step["caffe_lite_s"] > 0 and 0 < step["loss"] < 10
+    cases = report["cases"]
+    assert set(cases) == {"mobilenet_b2_step", "mobilenet_b1_fwd_bwd", "mobilenet_b1_inference",
+                          "lenet_b4_fwd_bwd", "lenet_b4_step"}
+    for name, row in cases.items():
+        assert row["caffe_lite_s"] > 0 and row["caffe_lite_device_bytes"] > 0, name
+        if row["kind"] != "inference":
+            assert 0 < row["loss"] < 10, name
+    assert report["process_device_bytes_first_case"] >= 0
     assert len(report["depthwise"]) == 2
     for row in report["depthwise"]:
         assert set(row["caffe_lite_s"]) == {"forward", "backward_data", "backward_filter"}
+        assert all(row["tiled"].values())

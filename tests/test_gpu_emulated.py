@@ -18,7 +18,9 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EMU = ROOT / "tests" / "gpu_emu"
 GPU_TESTS = ["tests/test_gpu_layers.py", "tests/test_gpu_solvers.py", "tests/test_gpu_backend.py",
-             "tests/test_gpu_sparse.py",
+             "tests/test_gpu_fusion.py", "tests/test_gpu_depthwise.py", "tests/test_gpu_host.py",
+             "tests/test_gpu_conv.py", "tests/test_pruning_example.py",
+             "tests/test_cli_prune.py", "tests/test_gpu_sparse.py",
              "tests/test_gpu_bench.py", "tests/test_gpu_python_layer.py",
              "tests/test_compression_sharing.py", "tests/test_gpu_detection.py",
              "tests/gpu_emu/emulator_checks.py"]

@@ -1,6 +1,7 @@
 """Every CUDA source of the package compiles with nvcc -- to PTX for compute_80 (what CI
-checks on every run), and to a cubin for sm_90 through caffe-lite's own compile-and-cache path
-(ptxas included) -- without warnings.  Skips where nvcc is absent."""
+checks on every run), to cubins for sm_80 and sm_90 with warnings as errors (ptxas's too: no
+register spills or local memory), and to a cubin for sm_90 through caffe-lite's own
+compile-and-cache path.  Skips where nvcc is absent."""
 import concurrent.futures
 import subprocess
 
@@ -39,6 +40,23 @@ def test_every_kernel_source_compiles_to_ptx(tmp_path):
             assert f".entry {name}(" in text, f"{path.name}: kernel {name} missing from the PTX"
 
 
+def _cubin(path, arch, out_dir):
+    out = out_dir / f"{path.stem}-{arch}.cubin"
+    cmd = kernels.nvcc_command(NVCC, path, out, arch)
+    # warnings are errors, ptxas's included: no register spills, no local memory
+    cmd[1:1] = ["-Werror", "all-warnings", "-Xptxas", "-warn-spills,-warn-lmem-usage,-Werror"]
+    return path, arch, subprocess.run(cmd, capture_output=True, text=True)
+
+
+@need_nvcc
+def test_every_kernel_source_compiles_to_cubins_without_warnings(tmp_path):
+    jobs = [(p, a) for p in SOURCES for a in ("sm_80", "sm_90")]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda j: _cubin(*j, tmp_path), jobs))
+    for path, arch, res in results:
+        assert res.returncode == 0, f"{path.name} for {arch}:\n{res.stderr}"
+
+
 @need_nvcc
 def test_compile_source_builds_and_caches_cubins(tmp_path):
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -62,5 +80,11 @@ def test_compile_errors_are_reported(tmp_path):
 
 
 def _kernel_names(path):
+    """The kernels a source defines, macros expanded (nvcc's preprocessor)."""
     import re
-    return re.findall(r'extern\s+"C"\s+__global__\s+void\s+(\w+)', path.read_text())
+    res = subprocess.run([NVCC, "-E", "-x", "cu", str(path)], capture_output=True, text=True,
+                         check=True)
+    names = re.findall(r'extern\s+"C"\s+(?:__global__|__attribute__\(\(global\)\))\s+void\s+'
+                       r'(\w+)', res.stdout)
+    assert names, f"{path.name}: no kernels found"
+    return names

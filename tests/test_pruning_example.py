@@ -64,3 +64,44 @@ def test_speed_stage_times_a_compressed_model(models_dir, tmp_path, capsys):
     assert "dense vs sparse (mode auto)" in out and "ip1" in out
     expected = "sparse" if jit.kernels("sparse") is not None else "dense"
     assert t["layers"]["ip1"]["ran"] == expected and t["layers"]["conv1"]["ran"] == "dense"
+
+
+def test_gpu_flag_without_a_gpu_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    from caffe_lite.backend import gpu
+    monkeypatch.setattr(gpu, "_ctx", dict(gpu._ctx, checked=True, ok=False,
+                                          reason="no CUDA device present"))
+    with pytest.raises(SystemExit) as exc:
+        _example().main(["--gpu", "--shared", str(tmp_path), "--workdir", str(tmp_path)])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("prune_finetune.py: error: --gpu 0: GPU mode requested but "
+                          "unavailable: no CUDA device present") and "\n" not in err
+
+
+@pytest.mark.gpu
+def test_short_run_on_the_gpu(mnist_dir, models_dir, tmp_path):
+    """A few iterations of every stage in GPU mode (on the emulator where there is no GPU):
+    the pruned profile is reached exactly, and the numbers are sane."""
+    from caffe_lite.backend import gpu, state
+    ok, reason = gpu.available()
+    if not ok:
+        pytest.skip(f"needs PyCUDA and a CUDA device: {reason}")
+    modes = []
+    mod = _example()
+    orig = mod.SGDSolver.step
+
+    def step(self, n):
+        modes.append(state.mode())
+        return orig(self, n)
+    mod.SGDSolver.step = step
+    try:
+        out = mod.main(["--gpu", "--shared", str(models_dir.parent), "--workdir", str(tmp_path),
+                        "--train-iters", "4", "--finetune-iters", "4", "--steps", "1",
+                        "--every", "2", "--test-batches", "2", "--bits", "none"])
+    finally:
+        mod.SGDSolver.step = orig
+        state.set_mode_cpu()
+    assert out["device"] == "GPU 0" and modes and set(modes) == {state.GPU}
+    rows = {r["name"]: r["sparsity"] for r in out["report"]["layers"]}
+    assert rows == pytest.approx({"conv1": 0.34, "conv2": 0.88, "ip1": 0.92, "ip2": 0.81})
+    assert 0 <= out["finetuned"] <= 1 and 0.05 < out["dense"] <= 1

@@ -26,7 +26,9 @@ def test_rows_totals_and_compression():
                      "params": 108, "nonzeros": 108 - 54 - 9 - 2,
                      "sparsity": pytest.approx((54 + 9 + 2) / 108),
                      "zero_filters": 1, "filters": 6,
-                     "zero_input_channels": 1, "input_channels": 2}
+                     "zero_input_channels": 1, "input_channels": 2,
+                     # 3x3 output positions per image, 2 FLOPs per multiply-accumulate
+                     "flops": 2 * 108 * 9, "nonzero_flops": 2 * 43 * 9}
     assert ip1r["nonzeros"] == 378 - 63 - 45 and ip1r["zero_filters"] == 1
     assert ip1r["zero_input_channels"] == 9 and ip1r["input_channels"] == 54
     assert ip2r["sparsity"] == 0
@@ -35,6 +37,9 @@ def test_rows_totals_and_compression():
     assert t["nonzeros"] == 43 + 270 + 28
     assert t["sparsity"] == pytest.approx(1 - 341 / 514)
     assert t["compression"] == pytest.approx(514 / 341)
+    # An InnerProduct applies each weight once per image.
+    assert (ip1r["flops"], ip1r["nonzero_flops"]) == (2 * 378, 2 * 270)
+    assert (t["flops"], t["nonzero_flops"]) == (2 * (972 + 378 + 28), 2 * (387 + 270 + 28))
     # Sizes: all parameters (biases too) dense, and the CSR estimate.
     assert rep["sizes"]["dense_bytes"] == 4 * (514 + 6 + 7 + 4)
     csr = (43 * 6 + 7 * 4) + (270 * 6 + 8 * 4) + (28 * 6 + 5 * 4)
@@ -44,7 +49,8 @@ def test_rows_totals_and_compression():
 def test_json_has_exactly_the_documented_keys():
     doc = json.loads(report.to_json(sparsity_report(build(FLATNET))))
     assert set(doc) == {"layers", "total"}
-    assert set(doc["total"]) == {"params", "nonzeros", "sparsity", "compression"}
+    assert set(doc["total"]) == {"params", "nonzeros", "sparsity", "compression", "flops",
+                                 "nonzero_flops"}
     for row in doc["layers"]:
         assert {"name", "type", "shape", "params", "nonzeros", "sparsity"} <= set(row)
     assert [r["name"] for r in doc["layers"]] == ["conv1", "ip1", "ip2"]
@@ -61,6 +67,10 @@ def test_csv_and_table():
     table = report.to_table(rep)
     assert "ip2    InnerProduct  4x7" in table
     assert "28.57 %" in table and "compression (params / nonzeros): 1.02x" in table
+    # FLOPs per layer and in total: conv1 1944, ip1 756, ip2 56 (40 of nonzero weights).
+    assert "1.94k" in table and "756" in table
+    assert "FLOPs per image (2 x multiply-accumulates of these layers' weights): 2.76k, of " \
+           "nonzero weights 2.74k (1.01x fewer)" in table
 
 
 def test_grouped_and_transposed_layers():
@@ -89,3 +99,8 @@ def test_grouped_and_transposed_layers():
     assert (rows["d"]["zero_filters"], rows["d"]["filters"], rows["d"]["zero_input_channels"],
             rows["d"]["input_channels"]) == (1, 4, 1, 6)
     assert (rows["t"]["zero_filters"], rows["t"]["filters"]) == (1, 3)
+    # FLOPs: g, a 1x1 convolution at 3x3 positions; d, a Deconvolution applying its weights
+    # at each of its 3x3 input positions; t, once per image.
+    assert rows["g"]["flops"] == 2 * 12 * 9 and rows["d"]["flops"] == 2 * 48 * 9
+    assert rows["t"]["flops"] == 2 * 64 * 3
+    assert rows["d"]["nonzero_flops"] == 2 * (48 - 12 - 8) * 9

@@ -52,8 +52,12 @@ def test_inner_product_after_flatten_reads_blocks():
 
 @pytest.mark.parametrize("layer_text, reason", [
     ('layer { name: "lrn" type: "LRN" bottom: "conv1" top: "lrn" }', "mixes neighbouring"),
-    ('layer { name: "g" type: "Convolution" bottom: "conv1" top: "g" '
-     'convolution_param { num_output: 4 kernel_size: 1 group: 2 } }', "grouped convolution"),
+    ('layer { name: "c" type: "Crop" bottom: "conv1" bottom: "conv1" top: "c" }',
+     "'c' (Crop), a layer type the channel analysis does not know"),
+    ('layer { name: "s" type: "Scale" bottom: "conv1" top: "s" scale_param { axis: 2 } }',
+     "'s' (Scale), not on the channel axis"),
+    ('layer { name: "b" type: "Bias" bottom: "conv1" top: "b" bias_param { axis: -3 '
+     'num_axes: 2 } }', "'b' (Bias), whose blob 0 (4, 4) is not per channel"),
     ('layer { name: "sm" type: "Softmax" bottom: "conv1" top: "sm" }', "'sm' (Softmax)"),
     ('layer { name: "r" type: "Reshape" bottom: "conv1" top: "r" '
      'reshape_param { shape { dim: 0 dim: -1 } } }', "'r' (Reshape)"),

@@ -152,6 +152,11 @@ def channel_sums_ab(outer, channels, inner, a, b, out_ab, out_a, alpha=1.0):
                   np.int32(splits), part, np.float32(alpha), np.float32(0.0), out)
 
 
+def sum_rows_acc(rows, cols, a, out):
+    """out[j] += sum over r of a[r, j] for a (rows, cols) array, rows summed in order."""
+    launch_1d(_fn("sum_rows_acc", "iiPP"), cols, np.int32(cols), np.int32(rows), a, out)
+
+
 REDUCE_BLOCKS = 4096
 
 

@@ -53,8 +53,18 @@ def rng():
     return _state["rng"]
 
 
+def fork_rng(generator, rank):
+    """Turn `generator` (in place) into a stream of its own for process `rank`, derived from
+    its current state and the rank: processes that start from one state draw differently."""
+    seed = int(generator.integers(0, 2**63 - 1))
+    generator.bit_generator.state = type(generator.bit_generator)(
+        np.random.SeedSequence([seed, int(rank) + 1])).state  # (+1: trailing 0s are ignored)
+
+
 # Caffe's multi-process settings (Caffe::solver_count / solver_rank / multiprocess), which
-# pycaffe exposes; one process trains one net until multi-process training uses them.
+# pycaffe exposes.  caffe_lite.parallel sets them from MPI before a solver is built: TRAIN-phase
+# data layers then read their rank's share of each source, and only the root solver (rank 0)
+# builds test nets and writes snapshots.
 _state.update(solver_count=1, solver_rank=0, multiprocess=False)
 
 
@@ -68,6 +78,11 @@ def set_solver_count(count):
 
 def solver_rank():
     return _state["solver_rank"]
+
+
+def root_solver():
+    """True in the process that tests, logs and snapshots (Caffe::root_solver: rank 0)."""
+    return _state["solver_rank"] == 0
 
 
 def set_solver_rank(rank):

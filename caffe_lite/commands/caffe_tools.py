@@ -14,21 +14,32 @@ log = logging.getLogger("caffe_lite")
 
 
 # --- shared helpers ----------------------------------------------------------------------------
-def select_mode(gpu_flag, solver_mode_gpu=False, device_id=0):
+def select_mode(gpu_flag, solver_mode_gpu=False, device_id=0, local_rank=None):
     """Caffe's rule: -gpu wins; otherwise a solver asking for GPU gets it.  A solver's GPU
     request on a machine without one falls back to the CPU with a warning; an explicit -gpu
-    that cannot be met is an error."""
+    that cannot be met is an error.  In data-parallel training (`local_rank`: this rank's
+    number on its host) each rank takes its own GPU: the local_rank-th of the -gpu list
+    (cycling), or device_id + local_rank."""
     from .. import backend
     if gpu_flag:
         ids = _gpu_ids(gpu_flag) if gpu_flag != "all" else [0]
-        if len(ids) > 1:
-            log.warning("multi-GPU training is not supported; using GPU %d", ids[0])
-        backend.set_device(ids[0])
+        if local_rank is not None:
+            if gpu_flag == "all":
+                ids = [local_rank]
+            device = ids[local_rank % len(ids)]
+        else:
+            if len(ids) > 1:
+                log.warning("one process trains on one GPU; using GPU %d (for several, run "
+                            "one process per GPU: mpirun -n %d caffe-lite train ...)", ids[0],
+                            len(ids))
+            device = ids[0]
+        backend.set_device(device)
         backend.set_mode_gpu()
-        return f"GPU {ids[0]}"
+        return f"GPU {device}"
     if solver_mode_gpu:
         ok, reason = backend.gpu_available()
         if ok:
+            device_id += local_rank or 0
             backend.set_device(device_id)
             backend.set_mode_gpu()
             return f"GPU {device_id}"
@@ -36,6 +47,13 @@ def select_mode(gpu_flag, solver_mode_gpu=False, device_id=0):
                     "training on the CPU", reason)
     backend.set_mode_cpu()
     return "CPU"
+
+
+def add_gpu_flag(p, what="run"):
+    """-gpu ID for a verb that runs nets (as Caffe's tools); select_mode(args.gpu) applies it:
+    a GPU that cannot be used is a one-line error."""
+    flag(p, "gpu", default=None, metavar="ID",
+         help=f"GPU id to {what} on (default: the CPU)")
 
 
 def _gpu_ids(text):
@@ -90,10 +108,21 @@ def _stage_args(p):
 
 
 # --- train -------------------------------------------------------------------------------------
-@command("train", "train or fine-tune a model (caffe train)")
+@command("train", "train or fine-tune a model (caffe train); under mpirun -n N: data-parallel")
 def train_cmd(args):
+    from .. import parallel
+    world = parallel.cli_world(force=args.mpi)
+    if world is None:
+        return _train(args, None)
+    with parallel.abort_on_error("train", world):
+        return _train(args, world)
+
+
+def _train(args, world):
     from ..solvers import load_solver_param, solver_from_type
     from ..util.progress import training_bar
+    if world is not None and world.rank > 0:
+        logging.getLogger("caffe_lite").setLevel(logging.WARNING)  # rank 0 logs
     if args.snapshot and args.weights:
         raise CaffeLiteError("give -snapshot to resume training or -weights to fine-tune, "
                              "not both")
@@ -109,8 +138,11 @@ def train_cmd(args):
         param.train_state.stage.extend(s for s in args.stage.split(",") if s)
     if args.max_iter is not None:
         param.max_iter = args.max_iter
-    check_snapshot_prefix(param.snapshot_prefix)
-    where = select_mode(args.gpu, param.solver_mode == param.GPU, param.device_id)
+    root = world is None or world.rank == 0  # the rank that writes snapshots
+    if root:
+        check_snapshot_prefix(param.snapshot_prefix)
+    where = select_mode(args.gpu, param.solver_mode == param.GPU, param.device_id,
+                        world.local_rank if world is not None else None)
     log.info("Using %s", where)
     solver = solver_from_type(param.type)(param)
     if args.weights:
@@ -121,16 +153,21 @@ def train_cmd(args):
     attach_gradual(solver, args)  # before restore: a snapshot carries the schedule's progress
     from .compression_tools import attach_sharing
     attach_sharing(solver, args)  # likewise the clusters of shared weights
+    dp = None
+    if world is not None:
+        from ..parallel import DataParallel
+        dp = DataParallel(solver)  # before restore: a snapshot carries each rank's state
     with solver.snapshot_lock():  # for the whole run; clears an interrupted snapshot write
         start = 0
         if args.snapshot:
             solver.restore(args.snapshot)
             start = solver.iter
             log.info("Resuming from %s at iteration %d", args.snapshot, start)
-        if not args.overwrite:
+        if not args.overwrite and root:
             _refuse_snapshot_overwrite(param, start)
-        solver.install_signal_handlers()
-        with training_bar(solver, param.max_iter - start):
+        (dp or solver).install_signal_handlers()
+        with training_bar(solver, param.max_iter - start,
+                          enabled=None if root else False):
             solver.solve()
     if solver.requested_early_exit:
         log.info("Stopped at iteration %d; resume with -snapshot %s_iter_%d.solverstate",
@@ -164,6 +201,9 @@ def _configure_train(p):
     flag(p, "gpu", default=None, help="GPU id to use ('0'); default: the solver's solver_mode")
     flag(p, "max_iter", type=int, default=None, help="override the solver's max_iter")
     flag(p, "overwrite", action="store_true", help="allow snapshots to replace existing files")
+    flag(p, "mpi", action="store_true",
+         help="train data-parallel over MPI even when no MPI launcher is recognised (under "
+              "mpirun -n N with N > 1 this is automatic; docs/distributed.md)")
     _stage_args(p)
     add_source_overrides(p)
     from .prune_tools import add_gradual_flags
@@ -230,7 +270,7 @@ def _configure_test(p):
     flag(p, "model", required=True, help="net prototxt (TEST phase is used)")
     flag(p, "weights", default=None, help="caffemodel(s), comma-separated")
     flag(p, "iterations", type=int, default=50, help="number of batches to run")
-    flag(p, "gpu", default=None, help="GPU id to use")
+    add_gpu_flag(p)
     _sparse_arg(p)
     _stage_args(p)
     add_source_overrides(p)

@@ -7,7 +7,8 @@ import logging
 
 from .registry import command, flag
 from ..errors import CaffeLiteError, DataError
-from .caffe_tools import _net_param_with_overrides, add_source_overrides
+from .caffe_tools import (_net_param_with_overrides, add_gpu_flag, add_source_overrides,
+                          select_mode)
 from .outputs import at_least_one, check_outputs
 
 log = logging.getLogger("caffe_lite")
@@ -91,23 +92,70 @@ def _write_bytes(path, data, overwrite):
 
 
 # --- prune -------------------------------------------------------------------------------------
-@command("prune", "prune a caffemodel (magnitude, std, global or l1-filter) and write the "
-                  "pruned caffemodel: pruned weights are exact zeros")
+def _data_net(args, net):
+    """The TRAIN-phase net of -model (its data layers read the training data), sharing `net`'s
+    weights: what taylor and apoz measure activations on."""
+    from ..net import Net
+    from ..proto import caffe_pb2
+    param = _net_param_with_overrides(args.model, args)
+    try:
+        data = Net(param, caffe_pb2.TRAIN)
+    except DataError as exc:
+        raise CaffeLiteError(f"{exc} (-method {args.method or 'of the spec'} ranks channels by "
+                             "their activations on the training data: the TRAIN phase of "
+                             "-model must read it; -train_source points it elsewhere)") from None
+    data.share_with(net)
+    return data
+
+
+@command("prune", "prune a caffemodel (magnitude, std, global, dns, or whole filters by "
+                  "l1-filter, l2-filter, fpgm, taylor, apoz, bn-scale) and write the pruned "
+                  "caffemodel: pruned weights are exact zeros")
 def prune_cmd(args):
+    import contextlib
+    from ..io import to_text
     from ..io.masks import check_writable
-    from ..pruning import load_spec, make_plan, prune_net, sparsity_report
+    from ..pruning import criteria, filters, load_spec, make_plan, prune_net, ratios
+    from ..pruning import sparsity_report
     from ..pruning.spec import check_sparsity
-    _check_outputs(args, "output")
+    from ..util.atomic import atomic_write_text
+    _check_outputs(args, "output", "output_spec")
     check_writable(args.output, args.overwrite)  # and its .masks sidecar
     if args.sparsity is not None:
         check_sparsity(args.sparsity, "-sparsity")  # before the (slow) net build
+    select_mode(args.gpu)
     spec = load_spec(args.spec)
+    if args.data_batches is not None:
+        spec.data_batches = args.data_batches
+    rows = ratios.read_sensitivity_csv(args.sensitivity_csv) if args.sensitivity_csv else None
     net, _ = load_model(args)
-    with net:
+    with net, contextlib.ExitStack() as stack:
         plan = make_plan(net, spec, args.method, args.sparsity, args.q,
-                         where=args.spec or "pruning spec")
-        results = prune_net(net, plan=plan)
+                         where=args.spec or "pruning spec", target_params=args.target_params,
+                         target_flops=args.target_flops)
+        auto = plan.target_params is not None or plan.target_flops is not None
+        if (args.output_spec or rows) and not auto:
+            raise CaffeLiteError("-output_spec and -sensitivity_csv go with -target_params or "
+                                 "-target_flops")
+        data = None
+        if plan.method in criteria.CRITERIA and criteria.needs_data(plan.method):
+            data = stack.enter_context(_data_net(args, net))
+        if auto:
+            sol = ratios.solve(net, plan, data, rows)
+            print(f"solved per-layer ratios ({'sensitivity scan' if rows else 'global ranking'}"
+                  f" of {plan.method} scores): {sol.summary()}")
+            results = filters.filter_prune(net, sol.plan, plan.method, data, sol.graph,
+                                           sol.scores)
+        else:
+            results = prune_net(net, plan=plan, data=data)
         net.save(args.output, overwrite=args.overwrite)
+        if auto and args.output_spec:
+            how = f"the sensitivity scan {args.sensitivity_csv}" if rows else \
+                f"one ranking of normalised {plan.method} scores"
+            header = (f"# Per-layer ratios solved by caffe-lite prune for target_{sol.what} "
+                      f"{sol.target:g} from {how}:\n# {sol.summary()}\n")
+            atomic_write_text(args.output_spec, header + to_text(sol.spec),
+                              overwrite=args.overwrite)
         width = max([len(r.name) for r in results] + [5])
         print(f"{'layer':<{width}}  {'type':<14} {'params':>9} {'before':>8} {'after':>8}  "
               "detail")
@@ -118,21 +166,38 @@ def prune_cmd(args):
         print(f"prunable weights: {t['params']} params, {t['nonzeros']} nonzero, sparsity "
               f"{100 * t['sparsity']:.2f} %, compression {t['compression']:.2f}x")
         print(f"wrote {args.output}")
+        if auto and args.output_spec:
+            print(f"wrote {args.output_spec}")
 
 
 def _configure_prune(p):
+    from ..pruning import METHODS
     _model_flags(p)
     flag(p, "output", required=True, help="caffemodel to write")
-    flag(p, "method", default=None, choices=["magnitude", "std", "global", "l1-filter"],
+    flag(p, "method", default=None, choices=list(METHODS),
          help="pruning method (default: the spec's, else magnitude)")
     flag(p, "sparsity", type=float, default=None,
          help="target sparsity in [0, 1) for every prunable layer (global: overall; "
-              "l1-filter: fraction of filters)")
+              "structured methods: fraction of filters)")
+    flag(p, "target_params", type=float, default=None, metavar="FRACTION",
+         help="structured methods: solve per-layer ratios so that this fraction of the net's "
+              "parameters remains after thinning (e.g. 0.3)")
+    flag(p, "target_flops", type=float, default=None, metavar="FRACTION",
+         help="the same for the FLOPs of the Convolution / InnerProduct layers (e.g. 0.5)")
+    flag(p, "sensitivity_csv", default=None,
+         help="solve the target from this sensitivity scan (caffe-lite sensitivity "
+              "-output_csv) instead of one global ranking")
+    flag(p, "output_spec", default=None,
+         help="write the solved per-layer ratios as a PruningSpec prototxt")
+    flag(p, "data_batches", type=int, default=None,
+         help="taylor / apoz: training batches to average the activations over (default: "
+              "the spec's, 10)")
     flag(p, "q", type=float, default=None,
          help="std method: prune |w| <= q * std(w) (default: the spec's q, else 1.0)")
     flag(p, "spec", default=None, help="PruningSpec prototxt with per-layer targets and "
                                        "exclusions (see proto/caffe_lite.proto)")
     flag(p, "overwrite", action="store_true", help="replace an existing output file")
+    add_gpu_flag(p, "run the nets of the data-driven criteria (taylor, apoz)")
 
 
 prune_cmd.configure = _configure_prune
@@ -170,6 +235,7 @@ def thin_cmd(args):
     from ..pruning.thin import max_output_difference, thin_net
     _check_outputs(args, "output_model", "output")
     check_writable(args.output, args.overwrite)  # and its .masks sidecar
+    select_mode(args.gpu)
     net, user = load_model(args)
     with net:
         result = thin_net(net, user)
@@ -206,6 +272,7 @@ def _configure_thin(p):
          help="largest output difference (relative to max(1, |output|)) accepted in the "
               "random-input check")
     flag(p, "overwrite", action="store_true", help="replace existing output files")
+    add_gpu_flag(p, "check the thinned net's outputs")
 
 
 thin_cmd.configure = _configure_thin
@@ -228,6 +295,7 @@ def sensitivity_cmd(args):
     _check_outputs(args, "output_csv", "output_png", "output_spec")
     at_least_one(args, "iterations")
     sparsities = _float_list(args.sparsities, "-sparsities")
+    select_mode(args.gpu)
     png = args.output_png
     if png:
         try:
@@ -280,7 +348,8 @@ def _configure_sensitivity(p):
                                             (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)),
          help="comma-separated sparsities to try")
     flag(p, "layers", default=None, help="comma-separated layers (default: every prunable one)")
-    flag(p, "method", default="magnitude", choices=["magnitude", "l1-filter"],
+    from ..pruning.sensitivity import SCAN_METHODS
+    flag(p, "method", default="magnitude", choices=list(SCAN_METHODS),
          help="how each layer is pruned")
     flag(p, "metric", default=None, help="output to score (default: the accuracy output)")
     flag(p, "max_drop", type=float, default=0.01,
@@ -290,6 +359,7 @@ def _configure_sensitivity(p):
     flag(p, "output_spec", default=None, help="PruningSpec prototxt of the proposed targets")
     flag(p, "overwrite", action="store_true", help="replace existing output files")
     add_source_overrides(p)
+    add_gpu_flag(p, "score the pruned nets")
 
 
 sensitivity_cmd.configure = _configure_sensitivity
@@ -297,23 +367,44 @@ sensitivity_cmd.configure = _configure_sensitivity
 
 # --- train's gradual-pruning flags -------------------------------------------------------------
 def add_gradual_flags(p):
+    from ..pruning import METHODS
     flag(p, "prune_spec", default=None, metavar="SPEC",
-         help="prune while training on the cubic schedule of this PruningSpec's gradual block")
-    flag(p, "prune_method", default=None, choices=["magnitude", "global", "l1-filter"],
-         help="gradual pruning method (overrides the spec's)")
+         help="prune while training on the cubic schedule of this PruningSpec's gradual block "
+              "(method dns: splice as its dns block says)")
+    flag(p, "prune_method", default=None, choices=[m for m in METHODS if m != "std"],
+         help="gradual pruning method (overrides the spec's); dns: Dynamic Network Surgery")
     flag(p, "prune_sparsity", type=float, default=None,
          help="final sparsity of gradual pruning (overrides the spec's)")
     flag(p, "prune_schedule", default=None, metavar="BEGIN,STEPS,EVERY",
          help="gradual schedule: first pruning iteration, number of steps after it, "
               "iterations between steps (overrides the spec's gradual block)")
+    flag(p, "bn_scale_l1", type=float, default=None, metavar="RATE",
+         help="network slimming: add an L1 penalty RATE * |gamma| on every Scale after a "
+              "BatchNorm (overrides the spec's bn_scale_l1)")
+
+
+def _asks_to_prune(spec, args):
+    """Whether the flags / spec ask for pruning (a spec may only set bn_scale_l1)."""
+    if args.prune_sparsity is not None or args.prune_schedule or args.prune_method:
+        return True
+    return spec is not None and (spec.HasField("sparsity") or spec.HasField("gradual") or
+                                 spec.HasField("dns") or spec.method == "dns" or
+                                 any(e.HasField("sparsity") for e in spec.layer) or
+                                 not spec.bn_scale_l1)
 
 
 def attach_gradual(solver, args):
-    """Attach a GradualPruner when a -prune_* flag asks for one (before -snapshot restores,
-    so the schedule's progress is restored with it)."""
-    if not (args.prune_spec or args.prune_sparsity is not None or args.prune_schedule):
+    """Attach the pruning callbacks the -prune_* / -bn_scale_l1 flags ask for (before
+    -snapshot restores, so their progress is restored with them): a GradualPruner, or for
+    method dns a DnsPruner; a BNScalePenalty for network slimming."""
+    from ..pruning import BNScalePenalty, DnsPruner, GradualPruner, load_spec
+    spec = load_spec(args.prune_spec) if args.prune_spec else None
+    rate = args.bn_scale_l1 if args.bn_scale_l1 is not None else \
+        (spec.bn_scale_l1 if spec is not None else 0)
+    if rate:
+        BNScalePenalty(solver, rate).attach()
+    if not _asks_to_prune(spec, args):
         return None
-    from ..pruning import GradualPruner
     gradual = None
     if args.prune_schedule:
         parts = args.prune_schedule.split(",")
@@ -323,7 +414,19 @@ def attach_gradual(solver, args):
             raise CaffeLiteError(f"-prune_schedule takes BEGIN,STEPS,EVERY (three integers), "
                                  f"got '{args.prune_schedule}'") from None
         gradual = {"begin_iter": begin, "num_steps": steps, "frequency": every}
-    pruner = GradualPruner(solver, args.prune_spec, method=args.prune_method,
+    method = args.prune_method or (spec.method if spec is not None else "magnitude")
+    if method == "dns":
+        if spec is None:
+            from ..proto import caffe_lite_pb2
+            spec = caffe_lite_pb2.PruningSpec(method="dns")
+        if gradual:
+            for k, v in gradual.items():
+                setattr(spec.gradual, k, v)
+        pruner = DnsPruner(solver, spec, sparsity=args.prune_sparsity).attach()
+        log.info("Dynamic Network Surgery: splicing every %d iterations from %d to %d",
+                 pruner.frequency, pruner.begin, pruner.end)
+        return pruner
+    pruner = GradualPruner(solver, spec, method=args.prune_method,
                            sparsity=args.prune_sparsity, gradual=gradual).attach()
     log.info("Gradual pruning (%s) at iterations %s", pruner.method,
              ", ".join(map(str, pruner.step_iters())))

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import CaffeLiteError, ModelFileError
 from ..io.blobproto import merge_packed_floats, proto_shape, proto_values
+from ..io.caffemodel import read_bytes
 from ..proto import caffe_pb2
 from ..util.atomic import atomic_write_bytes
 from . import huffman, positions
@@ -346,25 +347,14 @@ def decode_bytes(data, path="<compressed model>"):
     return net
 
 
-def _read_bytes(path):
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise CaffeLiteError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise CaffeLiteError(f"{path}: is a directory, expected a compressed model") from None
-
-
 def read(path):
     """The NetParameter (a caffemodel's content) of a compressed file."""
-    return decode_bytes(_read_bytes(path), os.fspath(path))
+    return decode_bytes(read_bytes(path, "a compressed model"), os.fspath(path))
 
 
 def load_weights(path):
     """[(layer name, [float32 arrays])], as caffe_lite.io.load_weights gives."""
-    net, arrays = decode_arrays(_read_bytes(path), os.fspath(path))
+    net, arrays = decode_arrays(read_bytes(path, "a compressed model"), os.fspath(path))
     return [(lp.name, values) for lp, values in zip(net.layer, arrays) if lp.blobs]
 
 

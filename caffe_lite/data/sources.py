@@ -2,7 +2,13 @@
 
 A source's `next_batch()` returns (data, labels) as float32 arrays, transformed; the LMDB and
 image-list sources run it in a prefetch thread.  Each source owns a generator derived from the
-global one at setup (only when it needs randomness), and draws from it in a fixed order."""
+global one at setup (only when it needs randomness), and draws from it in a fixed order.
+
+`shard=(rank, count)`: the source is one of `count` processes reading one common stream of
+records (data-parallel training, caffe_lite.parallel); each batch of `batch_size` spans
+batch_size * count records of that stream, of which this process takes those at offsets
+rank, rank + count, ... (as Caffe's multi-GPU DataLayer keeps offset % solver_count ==
+solver_rank).  The read position is the common stream's, the same in every process."""
 import concurrent.futures
 import logging
 import os
@@ -87,9 +93,11 @@ class _Buffers:
 class DatumDBSource:
     """Caffe's DataLayer reading: records in key order, wrapping at the end of the database."""
 
-    def __init__(self, path, batch_size, transformer, where, rand_skip=0, rng=None):
+    def __init__(self, path, batch_size, transformer, where, rand_skip=0, rng=None,
+                 shard=(0, 1)):
         self.path = os.fspath(path)
         self.batch_size = int(batch_size)
+        self.shard = shard
         self.transformer = transformer
         self.where = where
         self.db = open_db(self.path, where)
@@ -125,13 +133,16 @@ class DatumDBSource:
         if self._cursor is None:  # opened in the thread that reads
             self._cursor = Cursor(self.db, self.path)
             self._cursor.skip(self.position.index)
+        rank, count = self.shard
         items, labels = [], np.empty(self.batch_size, np.float32)
-        for i in range(self.batch_size):
+        for i in range(self.batch_size * count):
             key, value = self._cursor.read()
             self.position.advance()
+            if i % count != rank:
+                continue  # another process's record
             where = self._at(key)
             datum = parse_datum(value, where)
-            labels[i] = datum.label
+            labels[len(items)] = datum.label
             items.append((datum, where))
         if any(d.encoded for d, _ in items):
             arrays = self._pool.map(self._decode, items)
@@ -210,12 +221,13 @@ class ImageListSource:
 
     def __init__(self, list_path, batch_size, transformer, where, root_folder="",
                  new_height=0, new_width=0, is_color=True, shuffle=False, rand_skip=0,
-                 rng=None):
+                 rng=None, shard=(0, 1)):
         if (new_height > 0) != (new_width > 0):
             raise DataError(f"{where}: new_height and new_width must be set together (got "
                             f"new_height {new_height}, new_width {new_width})")
         self.list_path = os.fspath(list_path)
         self.batch_size = int(batch_size)
+        self.shard = shard
         self.transformer = transformer
         self.where = where
         self.root = root_folder
@@ -246,7 +258,8 @@ class ImageListSource:
 
     def next_batch(self):
         names, labels = [], np.empty(self.batch_size, np.float32)
-        for i, k in enumerate(self.position.take(self.batch_size)):
+        rank, count = self.shard
+        for i, k in enumerate(self.position.take(self.batch_size * count)[rank::count]):
             name, labels[i] = self.lines[k]
             names.append(name)
         arrays = self._pool.map(self._read, names)
@@ -270,10 +283,12 @@ class HDF5Source:
     """Caffe's HDF5DataLayer reading: each file in the source list is loaded whole; datasets
     are named by the layer's tops; rows (and, with shuffle, files and rows) are permuted."""
 
-    def __init__(self, list_path, top_names, batch_size, where, shuffle=False, rng=None):
+    def __init__(self, list_path, top_names, batch_size, where, shuffle=False, rng=None,
+                 shard=(0, 1)):
         self.list_path = os.fspath(list_path)
         self.names = list(top_names)
         self.batch_size = int(batch_size)
+        self.shard = shard
         self.where = where
         self.shuffle = shuffle
         self.rng = rng
@@ -367,14 +382,16 @@ class HDF5Source:
         self.row = 0
 
     def next_batch(self):
+        rank, count = self.shard
         outs = [np.empty(s, np.float32) for s in self.top_shapes]
-        filled = 0
-        while filled < self.batch_size:
-            take = min(self.batch_size - filled, len(self.perm) - self.row)
-            idx = self.perm[self.row:self.row + take]
+        filled = offset = 0  # rows written; rows of the common stream passed
+        while offset < self.batch_size * count:
+            take = min(self.batch_size * count - offset, len(self.perm) - self.row)
+            idx = self.perm[self.row:self.row + take][(rank - offset) % count::count]
             for out, a in zip(outs, self.arrays):
-                np.take(a, idx, axis=0, out=out[filled:filled + take])
-            filled += take
+                np.take(a, idx, axis=0, out=out[filled:filled + len(idx)])
+            filled += len(idx)
+            offset += take
             self.row += take
             if self.row == len(self.perm):
                 self._advance()

@@ -13,7 +13,8 @@ from .upgrade import upgrade_net
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
-def _read_bytes(path):
+def read_bytes(path, what="a weights file"):
+    """The bytes of a model file; a typed error naming the path when there are none."""
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:
@@ -21,7 +22,7 @@ def _read_bytes(path):
     except FileNotFoundError:
         raise MissingFileError(f"{path}: no such file") from None
     except IsADirectoryError:
-        raise CaffeLiteError(f"{path}: is a directory, expected a weights file") from None
+        raise CaffeLiteError(f"{path}: is a directory, expected {what}") from None
 
 
 def parse_binary(data, message, path, what):
@@ -39,7 +40,7 @@ def _looks_like_text(data):
 
 def read_net_binary(path):
     """A binary caffemodel as an upgraded NetParameter, with every blob's size checked."""
-    data = _read_bytes(path)
+    data = read_bytes(path)
     if not data:
         raise ModelFileError(f"{path}: empty file, expected a binary caffemodel")
     if data.startswith(HDF5_SIGNATURE):

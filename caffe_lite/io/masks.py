@@ -130,11 +130,11 @@ def read_masks(model_path, weights):
     """{(layer, param index): mask} from the sidecar beside `model_path`, or None when there
     is none or it belongs to other weights (a warning says so).  `weights`: the model's
     [(layer, [arrays])] as load_weights gives them."""
-    from .caffemodel import _read_bytes, parse_binary
+    from .caffemodel import read_bytes, parse_binary
     path = sidecar_path(model_path)
     if not os.path.isfile(path):
         return None
-    ex = parse_binary(_read_bytes(path), caffe_lite_pb2.SolverExtras(), path, "masks file")
+    ex = parse_binary(read_bytes(path), caffe_lite_pb2.SolverExtras(), path, "masks file")
     masks = parse_masks(ex, path)
     by_name = dict(weights)
     items = []

@@ -22,6 +22,7 @@ class AccuracyLayer(Layer):
     Ties count against the true class, as in Caffe: a position is correct when fewer than top_k
     OTHER classes score >= the true class's score.  So with top_k 1 a tie for the maximum is
     wrong, whatever the class indices."""
+    channelwise = False
     exact_num_bottom = 2
     min_top = 1
     max_top = 2
@@ -88,6 +89,7 @@ class ArgMaxLayer(Layer):
     shape with that axis replaced by top_k, holding indices, or the values with out_max_val.
     Ties: Caffe sorts (value, index) pairs descending, so of equal values the larger index
     comes first."""
+    channelwise = False
     exact_num_bottom = 1
     exact_num_top = 1
 

@@ -66,6 +66,16 @@ def gpu_impl_for(layer):
 class Layer:
     type = None            # Caffe type string (set by @register)
     prunable = False       # True: blobs[0] is a weight that carries a pruning mask
+    # How channels (axis 1) flow through the layer, for structured pruning and thinning
+    # (pruning/structure.py).  channelwise: True when channel c of every top is a function of
+    # channel c of the one bottom alone (and of entry c of the blobs channel_params() names);
+    # False when the layer mixes channels (channel_note says how), so the channels it reads
+    # are kept; None (not declared): kept as well, and the analysis says it does not know the
+    # type.  Layers that route channels instead set channel_route: "join" (channel c of every
+    # bottom meets in channel c of the top), "concat", "slice", "flatten" or "sink".
+    channelwise = None
+    channel_note = ""
+    channel_route = None
 
     # Blob-count constraints, as Caffe's ExactNumBottomBlobs() & co.; -1 means unchecked.
     exact_num_bottom = -1
@@ -169,6 +179,10 @@ class Layer:
     def loss(self, top_index):
         return self.loss_weights[top_index] if top_index < len(self.loss_weights) else 0.0
 
+    def channel_params(self):
+        """Indices of the blobs that hold one entry per channel (channelwise layers)."""
+        return ()
+
     def allow_force_backward(self, bottom_index):
         """False for bottoms no gradient can be computed for (labels, say)."""
         return True
@@ -182,17 +196,36 @@ class Layer:
     # may then skip what only backward reads (a pooling's argmax, an in-place input copy).  A
     # backward called anyway recomputes or refuses, never reads stale state.
     backward_needed = True
+    _reshape_key = None
 
     def forward(self, bottom, top):
         """reshape, forward on the current device, and the loss: Caffe's Layer::Forward (a Net
-        runs the three parts itself, reshaping only when shapes changed)."""
-        self.reshape(bottom, top)  # as Caffe's Layer::Forward: inputs may have changed shape
+        runs the parts itself, reshaping only when shapes changed: caffe_lite/plan.py)."""
+        self.run_forward(bottom, top)
+        return self.loss_value(top)
+
+    def run_forward(self, bottom, top):
+        """Forward without reading the loss back (Net.forward_backward reads it after the
+        backward pass on the GPU: no synchronisation in the middle of a step)."""
         if _mode.mode() == _mode.GPU:
+            self.reshape_if_changed(bottom, top)
             self.forward_gpu(bottom, top)
         else:
+            self.reshape(bottom, top)  # as Caffe's Layer::Forward: inputs may have changed shape
             with cpu_pass():
                 self.forward_cpu(bottom, top)
-        return self.loss_value(top)
+
+    def reshape_if_changed(self, bottom, top):
+        """reshape(), unless this is a layer with a GPU implementation whose bottoms and tops
+        are the blobs, shapes and memory of its last reshape: then nothing can have changed,
+        and a repeated step skips the per-layer shape logic (host time per layer)."""
+        key = None
+        if gpu_impl_for(self) is not None:
+            key = _blob_key(bottom, top)
+            if key == self._reshape_key:
+                return
+        self.reshape(bottom, top)
+        self._reshape_key = _blob_key(bottom, top) if key is not None else None
 
     def prepare_cpu(self, bottom, top):
         """A callable that runs forward_cpu(bottom, top) on the blobs as they are shaped now,
@@ -202,7 +235,7 @@ class Layer:
         return None
 
     def loss_value(self, top):
-        """sum(weight * top) over the tops with a loss weight."""
+        """sum(weight * top) over the tops with a loss weight (reads them on the host)."""
         loss = 0.0
         for w, t in zip(self.loss_weights, top):
             if w != 0:
@@ -262,8 +295,14 @@ class Layer:
                 raise self.error(f"blob {i} has shape {b.shape} but the layer needs {tuple(s)}")
 
 
+def _blob_key(bottom, top):
+    return (tuple((id(b), b.shape, id(b._data.mem)) for b in bottom),
+            tuple((id(t), t.shape, id(t._data.mem)) for t in top))
+
+
 class NeuronLayer(Layer):
     """One bottom, one top of the same shape; may run in place."""
+    channelwise = True
     exact_num_bottom = 1
     exact_num_top = 1
 
@@ -273,6 +312,7 @@ class NeuronLayer(Layer):
 
 class LossLayer(Layer):
     """Two bottoms (prediction, target); a scalar top whose loss weight defaults to 1."""
+    channelwise = False
     exact_num_bottom = 2
     exact_num_top = 1
     auto_top_blobs = True

@@ -32,6 +32,7 @@ def _index(axis, start, stop):
 @register("Concat")
 class ConcatLayer(Layer):
     """Join bottoms along concat_param.axis (default 1)."""
+    channel_route = "concat"
     min_bottom = 1
     exact_num_top = 1
 
@@ -81,6 +82,7 @@ class ConcatLayer(Layer):
 @register("Slice")
 class SliceLayer(Layer):
     """Cut the bottom along slice_param.axis at slice_point, or into equal parts."""
+    channel_route = "slice"
     exact_num_bottom = 1
     min_top = 1
 
@@ -147,6 +149,7 @@ class SliceLayer(Layer):
 class SplitLayer(Layer):
     """Give one blob to several consumers: the tops share the bottom's data; backward sums
     their diffs.  The Net inserts these for blobs that feed several layers."""
+    channelwise = True
     exact_num_bottom = 1
     min_top = 1
 
@@ -175,6 +178,7 @@ class SplitLayer(Layer):
 class SilenceLayer(Layer):
     """Swallow its bottoms (so they are not reported as net outputs); backward gives them
     zero gradient."""
+    channel_route = "sink"
     min_bottom = 1
     exact_num_top = 0
 

@@ -9,12 +9,19 @@ derived from caffe-lite's global one at setup, so a run is reproducible from ran
 Every data layer keeps its place: `state_dict()` gives the read position (data/position.py)
 and the state of the layer's generator as of the batches the net has *consumed* (not those the
 prefetch thread has read ahead), and `load_state_dict()` continues from there, so a snapshot
-resumes the exact stream of batches."""
+resumes the exact stream of batches.
+
+In data-parallel training (solver_count() > 1, caffe_lite.parallel) the TRAIN-phase Data,
+ImageData, HDF5Data and MemoryData layers of rank r read records r, r + N, r + 2N, ... of the
+stream one process would read (Caffe's multi-GPU rule; TEST-phase layers read everything): the
+N ranks' batches of B together are that process's batch of N * B.  Shuffles and rand_skip are
+drawn alike in every rank; the transformer's crops and mirrors then draw per rank."""
 import logging
 import os
 
 import numpy as np
 
+from ..backend import state as _state
 from ..data.prefetch import Prefetcher, attach
 from ..data.transformer import DataTransformer, derive_rng
 from ..errors import DataError
@@ -25,6 +32,13 @@ from .base import Layer
 from .registry import register
 
 log = logging.getLogger("caffe_lite")
+
+
+def _shard(layer):
+    """(rank, count): this process's share of a TRAIN-phase source (module docstring)."""
+    if layer.phase == caffe_pb2.TRAIN and _state.solver_count() > 1:
+        return _state.solver_rank(), _state.solver_count()
+    return 0, 1
 
 
 class _PrefetchingDataLayer(Layer):
@@ -56,7 +70,10 @@ class _PrefetchingDataLayer(Layer):
         if self.transformer.needs_rand or self._source_needs_rand():
             rng = derive_rng()
         self.transformer.rng = self.rng = rng
+        self.shard = _shard(self)
         self.source = self._make_source(rng)
+        if rng is not None and self.shard[0] > 0:
+            _state.fork_rng(rng, self.shard[0])  # after the source drew its shuffle and skip
         top[0].reshape(self.source.top_shape)
         if len(top) > 1:
             top[1].reshape((self.source.batch_size,))
@@ -151,7 +168,7 @@ class DataLayer(_PrefetchingDataLayer):
             backend = caffe_pb2.DataParameter.LMDB
         check_backend(backend, p.source, self.where)
         return DatumDBSource(p.source, self._batch_size(p.batch_size), self.transformer,
-                             self.where, rand_skip=p.rand_skip, rng=rng)
+                             self.where, rand_skip=p.rand_skip, rng=rng, shard=self.shard)
 
 
 @register("ImageData")
@@ -172,7 +189,7 @@ class ImageDataLayer(_PrefetchingDataLayer):
         return ImageListSource(p.source, self._batch_size(p.batch_size), self.transformer,
                                self.where, root_folder=p.root_folder, new_height=p.new_height,
                                new_width=p.new_width, is_color=p.is_color, shuffle=p.shuffle,
-                               rand_skip=p.rand_skip, rng=rng)
+                               rand_skip=p.rand_skip, rng=rng, shard=self.shard)
 
 
 @register("HDF5Data")
@@ -192,8 +209,9 @@ class HDF5DataLayer(Layer):
         if not p.source:
             raise DataError(f"{where}: hdf5_data_param.source is not set")
         rng = derive_rng() if p.shuffle else None
+        self.shard = _shard(self)
         self.source = HDF5Source(p.source, self.layer_param.top, p.batch_size, where,
-                                 shuffle=p.shuffle, rng=rng)
+                                 shuffle=p.shuffle, rng=rng, shard=self.shard)
         for t, s in zip(top, self.source.top_shapes):
             t.reshape(s)
 
@@ -235,7 +253,8 @@ class MemoryDataLayer(Layer):
                              f"positive in memory_data_param (got {self.batch_size}, "
                              f"{self.channels}, {self.height}, {self.width})")
         self._data = self._labels = None
-        self.pos = 0
+        self.pos = 0  # in the common stream: each batch spans batch_size * count items
+        self.shard = _shard(self)
 
     def reshape(self, bottom, top):
         top[0].reshape((self.batch_size, self.channels, self.height, self.width))
@@ -262,9 +281,9 @@ class MemoryDataLayer(Layer):
         if labels.shape[:1] != (n,) or labels.size != n:
             raise DataError(f"{where}: labels have shape {labels.shape}; expected {n} labels "
                             "(one per data item, shape (N,) or (N, 1, 1, 1))")
-        if n == 0 or n % self.batch_size:
+        if n == 0 or n % self._span():
             raise DataError(f"{where}: the number of items ({n}) must be a positive multiple "
-                            f"of batch_size ({self.batch_size})")
+                            f"of batch_size ({self.batch_size}){self._ranks_text()}")
         if self.layer_param.HasField("transform_param"):
             log.warning("%s: MemoryData does not transform array data on reset", where)
         self._data = data
@@ -274,10 +293,18 @@ class MemoryDataLayer(Layer):
         if resume is not None and resume[1] == n:  # restored before the arrays were given
             self.pos = resume[0]
 
+    def _span(self, batch_size=None):
+        """Items of the arrays one batch spans: batch_size in each of the `count` ranks."""
+        return (batch_size or self.batch_size) * self.shard[1]
+
+    def _ranks_text(self):
+        count = self.shard[1]
+        return f" times the {count} data-parallel ranks" if count > 1 else ""
+
     def set_batch_size(self, batch_size):
-        if self._data is not None and self._data.shape[0] % batch_size:
-            raise self.error(f"batch_size {batch_size} does not divide the {self._data.shape[0]} "
-                             "items given to reset()")
+        if self._data is not None and self._data.shape[0] % self._span(batch_size):
+            raise self.error(f"batch_size {batch_size}{self._ranks_text()} does not divide the "
+                             f"{self._data.shape[0]} items given to reset()")
         self.batch_size = int(batch_size)
         self.pos = 0
 
@@ -285,10 +312,10 @@ class MemoryDataLayer(Layer):
         if self._data is None:
             raise DataError(f"layer '{self.name}' (MemoryData) has no data: call "
                             "net.set_input_arrays(data, labels) (or layer.reset) first")
-        b, p = self.batch_size, self.pos
-        top[0].data[...] = self._data[p:p + b]
-        top[1].data[...] = self._labels[p:p + b]
-        self.pos = (p + b) % self._data.shape[0]
+        p, (rank, count), span = self.pos, self.shard, self._span()
+        top[0].data[...] = self._data[p + rank:p + span:count]
+        top[1].data[...] = self._labels[p + rank:p + span:count]
+        self.pos = (p + span) % self._data.shape[0]
 
     def state_dict(self):
         """The read position in the arrays (the arrays are the caller's: give the same ones
@@ -306,6 +333,11 @@ class MemoryDataLayer(Layer):
                 raise ValueError(f"'pos' {pos} is not a batch start among {items} items")
         self.pos, self._resume = 0, None
         if items is None or pos == 0:
+            return
+        if pos % self._span():  # a snapshot of another number of data-parallel ranks
+            log.warning("layer '%s' (MemoryData): the snapshot stopped at item %d, which is not "
+                        "a batch start for %d item(s) per batch%s; reading starts over",
+                        self.name, pos, self._span(), self._ranks_text())
             return
         if self._data is None:
             self._resume = (pos, items)  # applied by reset() when it gets as many items

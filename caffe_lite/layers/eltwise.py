@@ -13,6 +13,7 @@ _Op = caffe_pb2.EltwiseParameter
 
 @register("Eltwise")
 class EltwiseLayer(Layer):
+    channel_route = "join"
     min_bottom = 2
     exact_num_top = 1
 

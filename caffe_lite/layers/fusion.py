@@ -79,7 +79,9 @@ class Group:
     def reshape_layers(self, *unused):
         net = self.net
         for i in range(self.first, self.last + 1):
-            net.layers[i].reshape(net.bottom_vecs[i], net.top_vecs[i])
+            layer = net.layers[i]
+            layer.reshape(net.bottom_vecs[i], net.top_vecs[i])
+            layer._reshape_key = None  # (Layer.reshape_if_changed's memo is stale)
 
     def forward(self, reshape=True):
         if reshape:
@@ -453,14 +455,17 @@ GROUPS = (ConvolutionGroup, BatchNormScaleGroup)
 
 
 def plan(net):
-    """{first layer index: group} for the net's chains ({} when CAFFE_LITE_FUSE=0).  Chains do
-    not overlap; whether a group runs on the current device is its `active()`."""
+    """{first layer index: group} for the net's chains that the current device can run as one
+    step ({} when CAFFE_LITE_FUSE=0).  Chains do not overlap; the first kind in GROUPS that
+    matches and is `active()` wins (on the GPU, where no Convolution group has a GPU
+    implementation, the BatchNorm -> Scale (-> ReLU) after a convolution is the group)."""
     if not enabled():
         return {}
     groups = {}
     i = 0
     while i < len(net.layers):
-        g = next((g for g in (kind.match(net, i) for kind in GROUPS) if g is not None), None)
+        g = next((g for g in (kind.match(net, i) for kind in GROUPS)
+                  if g is not None and g.active()), None)
         if g is not None:
             groups[i] = g
             i = g.last + 1

@@ -150,6 +150,9 @@ class ReLULayer(_KeepsInput):
 class PReLULayer(_KeepsInput):
     """y = max(x, 0) + a_c * min(x, 0), a learned slope per channel (axis 1) or one shared."""
 
+    def channel_params(self):
+        return () if self.layer_param.prelu_param.channel_shared else (0,)
+
     def layer_setup(self, bottom, top):
         self._check_axes(bottom)
         p = self.layer_param.prelu_param

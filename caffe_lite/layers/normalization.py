@@ -28,6 +28,9 @@ class BatchNormLayer(NeuronLayer):
     Caffe stores *unnormalised* running sums: the statistics are blobs[0] / blobs[2] and
     blobs[1] / blobs[2]."""
 
+    def channel_params(self):
+        return (0, 1)
+
     def layer_setup(self, bottom, top):
         p = self.layer_param.batch_norm_param
         self.moving_average_fraction = _F(p.moving_average_fraction)
@@ -178,8 +181,13 @@ class LRNLayer(Layer):
     window divides by n*n, borders included) and Power(-beta, scale alpha, shift 1); here the
     same maths directly: scale = 1 + alpha / n^2 * box sum of x^2; y = x * scale^-beta (k is not
     used, as in Caffe)."""
+    channel_note = "which mixes neighbouring channels"
     exact_num_bottom = 1
     exact_num_top = 1
+
+    @property
+    def channelwise(self):
+        return self.layer_param.lrn_param.norm_region == caffe_pb2.LRNParameter.WITHIN_CHANNEL
 
     def layer_setup(self, bottom, top):
         p = self.layer_param.lrn_param

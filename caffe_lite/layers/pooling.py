@@ -35,6 +35,7 @@ def pooled_size(size, kernel, pad, stride, round_mode=_P.CEIL):
 
 @register("Pooling")
 class PoolingLayer(Layer):
+    channelwise = True
     exact_num_bottom = 1
     min_top = 1
     max_top = 2  # MAX only: the second top holds the argmax (h * W + w) as float

@@ -27,6 +27,7 @@ def _share(top, bottom):
 @register("Flatten")
 class FlattenLayer(Layer):
     """Merge axes [axis, end_axis] into one; the top shares data and diff with the bottom."""
+    channel_route = "flatten"
     exact_num_bottom = 1
     exact_num_top = 1
 
@@ -55,6 +56,7 @@ class FlattenLayer(Layer):
 class ReshapeLayer(Layer):
     """Replace axes [axis, axis + num_axes) of the bottom's shape with reshape_param.shape,
     where a 0 copies the bottom's dim and one -1 is inferred.  Shares data and diff."""
+    channelwise = False
     exact_num_bottom = 1
     exact_num_top = 1
 
@@ -175,6 +177,7 @@ class CropLayer(Layer):
 class PermuteLayer(Layer):
     """(SSD fork) Reorder axes: top axis i is bottom axis order[i]; axes not listed follow
     in their original order.  The top is a contiguous copy (shared when order is identity)."""
+    channelwise = False
     exact_num_bottom = 1
     exact_num_top = 1
 

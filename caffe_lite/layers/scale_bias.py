@@ -55,6 +55,11 @@ def _view3(a, dims):
     return a.reshape(dims)
 
 
+def _on_channels(axis, num_axes):
+    """Whether a parameter starting at `axis` lies along the channel axis (1)."""
+    return (axis + num_axes if axis < 0 else axis) == 1
+
+
 class _BiasTerm:
     """top += bias along the middle of (outer, dim, inner), and the bias gradient."""
 
@@ -82,9 +87,16 @@ class BiasLayer(Layer):
     min_bottom = 1
     max_bottom = 2
     exact_num_top = 1
+    channel_note = "not on the channel axis"
+    channelwise = property(lambda self: _on_channels(self.layer_param.bias_param.axis,
+                                                     self._bottom_axes))
+
+    def channel_params(self):
+        return tuple(range(len(self.blobs)))
 
     def layer_setup(self, bottom, top):
         p = self.layer_param.bias_param
+        self._bottom_axes = bottom[0].num_axes
         self.bias_term = _BiasTerm(self, p.axis)
         if len(bottom) == 1 and not self.blobs:
             shape = param_shape(self, bottom[0], p.axis, p.num_axes, "bias")
@@ -120,9 +132,16 @@ class ScaleLayer(Layer):
     min_bottom = 1
     max_bottom = 2
     exact_num_top = 1
+    channel_note = "not on the channel axis"
+    channelwise = property(lambda self: _on_channels(self.layer_param.scale_param.axis,
+                                                     self._bottom_axes))
+
+    def channel_params(self):
+        return tuple(range(len(self.blobs)))
 
     def layer_setup(self, bottom, top):
         p = self.layer_param.scale_param
+        self._bottom_axes = bottom[0].num_axes
         loaded = len(self.blobs)
         if len(bottom) == 1 and not loaded:
             shape = param_shape(self, bottom[0], p.axis, p.num_axes, "scale")

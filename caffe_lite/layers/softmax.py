@@ -28,6 +28,7 @@ def _axis_split(layer, blob, axis):
 
 @register("Softmax")
 class SoftmaxLayer(Layer):
+    channelwise = False
     exact_num_bottom = 1
     exact_num_top = 1
 

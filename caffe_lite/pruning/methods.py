@@ -1,27 +1,31 @@
-"""Unstructured pruning methods over a net's prunable weights, and `prune_net`, the entry
-point for every method.
+"""The pruning methods and `prune_net`, the entry point for every one of them.
+
+Each method is one function `fn(net, plan, data=None) -> [LayerResult]`, listed in
+`METHODS` by the name a spec or `-method` uses (as torch.nn.utils.prune has one class per
+method).  Unstructured, over single weights:
 
 magnitude  each layer to its target sparsity: the smallest |w| go first.  Weights already 0
            count toward the target, so a layer that is already sparser is left as it is.
 std        Han et al. (2015): prune |w| <= q * std(w), the std over all of the layer's
            weights (zeros included), q per layer (default 1.0).
 global     one magnitude threshold across all the layers, giving the overall target.
-l1-filter  structured, see filters.py.
+dns        magnitude's first cut of Dynamic Network Surgery; the splicing itself happens
+           while fine-tuning (splicing.py, `train -prune_spec` with method "dns").
+
+Structured, whole filters ranked by a criterion (filters.py, criteria.py): l1-filter,
+l2-filter, fpgm, taylor, apoz, bn-scale.
 
 Ranking is deterministic: a stable sort of |w| in C order, so ties go to the lower index."""
-import dataclasses
 import logging
 
 import numpy as np
 
+from . import criteria, filters
 from .masks import shrink_mask
+from .result import LayerResult, _round, _sparsity
 from .spec import make_plan, prunable_layers
 
 log = logging.getLogger("caffe_lite")
-
-
-def _round(x):
-    return int(np.floor(x + 0.5))
 
 
 def _magnitudes(blob):
@@ -65,52 +69,70 @@ def global_keep(blobs, sparsity):
     return out, threshold
 
 
-@dataclasses.dataclass
-class LayerResult:
-    name: str
-    type: str
-    params: int
-    before: float       # sparsity before
-    after: float        # sparsity after
-    detail: str = ""    # e.g. "threshold 0.0123", "filters 20 -> 14"
+def _per_layer(net, plan, prune_one):
+    """Run prune_one(weight blob, target) -> detail over the plan's layers; [LayerResult]."""
+    layers = dict(prunable_layers(net))
+    results = []
+    for n, target in plan.targets.items():
+        w = layers[n].blobs[0]
+        before = _sparsity(w)
+        detail = prune_one(w, target)
+        results.append(LayerResult(n, layers[n].type, w.count, before, _sparsity(w), detail))
+        log.info("pruned %s: sparsity %.4f -> %.4f (%s)", n, before, results[-1].after, detail)
+    return results
 
 
-def _sparsity(blob):
-    return float(1.0 - np.count_nonzero(blob.cpu_data) / max(blob.count, 1))
+def magnitude_prune(net, plan, data=None):
+    """Each layer to its target sparsity, smallest |w| first."""
+    def one(w, target):
+        shrink_mask(w, magnitude_keep(w, target))
+        return f"target {target:g}"
+    return _per_layer(net, plan, one)
 
 
-def prune_net(net, spec=None, method=None, sparsity=None, q=None, plan=None):
+def std_prune(net, plan, data=None):
+    """|w| <= q * std(w) per layer (Han et al. 2015)."""
+    def one(w, q):
+        t = std_threshold(w, q)
+        shrink_mask(w, std_keep(w, q))
+        return f"q {q:g}, threshold {t:.6g}"
+    return _per_layer(net, plan, one)
+
+
+def global_prune(net, plan, data=None):
+    """One magnitude threshold over every layer of the plan."""
+    layers = dict(prunable_layers(net))
+    names = list(plan.targets)
+    keeps, threshold = global_keep([layers[n].blobs[0] for n in names], plan.sparsity)
+    keep_of = {id(layers[n].blobs[0]): keep for n, keep in zip(names, keeps)}
+
+    def one(w, target):
+        shrink_mask(w, keep_of[id(w)])
+        return f"global threshold {threshold:.6g}"
+    return _per_layer(net, plan, one)
+
+
+def dns_prune(net, plan, data=None):
+    """Dynamic Network Surgery's first cut: per layer, the weights below the centre threshold
+    (the target-sparsity quantile of |w|)."""
+    from .splicing import centre_threshold
+
+    def one(w, target):
+        t = centre_threshold(w.cpu_data, target)
+        shrink_mask(w, np.abs(w.cpu_data) >= np.float32(t))
+        return f"threshold {t:.6g} (splicing happens while fine-tuning)"
+    return _per_layer(net, plan, one)
+
+
+METHODS = {"magnitude": magnitude_prune, "std": std_prune, "global": global_prune,
+           "dns": dns_prune}
+METHODS.update({name: filters.pruner(name) for name in criteria.CRITERIA})
+
+
+def prune_net(net, spec=None, method=None, sparsity=None, q=None, plan=None, data=None):
     """Prune `net` in place as the spec (+ overrides) says; returns [LayerResult].  Every
-    check runs before the first weight changes."""
+    check runs before the first weight changes.  `data`: the net that reads training data
+    for the criteria that need activations (taylor, apoz; default: `net` itself)."""
     if plan is None:
         plan = make_plan(net, spec, method, sparsity, q)
-    layers = dict(prunable_layers(net))
-    if plan.method == "l1-filter":
-        from .filters import l1_filter_prune
-        return l1_filter_prune(net, plan)
-    before = {n: _sparsity(layers[n].blobs[0]) for n in plan.targets}
-    details = {}
-    if plan.method == "global":
-        names = list(plan.targets)
-        keeps, threshold = global_keep([layers[n].blobs[0] for n in names], plan.sparsity)
-        for n, keep in zip(names, keeps):
-            shrink_mask(layers[n].blobs[0], keep)
-            details[n] = f"global threshold {threshold:.6g}"
-    else:
-        for n, target in plan.targets.items():
-            w = layers[n].blobs[0]
-            if plan.method == "std":
-                t = std_threshold(w, target)
-                shrink_mask(w, std_keep(w, target))
-                details[n] = f"q {target:g}, threshold {t:.6g}"
-            else:
-                shrink_mask(w, magnitude_keep(w, target))
-                details[n] = f"target {target:g}"
-    results = []
-    for n in plan.targets:
-        w = layers[n].blobs[0]
-        results.append(LayerResult(n, layers[n].type, w.count, before[n], _sparsity(w),
-                                   details.get(n, "")))
-        log.info("pruned %s: sparsity %.4f -> %.4f (%s)", n, before[n], results[-1].after,
-                 details.get(n, ""))
-    return results
+    return METHODS[plan.method](net, plan, data=data)

@@ -60,3 +60,24 @@ def random_inputs(net, seed=0):
 
 def _bottomless_tops(net):
     return [n for n in data_top_shapes(net)]
+
+
+def recalibrate_batchnorm(net, batches):
+    """Re-estimate every BatchNorm's running statistics over `batches` forward passes of `net`,
+    which must compute batch statistics (a TRAIN-phase net; it reads its own data layers).
+    After structured pruning the statistics a BatchNorm holds describe its input before the
+    channels upstream were removed, and a TEST-phase net normalises with them; Caffe's moving
+    average (moving_average_fraction 0.999) takes thousands of iterations to forget them.  The
+    sums restart from zero, so the result is the plain average over these batches.  Returns
+    the names of the layers recalibrated."""
+    bns = [layer for layer in net.layers if layer.type == "BatchNorm"]
+    if any(layer.use_global_stats for layer in bns):
+        from ..errors import CaffeLiteError
+        raise CaffeLiteError("recalibrate_batchnorm needs a net whose BatchNorm layers compute "
+                             "batch statistics (the TRAIN phase, use_global_stats false)")
+    for layer in bns:
+        for b in layer.blobs:
+            b.data[...] = 0
+    for _ in range(batches):
+        net.forward_from_to()
+    return [layer.name for layer in bns]

@@ -18,8 +18,9 @@ on its first iteration."""
 import logging
 
 from ..proto import caffe_lite_pb2
+from . import criteria
 from .methods import prune_net
-from .spec import Plan, PruningError, check_sparsity, load_spec, make_plan
+from .spec import Plan, PruningError, check_sparsity, is_structured, load_spec, make_plan
 
 log = logging.getLogger("caffe_lite")
 
@@ -53,7 +54,14 @@ class GradualPruner:
         self.method = method or spec.method
         if self.method == "std":
             raise PruningError("gradual pruning needs a sparsity method (magnitude, global or "
-                               "l1-filter); std has no sparsity target to schedule")
+                               "a structured one); std has no sparsity target to schedule")
+        if self.method == "dns":
+            raise PruningError("method dns prunes with splicing: use DnsPruner (train "
+                               "-prune_spec with method \"dns\" attaches it)")
+        if spec.HasField("target_params") or spec.HasField("target_flops"):
+            raise PruningError("gradual pruning follows per-layer targets: solve them for "
+                               "target_params / target_flops first (caffe-lite prune "
+                               "-target_params X -output_spec SPEC) and train with that spec")
         if g.num_steps < 1 or g.frequency < 1 or g.begin_iter < 0:
             raise PruningError(f"gradual: num_steps ({g.num_steps}) and frequency "
                                f"({g.frequency}) must be >= 1 and begin_iter ({g.begin_iter}) "
@@ -66,10 +74,10 @@ class GradualPruner:
         self.plan = make_plan(solver.net, spec, self.method, final)
         self.applied = -1          # iteration of the last pruning step applied
         self.history = []          # [(iteration, {layer: target})]
-        # Check now that the final step can be carried out (l1-filter: no layer emptied).
-        if self.method == "l1-filter":
+        # Check now that the final step can be carried out (structured: no layer emptied).
+        if is_structured(self.method) and not criteria.needs_data(self.method):
             from .filters import select_filters
-            select_filters(solver.net, self.plan)
+            select_filters(solver.net, self.plan, criterion=self.method)
 
     # --- the schedule --------------------------------------------------------------------
     def step_iters(self):
@@ -97,8 +105,9 @@ class GradualPruner:
         targets = self.targets_at(t)
         # (method global: every layer has the same target, the overall one)
         plan = Plan(self.method, targets, list(self.plan.excluded), set(self.plan.explicit),
-                    max(targets.values()) if self.method == "global" else None)
-        results = prune_net(self.solver.net, plan=plan)
+                    max(targets.values()) if self.method == "global" else None,
+                    data_batches=self.plan.data_batches)
+        results = prune_net(self.solver.net, plan=plan, data=self.solver.net)
         self.solver.mask_history()
         self.applied = t
         self.history.append((t, {n: round(v, 6) for n, v in targets.items()}))

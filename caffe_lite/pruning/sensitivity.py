@@ -21,6 +21,8 @@ from .spec import Plan, PruningError, check_sparsity, prunable_layers
 
 log = logging.getLogger("caffe_lite")
 DEFAULT_SPARSITIES = tuple(round(0.1 * i, 1) for i in range(1, 10))
+# Methods a scan can use: those that need no training data.
+SCAN_METHODS = ("magnitude", "l1-filter", "l2-filter", "fpgm", "bn-scale")
 
 
 class CachedEvaluator:
@@ -89,9 +91,11 @@ class Row:
 
 def sensitivity(net, evaluator, metric, layers=None, sparsities=DEFAULT_SPARSITIES,
                 method="magnitude", progress=None):
-    """Returns (baseline, [Row]).  `method`: magnitude or l1-filter."""
-    if method not in ("magnitude", "l1-filter"):
-        raise PruningError(f"sensitivity: method must be magnitude or l1-filter, got '{method}'")
+    """Returns (baseline, [Row]).  `method`: magnitude or a structured method that ranks by
+    weights (SCAN_METHODS)."""
+    if method not in SCAN_METHODS:
+        raise PruningError(f"sensitivity: method must be one of {', '.join(SCAN_METHODS)}, "
+                           f"got '{method}'")
     names = [n for n, _ in prunable_layers(net)]
     layers = list(layers or names)
     for n in layers:

@@ -12,9 +12,20 @@ from ..errors import CaffeLiteError
 from ..io.prototxt import load_message
 from ..proto import caffe_lite_pb2
 
-METHODS = ("magnitude", "std", "global", "l1-filter")
-# Methods whose targets are sparsities (std's target is a threshold multiplier instead).
-SPARSITY_METHODS = ("magnitude", "global", "l1-filter")
+# Methods whose targets are not per-layer sparsities: std's is a threshold multiplier, global's
+# one overall sparsity.  Every other method (methods.METHODS) takes per-layer sparsities.
+THRESHOLD_METHODS = ("std",)
+GLOBAL_METHODS = ("global",)
+
+
+def method_names():
+    from .methods import METHODS
+    return list(METHODS)
+
+
+def is_structured(method):
+    from .methods import METHODS
+    return getattr(METHODS.get(method), "structured", False)
 
 
 class PruningError(CaffeLiteError):
@@ -61,15 +72,47 @@ class Plan:
     excluded: list
     explicit: set
     sparsity: float = None      # the overall target (method global)
+    # Structured methods: a global target to solve the per-layer targets for (ratios.py):
+    # the fraction of parameters / FLOPs that remains, and the cap per layer.
+    target_params: float = None
+    target_flops: float = None
+    max_sparsity: float = 0.9
+    data_batches: int = 10      # taylor, apoz
 
 
-def make_plan(net, spec=None, method=None, sparsity=None, q=None, where="pruning spec"):
+def check_fraction(value, what):
+    if not (math.isfinite(value) and 0 < value <= 1):
+        raise PruningError(f"{what} must be in (0, 1] (the fraction that remains), got {value}")
+    return float(value)
+
+
+def make_plan(net, spec=None, method=None, sparsity=None, q=None, where="pruning spec",
+              target_params=None, target_flops=None):
     """Resolve a spec (+ command-line overrides) against `net`; raises PruningError naming
     the problem (an unknown or non-prunable layer, a target outside [0, 1), ...)."""
     spec = load_spec(spec) if not isinstance(spec, caffe_lite_pb2.PruningSpec) else spec
     method = method or spec.method
-    if method not in METHODS:
-        raise PruningError(f"unknown pruning method '{method}'; known: {', '.join(METHODS)}")
+    if method not in method_names():
+        raise PruningError(f"unknown pruning method '{method}'; known: "
+                           f"{', '.join(method_names())}")
+    targets_given = {"target_params": target_params, "target_flops": target_flops}
+    for name, value in targets_given.items():
+        if value is None and spec.HasField(name):
+            targets_given[name] = getattr(spec, name)
+        if targets_given[name] is not None:
+            targets_given[name] = check_fraction(targets_given[name],
+                                                 f"-{name}" if value is not None else
+                                                 f"{where}: {name}")
+    if all(v is not None for v in targets_given.values()):
+        raise PruningError("give target_params or target_flops, not both")
+    auto = any(v is not None for v in targets_given.values())
+    if auto and not is_structured(method):
+        raise PruningError(f"target_params / target_flops solve per-layer filter ratios: they "
+                           f"need a structured method (l1-filter, l2-filter, fpgm, taylor, "
+                           f"apoz, bn-scale), not '{method}'")
+    max_sparsity = check_sparsity(spec.max_sparsity, f"{where}: max_sparsity")
+    if spec.data_batches < 1:
+        raise PruningError(f"{where}: data_batches must be >= 1, got {spec.data_batches}")
     default_s = sparsity if sparsity is not None else \
         (spec.sparsity if spec.HasField("sparsity") else None)
     if default_s is not None:
@@ -101,7 +144,7 @@ def make_plan(net, spec=None, method=None, sparsity=None, q=None, where="pruning
 
     excluded = [n for n in names if n in entries and entries[n].exclude]
     explicit, targets = set(), {}
-    if method == "global":
+    if method in GLOBAL_METHODS:
         per_layer = [n for n, e in entries.items() if e.HasField("sparsity") and not e.exclude]
         if per_layer:
             raise PruningError(f"{where}: method global uses one overall sparsity; per-layer "
@@ -111,12 +154,15 @@ def make_plan(net, spec=None, method=None, sparsity=None, q=None, where="pruning
             raise PruningError("method global needs an overall sparsity (-sparsity or the "
                                "spec's sparsity)")
         targets = {n: default_s for n in names if n not in excluded}
+    elif auto:
+        # Every layer not excluded is a candidate; the solver sets the targets.
+        targets = {n: 0.0 for n in names if n not in excluded}
     else:
         for n in names:
             if n in excluded:
                 continue
             e = entries.get(n)
-            if method == "std":
+            if method in THRESHOLD_METHODS:
                 if e is not None and e.HasField("q"):
                     targets[n], _ = float(e.q), explicit.add(n)
                 else:
@@ -130,4 +176,6 @@ def make_plan(net, spec=None, method=None, sparsity=None, q=None, where="pruning
         raise PruningError(f"nothing to prune with method {method}: give a sparsity (-sparsity "
                            "or the spec's sparsity) or per-layer targets in a spec")
     return Plan(method, targets, excluded, explicit,
-                default_s if method == "global" else None)
+                default_s if method in GLOBAL_METHODS else None,
+                targets_given["target_params"], targets_given["target_flops"], max_sparsity,
+                spec.data_batches)

@@ -1,35 +1,41 @@
 """Channel-coupling analysis for structured pruning and thinning.
 
-Every output channel of a producer (Convolution / Deconvolution with group 1, InnerProduct on
-axis 1) is an *atom*.  Walking the net in order, each blob's channel axis is mapped to the atoms
-it carries:
+Every output channel of a producer (Convolution / Deconvolution, InnerProduct on axis 1) is an
+*atom*.  Walking the net in order, each blob's channel axis is mapped to the atoms it carries.
+What a layer does to channels it declares itself (layers/base.py: `channelwise`,
+`channel_params()`, `channel_route`):
 
-  * element-wise and per-channel layers (ReLU & co., Pooling, BatchNorm, Scale, Bias, PReLU,
-    Dropout, LRN within a channel, a depthwise convolution with multiplier 1) pass the map on;
-    their per-channel parameters are recorded as slices of the channel;
-  * Split fans out; Concat (channel axis) concatenates maps; Slice (channel axis) cuts them;
-    Flatten (from axis 1) keeps the map with a larger per-channel block;
-  * Eltwise couples its bottoms channel by channel: atom j of every bottom is joined
+  * channelwise layers (ReLU & co., Pooling, Split, BatchNorm, Scale, Bias, PReLU, LRN within
+    a channel) pass the map on; their per-channel parameters are recorded as slices of the
+    channel; a depthwise convolution with multiplier 1 does the same with its filters;
+  * routes: Concat (channel axis) concatenates maps; Slice (channel axis) cuts them; Flatten
+    (from axis 1) keeps the map with a larger per-channel block; Silence ends it; Eltwise
+    ("join") couples its bottoms channel by channel: atom j of every bottom is joined
     (union-find), so a residual block's convolutions keep or lose channel j together;
-  * a consumer (Convolution / Deconvolution with group 1, InnerProduct) records the slice of its
-    weight that reads each input channel (for an InnerProduct, the block of K / C columns).
+  * a consumer (Convolution / Deconvolution, InnerProduct) records the slice of its weight that
+    reads each input channel (for an InnerProduct, the block of K / C columns).
 
-Anything else (losses, Softmax, Reshape, grouped convolutions, LRN across channels, a net
-output, a data layer's channels, layers sharing weights) *fixes* the channels it touches: they
-cannot be removed.  The joined atoms form `Component`s: the unit that is pruned (l1-filter) or
-removed (thin) as a whole, with every parameter slice that belongs to it."""
+A grouped convolution (group G, not depthwise) is pruned in units that keep `group` valid: the
+same number of channels per group, at the same place in every group.  Its input channels
+j, Cg + j, 2 Cg + j, ... (Cg = channels / G) are joined, and so are its output channels
+j, Og + j, ... (Og = num_output / G): removing one unit removes weight column j (row j for a
+Deconvolution) in every group, so thinning stays a plain deletion and group stays G.
+
+Anything else (losses, Softmax, Reshape, LRN across channels, a net output, a data layer's
+channels, layers sharing weights, and layer types that declare nothing: the analysis says so)
+*fixes* the channels it touches: they cannot be removed.  The joined atoms form `Component`s:
+the unit that is pruned (the structured methods) or removed (thin) as a whole, with every
+parameter slice that belongs to it."""
 import collections
 import dataclasses
+import logging
 
 import numpy as np
 
-from ..proto import caffe_pb2
+log = logging.getLogger("caffe_lite")
 
 FILTER, BIAS, PARAM, INPUT = "filter", "bias", "param", "input"
 
-# Layers that act on each channel independently (with no parameters to slice).
-ELEMENTWISE = {"ReLU", "TanH", "Sigmoid", "AbsVal", "ELU", "BNLL", "Power", "Exp", "Log",
-               "Threshold", "Dropout", "Clip", "Swish", "Pooling"}
 DATA_LAYERS = {"Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "DummyData",
                "Input"}
 
@@ -64,15 +70,6 @@ class Component:
     def producers(self):
         return sorted({layer for layer, _ in self.atoms})
 
-    def l1(self, net):
-        """Summed L1 norm of the producers' filters in this component."""
-        total = 0.0
-        for s in self.slices:
-            if s.kind == FILTER:
-                w = net.layer_dict[s.layer].blobs[s.blob].cpu_data
-                total += float(np.abs(w[s.index(w.ndim)]).sum(dtype=np.float64))
-        return total
-
     def inputs_zero(self, net):
         """True when every consumer reads this component through all-zero weights."""
         for s in self.slices:
@@ -100,6 +97,8 @@ class ChannelGraph:
         self._slices = []       # (atom, Slice)
         self.producers = {}     # producer layer name -> atoms of its output channels
         self.depthwise = set()  # depthwise (pass-through) convolutions
+        self.reads = {}         # consumer layer name -> [_Map of each bottom]
+        self.unknown = set()    # layer types that declare no channel flow
         self._maps = {}         # id(Blob) -> _Map
         self._shared = self._shared_layers()
         for lid, layer in enumerate(net.layers):
@@ -176,75 +175,68 @@ class ChannelGraph:
     def _visit(self, lid, layer):
         net = self.net
         bottom, top = net.bottom_vecs[lid], net.top_vecs[lid]
-        t = layer.type
         if not bottom:
-            src = "data" if t in DATA_LAYERS else "produced"
+            src = "data" if layer.type in DATA_LAYERS else "produced"
             for b in top:
                 self._set(b, _Map(self._new_atoms(self._channels(b),
-                                                  fixed=f"is {src} by '{layer.name}' ({t})")))
+                                                  fixed=f"is {src} by '{layer.name}' "
+                                                        f"({layer.type})")))
             return
         if layer.name in self._shared:
             return self._opaque(layer, bottom, top, "which shares its parameters")
         if layer.prunable:
             return self._visit_weighted(layer, bottom, top)
-        if t in ELEMENTWISE or t == "Split" or t == "Silence":
-            return self._pass(layer, bottom, top)
-        if t == "LRN":
-            if layer.layer_param.lrn_param.norm_region == caffe_pb2.LRNParameter.WITHIN_CHANNEL:
-                return self._pass(layer, bottom, top)
-            return self._opaque(layer, bottom, top, "which mixes neighbouring channels")
-        if t in ("BatchNorm", "Scale", "Bias", "PReLU"):
-            return self._visit_per_channel(layer, bottom, top)
-        if t == "Eltwise":
-            return self._visit_eltwise(layer, bottom, top)
-        if t == "Concat":
-            return self._visit_concat(layer, bottom, top)
-        if t == "Slice":
-            return self._visit_slice(layer, bottom, top)
-        if t == "Flatten":
-            return self._visit_flatten(layer, bottom, top)
-        return self._opaque(layer, bottom, top)
+        route = layer.channel_route
+        if route:
+            return getattr(self, f"_route_{route}")(layer, bottom, top)
+        if layer.channelwise:
+            return self._visit_channelwise(layer, bottom, top)
+        if layer.channelwise is None:
+            if layer.type not in self.unknown:
+                log.info("structured pruning: layer type %s does not declare how it maps "
+                         "channels (channelwise); the channels it reads are kept", layer.type)
+            self.unknown.add(layer.type)
+            return self._opaque(layer, bottom, top, "a layer type the channel analysis does "
+                                                    "not know (it declares no channelwise)")
+        return self._opaque(layer, bottom, top, layer.channel_note or None)
 
-    def _pass(self, layer, bottom, top):
-        if layer.type == "Silence":
-            return
-        m = self._map(bottom[0])  # (Pooling's optional mask top is per channel too)
-        for t in top:
-            self._set(t, m)
-
-    def _visit_per_channel(self, layer, bottom, top):
+    def _visit_channelwise(self, layer, bottom, top):
         if len(bottom) != 1:
             return self._opaque(layer, bottom, top, "with a second bottom")
         m = self._map(bottom[0])
         n = len(m.atoms)
-        if layer.type == "BatchNorm":
-            blob_ids = [0, 1]
-        elif layer.type == "PReLU":
-            blob_ids = [] if layer.layer_param.prelu_param.channel_shared else [0]
-        else:
-            p = layer.layer_param.scale_param if layer.type == "Scale" else \
-                layer.layer_param.bias_param
-            if bottom[0].canonical_axis_index(p.axis) != 1:
-                return self._opaque(layer, bottom, top, "not on the channel axis")
-            blob_ids = list(range(len(layer.blobs)))
+        blob_ids = layer.channel_params()
         for i in blob_ids:
             shape = layer.blobs[i].shape
-            if not shape or shape[0] != n * m.inner:
+            if not shape or shape[0] != n * m.inner or any(d != 1 for d in shape[1:]):
                 return self._opaque(layer, bottom, top, f"whose blob {i} {shape} is not "
                                                         "per channel")
         for i in blob_ids:
             self._record(m, layer.name, i, 0, PARAM)
-        for t in top:
+        for t in top:  # (Split's fan-out, Pooling's mask top: the same channels)
             self._set(t, m)
 
-    def _record(self, m, layer, blob, axis, kind, block=None):
+    def _record(self, m, layer, blob, axis, kind, block=None, local=None):
+        """One slice per channel c of map m: [c * block, (c + 1) * block) along `axis`, or,
+        with `local`, [(c % local) * block, ...): the index inside the channel's group."""
         block = m.inner if block is None else block
         for c, a in enumerate(m.atoms):
-            self._slices.append((int(a), Slice(layer, blob, axis, c * block, (c + 1) * block,
+            i = c if local is None else c % local
+            self._slices.append((int(a), Slice(layer, blob, axis, i * block, (i + 1) * block,
                                                kind)))
+
+    def _join_groups(self, atoms, group):
+        """Join atoms j, n + j, 2 n + j, ... (n = len(atoms) / group): a grouped
+        convolution's pruning unit."""
+        if group > 1:
+            per = len(atoms) // group
+            for g in range(1, group):
+                for j in range(per):
+                    self._union(atoms[j], atoms[g * per + j])
 
     def _visit_weighted(self, layer, bottom, top):
         t = layer.type
+        group = 1
         if t == "InnerProduct":
             if layer.axis != 1:
                 return self._opaque(layer, bottom, top, "on an axis other than 1")
@@ -255,8 +247,6 @@ class ChannelGraph:
                 return self._opaque(layer, bottom, top, "on an axis other than 1")
             if t != "Deconvolution" and group > 1 and group == ch == nout and len(bottom) == 1:
                 return self._visit_depthwise(layer, bottom, top)
-            if group != 1:
-                return self._opaque(layer, bottom, top, f"a grouped convolution (group {group})")
             out_axis, in_axis = (1, 0) if t == "Deconvolution" else (0, 1)
         maps = [self._map(b) for b in bottom]
         if any(m.inner != 1 for m in maps) and t != "InnerProduct":
@@ -270,6 +260,7 @@ class ChannelGraph:
             for a, b in zip(m0.atoms, m.atoms):
                 self._union(a, b)
         n_in = len(m0.atoms)
+        self.reads[layer.name] = maps
         if t == "InnerProduct":
             if n_in == 0 or layer.K % n_in:
                 self._fix(m0.atoms, f"is read by '{layer.name}' (InnerProduct) in blocks "
@@ -277,12 +268,18 @@ class ChannelGraph:
             else:
                 self._record(m0, layer.name, 0, in_axis, INPUT, block=layer.K // n_in)
         else:
-            self._record(m0, layer.name, 0, in_axis, INPUT, block=1)
+            # Convolution: weight (O, C / G, ...) reads input channel c at column c % (C / G);
+            # Deconvolution: weight (C, O / G, ...) at row c.
+            self._join_groups(m0.atoms, group)
+            self._record(m0, layer.name, 0, in_axis, INPUT, block=1,
+                         local=n_in // group if in_axis == 1 and group > 1 else None)
         # Producer side: new atoms, one per output channel.
         atoms = self._new_atoms(layer.num_output, owner=layer.name)
+        self._join_groups(atoms, group)
         self.producers[layer.name] = atoms
         out = _Map(atoms)
-        self._record(out, layer.name, 0, out_axis, FILTER)
+        self._record(out, layer.name, 0, out_axis, FILTER,
+                     local=layer.num_output // group if out_axis == 1 and group > 1 else None)
         if len(layer.blobs) > 1:
             self._record(out, layer.name, 1, 0, BIAS)
         for tb in top:
@@ -299,7 +296,7 @@ class ChannelGraph:
         for t in top:
             self._set(t, m)
 
-    def _visit_eltwise(self, layer, bottom, top):
+    def _route_join(self, layer, bottom, top):
         maps = [self._map(b) for b in bottom]
         m0 = maps[0]
         if any(len(m.atoms) != len(m0.atoms) or m.inner != m0.inner for m in maps):
@@ -309,12 +306,15 @@ class ChannelGraph:
                 self._union(a, b)
         self._set(top[0], m0)
 
+    def _route_sink(self, layer, bottom, top):
+        pass
+
     def _channel_axis(self, layer, blob, p, legacy_field):
         if p.HasField(legacy_field):
             return getattr(p, legacy_field)
         return blob.canonical_axis_index(p.axis)
 
-    def _visit_concat(self, layer, bottom, top):
+    def _route_concat(self, layer, bottom, top):
         p = layer.layer_param.concat_param
         maps = [self._map(b) for b in bottom]
         if self._channel_axis(layer, bottom[0], p, "concat_dim") != 1 or \
@@ -322,7 +322,7 @@ class ChannelGraph:
             return self._opaque(layer, bottom, top, "not along channels")
         self._set(top[0], _Map(np.concatenate([m.atoms for m in maps]), maps[0].inner))
 
-    def _visit_slice(self, layer, bottom, top):
+    def _route_slice(self, layer, bottom, top):
         p = layer.layer_param.slice_param
         m = self._map(bottom[0])
         if self._channel_axis(layer, bottom[0], p, "slice_dim") != 1:
@@ -335,7 +335,7 @@ class ChannelGraph:
             self._set(t, _Map(m.atoms[start // m.inner:(start + n) // m.inner], m.inner))
             start += n
 
-    def _visit_flatten(self, layer, bottom, top):
+    def _route_flatten(self, layer, bottom, top):
         p = layer.layer_param.flatten_param
         b = bottom[0]
         if b.canonical_axis_index(p.axis) != 1 or \
@@ -353,6 +353,7 @@ class ChannelGraph:
         for a, s in self._slices:
             slices[self._find(a)].append(s)
         comps = []
+        self._root_component = {}
         for root, atoms in groups.items():
             owned = [self._owner[a] for a in atoms if self._owner[a]]
             if not owned:
@@ -364,6 +365,7 @@ class ChannelGraph:
                 fixed = f"channel {ch} of '{layer}' {fixed}"
             comps.append(Component(len(comps), owned, list(dict.fromkeys(slices[root])),
                                    fixed))
+            self._root_component[root] = comps[-1]
         self._component_of = {}
         for c in comps:
             for owner in c.atoms:
@@ -372,6 +374,11 @@ class ChannelGraph:
 
     def component_of(self, layer, channel):
         return self._component_of[(layer, channel)]
+
+    def component_of_atom(self, atom):
+        """The Component an atom (an entry of a _Map) belongs to; None for channels no
+        producer owns (a data layer's)."""
+        return self._root_component.get(self._find(int(atom)))
 
     def clusters(self):
         """Producer layers joined by coupled channels: [(layer names, components)], in net

@@ -3,7 +3,11 @@ update rules shared by every solver type (clipping, iter_size normalisation, L1/
 
 A subclass defines `history_per_param` and `compute_update_value(i, rate)`, which turns
 param i's gradient into the step to subtract, in place in its diff; the base then applies
-`data -= diff` and `data *= mask`."""
+`data -= diff` and `data *= mask`.
+
+`solver.callbacks` get, per iteration and when they define them: `on_start(solver)` before
+the forward pass, `on_gradients_ready(solver)` before the update, and `on_update_done(solver)`
+after it (solver.iter already counts it), before any snapshot."""
 import contextlib
 import logging
 import math
@@ -12,7 +16,7 @@ import time
 
 import numpy as np
 
-from ..backend.state import set_random_seed
+from ..backend.state import root_solver, set_random_seed
 from ..errors import ArgumentTypeError, NumericalError, SolverError
 from ..net import Net
 from . import state as snapshot_state
@@ -43,7 +47,8 @@ class Solver:
             set_random_seed(self.param.random_seed)
         train, tests = net_params(self.param)
         self.net = Net(train)
-        self.test_nets = [Net(t) for t in tests]
+        # As Caffe: in data-parallel training only the root solver (rank 0) tests.
+        self.test_nets = [Net(t) for t in tests] if root_solver() else []
         for t in self.test_nets:
             t.share_with(self.net)
         self.iter = 0
@@ -101,6 +106,8 @@ class Solver:
                 getattr(cb, "on_gradients_ready", lambda s: None)(self)
             self.apply_update()
             self.iter += 1
+            for cb in self.callbacks:
+                getattr(cb, "on_update_done", lambda s: None)(self)
             request = self.action_request
             self.action_request = NONE
             if (p.snapshot and self.iter % p.snapshot == 0) or \
@@ -336,8 +343,14 @@ class Solver:
     # --- snapshots -----------------------------------------------------------------------
     def snapshot(self):
         """Write <prefix>_iter_N.caffemodel / .solverstate (+ .masks), as one set; return the
-        model path."""
+        model path.  In data-parallel training every rank calls it (the callbacks' state_dict()
+        may gather from all ranks) and only the root solver writes (returns None elsewhere)."""
         cuda.sync_history_to_host(self)
+        if not root_solver():
+            for _, cb in snapshot_state.callback_states(self):
+                cb.state_dict()
+            self._last_snapshot_iter = self.iter
+            return None
         with self.snapshot_lock():
             model = snapshot_state.write_snapshot(self)
         self._last_snapshot_iter = self.iter
@@ -348,9 +361,9 @@ class Solver:
         """Hold the lock on snapshot_prefix (`<prefix>.lock`) for the block, first clearing
         what an interrupted snapshot write left there.  solve() and `caffe-lite train` hold it
         for the whole run; a snapshot() outside them holds it while writing.  LockedError when
-        another process holds it."""
+        another process holds it.  Only the root solver writes snapshots, and locks."""
         prefix = self.param.snapshot_prefix
-        if not prefix or self._snapshot_lock is not None:
+        if not prefix or self._snapshot_lock is not None or not root_solver():
             yield
             return
         lock = snapshot_state.snapshot_lock(prefix).acquire()

@@ -14,7 +14,7 @@ import numpy as np
 from ..backend import state as backend_state
 from ..errors import CaffeLiteError, ModelFileError, SolverError
 from ..io.blobproto import array_to_proto, proto_to_array
-from ..io.caffemodel import _looks_like_text, _read_bytes, parse_binary
+from ..io.caffemodel import _looks_like_text, read_bytes, parse_binary
 from ..io.masks import masks_message, net_mask_entries, parse_masks, sidecar_path
 from ..proto import caffe_lite_pb2, caffe_pb2
 from ..util import fileset
@@ -231,7 +231,7 @@ def restore(solver, state_file):
 
 
 def _read_state_binary(path):
-    data = _read_bytes(path)
+    data = read_bytes(path)
     s = None
     if data and not _looks_like_text(data):
         try:
@@ -338,7 +338,7 @@ class _Extras:
 
 
 def _read_extras(path):
-    ex = parse_binary(_read_bytes(path), caffe_lite_pb2.SolverExtras(), path, "masks file")
+    ex = parse_binary(read_bytes(path), caffe_lite_pb2.SolverExtras(), path, "masks file")
     return _Extras(ex, path)
 
 

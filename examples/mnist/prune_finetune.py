@@ -1,6 +1,7 @@
 """Prune-then-fine-tune LeNet on MNIST to Han et al.'s LeNet-5 profile, offline.
 
     python examples/mnist/prune_finetune.py [--weights dense.caffemodel] [--workdir runs/mnist]
+                                            [--gpu [ID]]
 
 1. converts ../shared/data/mnist (the 5k training subset, the 10k test set) to LMDBs;
 2. trains BVLC's LeNet (lenet_train_test.prototxt and lenet_solver.prototxt, unchanged but for
@@ -22,7 +23,8 @@
 Everything is seeded: the same command gives the same numbers.  Training shows a progress bar
 on a terminal (a line every 10 % otherwise); Ctrl-C stops as `caffe-lite train` does: the
 iteration in flight finishes, a snapshot is written, and one line says where (a second
-Ctrl-C stops at once)."""
+Ctrl-C stops at once).  --gpu trains, prunes and scores on a GPU (PyCUDA; see docs/gpu.md);
+without a usable GPU it stops with a one-line error."""
 import argparse
 import contextlib
 import os
@@ -81,6 +83,11 @@ def parse_args(argv=None):
                    help="also fine-tune the dense model the same way without pruning, to "
                         "separate the cost of pruning from the benefit of more training")
     p.add_argument("--seed", type=int, default=1701, help="random seed (default 1701)")
+    p.add_argument("--gpu", nargs="?", type=int, const=0, default=None, metavar="ID",
+                   help="run on GPU ID (default 0 when the flag is given alone); the CPU "
+                        "otherwise")
+    p.add_argument("--test-batches", type=int, default=None, metavar="N",
+                   help="score on the first N batches of 100 test images (default: all 100)")
     p.add_argument("--bits", default="conv=8,fc=4",
                    help="weight sharing: bits per kind or layer (default conv=8,fc=4); "
                         "'none' skips quantisation and compression")
@@ -90,6 +97,19 @@ def parse_args(argv=None):
                    help="base_lr while fine-tuning shared weights: each shared value moves "
                         "by the sum of its weights' gradients (default 1e-4)")
     return p.parse_args(argv)
+
+
+def select_device(gpu):
+    """CPU, or GPU `gpu`; a GPU that cannot be used stops the run with a one-line error."""
+    if gpu is None:
+        caffe_lite.set_mode_cpu()
+        return "CPU"
+    try:
+        caffe_lite.set_device(gpu)
+        caffe_lite.set_mode_gpu()
+    except caffe_lite.CaffeLiteError as exc:
+        die(f"--gpu {gpu}: {exc}")
+    return f"GPU {gpu}"
 
 
 def die(msg):
@@ -135,7 +155,7 @@ def prepare_data(shared, workdir):
     return dbs
 
 
-def solver_param(shared, dbs, max_iter, base_lr, seed, prefix):
+def solver_param(shared, dbs, max_iter, base_lr, seed, prefix, test_batches=None):
     """BVLC's lenet_solver.prototxt and lenet_train_test.prototxt, with our LMDBs."""
     models = os.path.join(shared, "models", "bvlc_mnist")
     solver_file = os.path.join(models, "lenet_solver.prototxt")
@@ -157,7 +177,10 @@ def solver_param(shared, dbs, max_iter, base_lr, seed, prefix):
     param.snapshot = 0
     param.snapshot_after_train = False
     param.snapshot_prefix = prefix
+    # The device is chosen by --gpu (caffe_lite's mode), as the CLI's -gpu does.
     param.solver_mode = caffe_pb2.SolverParameter.CPU
+    if test_batches is not None:
+        param.test_iter[0] = test_batches
     return param
 
 
@@ -176,7 +199,7 @@ def compress_stage(args, shared, dbs, dense_path, pruned_path, acc_dense):
     import gzip
     from caffe_lite.compression import WeightSharing, compress
     ft = SGDSolver(solver_param(shared, dbs, args.quantize_iters, args.quantize_lr, args.seed,
-                                os.path.join(args.workdir, "lenet_q")))
+                                os.path.join(args.workdir, "lenet_q"), args.test_batches))
     ft.net.copy_from(pruned_path)
     sharing = WeightSharing(ft, args.bits).attach()
     acc_shared = accuracy(ft)
@@ -241,7 +264,7 @@ def speed_stage(shared, weights, batch=1, repeats=200):
 def main(argv=None):
     args = parse_args(argv)
     t_start = time.perf_counter()
-    caffe_lite.set_mode_cpu()
+    device = select_device(args.gpu)
     shared = os.path.abspath(args.shared)
     if not os.path.isdir(shared):
         die(f"shared folder {shared} not found (pass --shared DIR)")
@@ -254,7 +277,8 @@ def main(argv=None):
         dense_path = os.path.join(args.workdir, "lenet_dense.caffemodel")
         t = time.perf_counter()
         solver = SGDSolver(solver_param(shared, dbs, args.train_iters, 0.01, args.seed,
-                                        os.path.join(args.workdir, "lenet")))
+                                        os.path.join(args.workdir, "lenet"),
+                                        args.test_batches))
         print(f"training LeNet for {args.train_iters} iterations ...", flush=True)
         with contextlib.closing(solver.net):
             train(solver)
@@ -264,7 +288,8 @@ def main(argv=None):
         die(f"--weights {dense_path}: no such file")
 
     ft = SGDSolver(solver_param(shared, dbs, args.finetune_iters, args.finetune_lr,
-                                args.seed, os.path.join(args.workdir, "lenet_ft")))
+                                args.seed, os.path.join(args.workdir, "lenet_ft"),
+                                args.test_batches))
     ft.net.copy_from(dense_path)
     acc_dense = accuracy(ft)
     print(f"dense accuracy: {acc_dense:.4f}", flush=True)
@@ -295,7 +320,8 @@ def main(argv=None):
     acc_control = None
     if args.control:
         control = SGDSolver(solver_param(shared, dbs, args.finetune_iters, args.finetune_lr,
-                                         args.seed, os.path.join(args.workdir, "lenet_ctl")))
+                                         args.seed, os.path.join(args.workdir, "lenet_ctl"),
+                                         args.test_batches))
         control.net.copy_from(dense_path)
         print(f"control: fine-tuning the dense model {args.finetune_iters} iterations ...",
               flush=True)
@@ -305,7 +331,9 @@ def main(argv=None):
 
     total = time.perf_counter() - t_start
     print()
-    print("== accuracy on the 10,000 MNIST test images ==")
+    images = 100 * (args.test_batches if args.test_batches is not None else 100)
+    print(f"== accuracy on {'the 10,000' if images == 10000 else f'the first {images:,d}'} "
+          "MNIST test images ==")
     print(f"dense                          {100 * acc_dense:6.2f} %")
     print(f"pruned, before fine-tuning     {100 * acc_pruned:6.2f} %")
     print(f"pruned + fine-tuned ({args.schedule}){' ' * (9 - len(args.schedule))}"
@@ -330,9 +358,10 @@ def main(argv=None):
         compressed = compress_stage(args, shared, dbs, dense_path, pruned_path, acc_dense)
         total = time.perf_counter() - t_start
     print()
-    print(f"total time {total:.0f} s on {os.cpu_count()} CPU(s)")
+    where = f"{os.cpu_count()} CPU(s)" if device == "CPU" else device
+    print(f"total time {total:.0f} s on {where}")
     return {"dense": acc_dense, "pruned": acc_pruned, "finetuned": acc_ft,
-            "control": acc_control, "report": rep, "seconds": total,
+            "control": acc_control, "report": rep, "seconds": total, "device": device,
             "compressed": compressed}
 
 

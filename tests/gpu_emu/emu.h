@@ -104,12 +104,25 @@ static inline float atomicAdd(float* p, float v) {
   return old;
 }
 
+// Vector types and intrinsics the kernels use (a float4 access needs 16-byte alignment on a
+// GPU: emu_check_align4 reports a misaligned one, which the hardware would fault on).
+struct alignas(16) float4 { float x, y, z, w; };
+static inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+static inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
+template <class T> static inline T __ldg(const T* p) { return *p; }
+static int emu_misaligned = 0;
+static inline void emu_check_align4(const void* p) {
+  if ((uintptr_t)p % 16) emu_misaligned = 1;
+}
+#define CL_CHECK_ALIGN(p) emu_check_align4(p)
+
 #define __global__
 #define __device__ static inline
 #define __host__
 #define __forceinline__
 #define __shared__ static
 #define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
 
 static void emu_set_thread(unsigned t) {
   threadIdx.x = t % blockDim.x;
@@ -160,7 +173,7 @@ static void emu_run(dim3 g, dim3 b, int cooperative, F&& body) {
 }
 
 extern "C" int emu_take_sync_error() {
-  int e = emu_sync_in_serial | (emu_sync_divergent << 1);
-  emu_sync_in_serial = emu_sync_divergent = 0;
+  int e = emu_sync_in_serial | (emu_sync_divergent << 1) | (emu_misaligned << 2);
+  emu_sync_in_serial = emu_sync_divergent = emu_misaligned = 0;
   return e;
 }

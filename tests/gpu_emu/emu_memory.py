@@ -16,13 +16,23 @@ import os
 GUARD = 0 if os.environ.get("CAFFE_LITE_EMU_ASAN") else 64
 SENTINEL = np.uint32(0x7FC0DEAD)   # a quiet NaN as float32
 
+# Kernel launches so far; with null_device (CAFFE_LITE_EMU_NULL=1) launches and cuBLAS calls
+# return at once: what is left is the host's own work (benchmarks/gpu/host_overhead.py).
+launches = 0
+null_device = bool(os.environ.get("CAFFE_LITE_EMU_NULL"))
+
 _starts = []        # sorted user-region start addresses
 _regions = {}       # start -> (end, weakref to the raw buffer)
 
 
+live_bytes = 0
+
+
 def alloc(nbytes, owner):
     """A raw buffer for `owner` (freed when owner dies): returns (raw uint32 array, start)."""
+    global live_bytes
     words = max(1, (int(nbytes) + 3) // 4)
+    live_bytes += 4 * words
     raw = np.empty(words + 2 * GUARD, np.uint32)
     raw[:] = SENTINEL
     start = raw.ctypes.data + 4 * GUARD
@@ -33,6 +43,9 @@ def alloc(nbytes, owner):
 
 
 def _free(start):
+    global live_bytes
+    if start in _regions:
+        live_bytes -= _regions[start][0] - start
     i = bisect.bisect_left(_starts, start)
     if i < len(_starts) and _starts[i] == start:
         del _starts[i]

@@ -50,20 +50,47 @@ def _param_kind(decl):
     return {"int": "i", "float": "f", "double": "d"}[typ]
 
 
+_FUNCTION = re.compile(r"\b(\w+)\s*\(((?:[^()]|\([^()]*\))*)\)\s*(?:const\s*)?\{")
+_IDENT = re.compile(r"\b\w+\b")
+
+
+def _body(source, start):
+    """The text from `start` (just after an opening brace) to its matching close."""
+    depth, i = 1, start
+    while depth:
+        c = source[i]
+        depth += (c == "{") - (c == "}")
+        i += 1
+    return source[start:i]
+
+
+def _synchronising(source):
+    """Names of the functions whose bodies reach __syncthreads, directly or through the
+    functions they call (device helpers and templates included)."""
+    bodies = {}
+    for m in _FUNCTION.finditer(source):
+        if m.group(1) not in ("if", "for", "while", "switch", "return", "sizeof"):
+            bodies.setdefault(m.group(1), _body(source, m.end()))
+    calls = {f: set(_IDENT.findall(b)) & set(bodies) for f, b in bodies.items()}
+    sync = {f for f, b in bodies.items() if "__syncthreads" in b}
+    grew = True
+    while grew:
+        new = {f for f, called in calls.items() if f not in sync and called & sync}
+        sync |= new
+        grew = bool(new)
+    return sync
+
+
 def parse_kernels(source):
     """{name: (param declarations, signature chars, uses __syncthreads)} of a .cu text."""
     kernels = {}
+    sync = _synchronising(source)
     for m in _KERNEL.finditer(source):
         name, params = m.group(1), m.group(2)
         decls = [p.strip() for p in params.split(",") if p.strip()]
-        # the body: from the opening brace to its matching close
-        depth, i = 1, m.end()
-        while depth:
-            c = source[i]
-            depth += (c == "{") - (c == "}")
-            i += 1
-        body = source[m.end():i]
-        kernels[name] = (decls, "".join(_param_kind(d) for d in decls), "__syncthreads" in body)
+        body = _body(source, m.end())
+        threaded = "__syncthreads" in body or bool(set(_IDENT.findall(body)) & sync)
+        kernels[name] = (decls, "".join(_param_kind(d) for d in decls), threaded)
     return kernels
 
 
@@ -144,6 +171,9 @@ class EmuFunction:
         return self
 
     def prepared_call(self, grid, block, *args):
+        memory.launches += 1
+        if memory.null_device:
+            return
         if self.arg_format is None:
             raise RuntimeError(f"kernel {self.name} launched before prepare()")
         if len(args) != len(self.arg_format):
@@ -181,6 +211,9 @@ class EmuFunction:
         if err & 2:
             raise RuntimeError(f"kernel {self.name}: some threads of a block finished while "
                                "others waited at __syncthreads (divergent barrier)")
+        if err & 4:
+            raise RuntimeError(f"kernel {self.name}: a float4 access to an address that is not "
+                               "16-byte aligned (a misaligned-address fault on a GPU)")
 
 
 class EmuModule:
@@ -227,6 +260,8 @@ class FakeCublas:
 
     def sgemm(self, h, opa, opb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
         FakeCublas.calls += 1
+        if memory.null_device:
+            return
         A = _colmajor(a, k, m, lda, "A") if opa else _colmajor(a, m, k, lda, "A")
         B = _colmajor(b, n, k, ldb, "B") if opb else _colmajor(b, k, n, ldb, "B")
         C = _colmajor(c, m, n, ldc, "C")
@@ -239,12 +274,17 @@ class FakeCublas:
 
     def sgemm_strided_batched(self, h, opa, opb, m, n, k, alpha, a, lda, stride_a, b, ldb,
                               stride_b, beta, c, ldc, stride_c, batch):
+        if memory.null_device:
+            FakeCublas.calls += 1
+            return
         for i in range(batch):
             self.sgemm(h, opa, opb, m, n, k, alpha, a + 4 * i * stride_a, lda,
                        b + 4 * i * stride_b, ldb, beta, c + 4 * i * stride_c, ldc)
 
     def sgemv(self, h, op, m, n, alpha, a, lda, x, incx, beta, y, incy):
         FakeCublas.calls += 1
+        if memory.null_device:
+            return
         assert incx == 1 and incy == 1
         A = _colmajor(a, m, n, lda, "A")
         opA = A.T if op else A

@@ -38,8 +38,10 @@ class Scale:
         outer, dim, inner = layer.dims
         n = bottom[0].count
         x = data(bottom[0])
+        st = state(layer)
+        st.fused_input = None
         if top[0] is bottom[0]:  # the scale gradient needs the input
-            saved = state(layer).buf("x", n)
+            saved = st.buf("x", n)
             ops.copy(n, x, saved)
         scale = bottom[1] if len(bottom) > 1 else layer.blobs[0]
         bias = data(layer.blobs[layer.bias_id]) if layer.bias is not None else 0
@@ -58,7 +60,11 @@ class Scale:
         scale = layer.blobs[0] if from_param else bottom[1]
         if (from_param and layer.param_propagate_down[0]) or (not from_param
                                                              and propagate_down[1]):
-            x = state(layer).buf("x", n) if top[0] is bottom[0] else data(bottom[0])
+            st = state(layer)
+            # The input forward used: kept in place, or left by a fused BatchNorm step
+            # (cuda/fusion.py).
+            x = getattr(st, "fused_input", None) or (
+                st.buf("x", n) if top[0] is bottom[0] else data(bottom[0]))
             # Parameter gradients accumulate; a scale from bottom[1] is overwritten.
             ops.channel_sum(outer, dim, inner, dy, mdiff(scale), b=x,
                             beta=1.0 if from_param else 0.0)

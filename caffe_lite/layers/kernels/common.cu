@@ -168,3 +168,15 @@ extern "C" __global__ void sum_finish(int parts, const double* __restrict__ part
     if (out_d) out_d[0] = buf[0] * scale;
   }
 }
+
+// out[j] += sum over r < rows of a[r * cols + j], r in order (deterministic): the sum of
+// per-image (or per-part) partial weight gradients.  One thread per column j; a warp reads
+// 32 consecutive floats of each row.
+extern "C" __global__ void sum_rows_acc(int cols, int rows, const float* __restrict__ a,
+                                        float* __restrict__ out) {
+  CL_LOOP(j, cols) {
+    float acc = 0.0f;
+    for (int r = 0; r < rows; ++r) acc += a[(long long)r * cols + j];
+    out[j] += acc;
+  }
+}

@@ -1,7 +1,27 @@
-"""Emulated pycuda.driver: one device, contexts that do nothing, host-memory copies."""
+"""Emulated pycuda.driver: one device, contexts that do nothing, host-memory copies.
+
+`stats` counts what would cost host time or a synchronisation on a GPU: device allocations
+("alloc"), host-to-device and device-to-host copies ("htod", "dtoh"; synchronous in PyCUDA
+unless async), device-to-device copies ("dtod") and context synchronisations ("sync");
+`events` keeps (kind, stack summary) for each when `trace` is true."""
+import collections
 import ctypes
+import traceback
 
 import emu_memory
+
+
+stats = collections.Counter()
+events = []
+trace = False
+
+
+def count(kind):
+    stats[kind] += 1
+    if trace:
+        frames = [f for f in traceback.extract_stack()[:-2] if "caffe_lite" in f.filename]
+        events.append((kind, [f"{f.filename.split('caffe_lite/')[-1]}:{f.lineno} {f.name}"
+                              for f in frames[-4:]]))
 
 
 class Error(Exception):
@@ -41,7 +61,7 @@ class Context:
 
     @staticmethod
     def synchronize():
-        pass
+        count("sync")
 
     @staticmethod
     def get_device():
@@ -85,6 +105,7 @@ class Device:
 
 class DeviceAllocation:
     def __init__(self, nbytes):
+        count("alloc")
         self.raw, self.start = emu_memory.alloc(nbytes, self)
         g = emu_memory.GUARD
         self.user = self.raw[g:len(self.raw) - g]
@@ -94,6 +115,12 @@ class DeviceAllocation:
         return self.start
 
     __index__ = __int__
+
+
+def mem_get_info():
+    """(free, total) bytes: total as Device.total_memory, used = live allocations."""
+    total = Device(0).total_memory()
+    return total - emu_memory.live_bytes, total
 
 
 def mem_alloc(nbytes):
@@ -106,6 +133,7 @@ def module_from_buffer(buffer, options=None, message_handler=None):
 
 
 def memcpy_dtod(dest, src, size):
+    count("dtod")
     emu_memory.check_pointer(int(src), "memcpy_dtod source", size)
     emu_memory.check_pointer(int(dest), "memcpy_dtod destination", size)
     ctypes.memmove(int(dest), int(src), size)

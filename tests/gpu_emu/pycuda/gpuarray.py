@@ -45,6 +45,7 @@ class GPUArray:
 
     # --- transfers -----------------------------------------------------------------------
     def get(self, ary=None, pagelocked=False, async_=False, stream=None):
+        driver.count("dtoh")
         if ary is None:
             return self._a.copy()
         if ary.size != self.size or ary.dtype != self.dtype:
@@ -53,6 +54,7 @@ class GPUArray:
         return ary
 
     def set(self, ary, async_=False, stream=None):
+        driver.count("htod")
         ary = np.asarray(ary)
         if ary.size != self.size or ary.dtype != self.dtype:
             raise ValueError(f"set: size/dtype mismatch ({ary.size} {ary.dtype} into "
@@ -121,6 +123,7 @@ def zeros(shape, dtype=np.float32, allocator=None, order="C"):
 
 
 def to_gpu(ary, allocator=None):
+    driver.count("htod")
     ary = np.asarray(ary)
     a = GPUArray(ary.shape, ary.dtype)
     a._a[...] = ary
