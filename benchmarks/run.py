@@ -106,10 +106,10 @@ def main(argv=None):
         p.error(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(cases.CASES)}")
     names = wanted or [n for n, (_, quick) in cases.CASES.items() if quick or not args.quick]
 
-    from caffe_lite.layers import jit
+    from caffe_lite.warmup import warm_up
     t0 = time.time()
     info = machine.describe()
-    info["jit_kernels"] = jit.warm_up()
+    info["jit_kernels"] = warm_up()
     blas = ", ".join(b["internal_api"] + " " + b["version"] for b in info["blas"])
     print(f"# {info['cpu']}, {info['cpus_usable']} CPUs, {info['date']}; numpy "
           f"{info['numpy']} ({blas}); "

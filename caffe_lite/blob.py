@@ -34,6 +34,17 @@ def _as_shape(args, name="", what=None):
     return shape, count
 
 
+# Changes whenever any blob's shape changes or a blob gets other memory (a reallocation, a
+# shared buffer): a Net whose blobs' shapes are all as it last shaped its layers skips their
+# reshape (caffe_lite/plan.py).  Reshaping a blob to the shape it has changes nothing.
+shape_epoch = 0
+
+
+def _shapes_changed():
+    global shape_epoch
+    shape_epoch += 1
+
+
 def checked_count(shape, what):
     """The element count of a work buffer of `shape`, held to a blob's limits (Caffe keeps such
     buffers, im2col's columns say, in Blobs); BlobSizeError naming `what` otherwise."""
@@ -63,11 +74,22 @@ class Blob:
     def reshape(self, *shape):
         """Change the shape; memory is reallocated only when the count outgrows the capacity,
         so reshaping back and forth reuses the same buffers, as in Caffe."""
+        if len(shape) == 1 and type(shape[0]) is tuple:
+            shape = shape[0]
+        try:
+            if shape == self._shape and self._data is not None:
+                return self  # nothing changes (the shape was checked when it was set)
+        except ValueError:  # numpy arrays among the dimensions: _as_shape reads them
+            pass
         shape, count = _as_shape(shape, self.name)
+        if shape != self._shape:
+            _shapes_changed()
         self._shape = shape
         self._count = count
         need = max(count, 1)
         if self._data is None or need > self._data.mem.size or need > self._diff.mem.size:
+            if self._data is not None:
+                _shapes_changed()
             self._data = _Views(SyncedMemory(need))
             self._diff = _Views(SyncedMemory(need))
             if self._mask is not None:
@@ -270,12 +292,16 @@ class Blob:
         """Use `other`'s data memory (counts must match): Caffe's ShareData."""
         if other.count != self.count:
             raise ShapeMismatchError(f"cannot share data of blob {other.shape} with {self.shape}")
-        self._data = _Views(other._data.mem)
+        if self._data.mem is not other._data.mem:
+            _shapes_changed()
+            self._data = _Views(other._data.mem)
 
     def share_diff(self, other):
         if other.count != self.count:
             raise ShapeMismatchError(f"cannot share diff of blob {other.shape} with {self.shape}")
-        self._diff = _Views(other._diff.mem)
+        if self._diff.mem is not other._diff.mem:
+            _shapes_changed()
+            self._diff = _Views(other._diff.mem)
 
     def share_mask(self, other):
         self._mask = None if other._mask is None else _Views(other._mask.mem)

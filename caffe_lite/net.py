@@ -37,7 +37,7 @@ def _prefix_error(exc, source):
 
 
 class _Pending:
-    """A loss layer's place in Net._forward_parts's list, read back later."""
+    """A loss layer's place in the list Plan.forward(..., defer) returns, read back later."""
     __slots__ = ("index",)
 
     def __init__(self, index):
@@ -236,12 +236,15 @@ class Net:
                     self.blob_need_backward[bid] = self.blob_need_backward[bid] or nb
                 for pid in range(len(layer.blobs)):
                     layer.param_propagate_down[pid] = True
+        for layer, need in zip(self.layers, self.layer_need_backward):
+            layer.backward_needed = need
 
         # Caffe collects the remaining blobs in a std::set, so outputs come sorted by name.
         self._output_ids = [name_to_idx[n] for n in sorted(available)]
+        self._output_names = tuple(dict.fromkeys(self._blob_names[i] for i in self._output_ids))
         self._share_weights()
         self._build_views()
-        self._fused = None
+        self._plan_ = None
         self._hooks = {"before_forward": [], "after_forward": [], "before_backward": [],
                        "after_backward": []}
 
@@ -371,46 +374,28 @@ class Net:
     def reshape(self):
         for layer, bottom, top in zip(self.layers, self.bottom_vecs, self.top_vecs):
             layer.reshape(bottom, top)
+        self._plan_ = None  # the layers may have new buffers: prepare every step again
 
-    def _groups(self):
-        """Chains of layers the CPU runs as one step (layers/fusion.py), by first and by last
-        layer index; built on first use."""
-        if self._fused is None:
-            from .layers import fusion
-            groups = fusion.plan(self)
-            self._fused = (groups, {g.last: g for g in groups.values()})
-        return self._fused
+    def _plan(self):
+        """The steps of this net's passes for the current configuration (caffe_lite/plan.py),
+        built on first use and again when the device mode, CAFFE_LITE_JIT, CAFFE_LITE_FUSE or
+        the thread count changes."""
+        from . import plan
+        key = plan.current_key()
+        p = self._plan_
+        if p is None or p.key != key:
+            p = self._plan_ = plan.Plan(self, key)
+        return p
 
     def forward_from_to(self, start=0, end=None):
         end = len(self.layers) - 1 if end is None else end
         if self._hooks["before_forward"] or self._hooks["after_forward"]:
             return self._forward_hooked(start, end)
-        return sum(self._forward_parts(start, end, defer=()), 0.0)
-
-    def _forward_parts(self, start, end, defer):
-        """Forward over layers start..end (no hooks); returns each layer's loss in layer order
-        (0.0 for layers without one), or for the layers in `defer` (see _deferrable_losses) a
-        _Pending whose loss is still to be read."""
-        parts = []
-        layers, bottoms, tops = self.layers, self.bottom_vecs, self.top_vecs
-        by_first = self._groups()[0]
-        i = start
+        plan = self._plan()
         try:
-            while i <= end:
-                g = by_first.get(i) if by_first else None
-                if g is not None and g.last <= end and g.active():
-                    g.forward()  # no loss weights inside a group
-                    i = g.last + 1
-                    continue
-                if i in defer:
-                    layers[i].run_forward(bottoms[i], tops[i])
-                    parts.append(_Pending(i))
-                else:
-                    parts.append(layers[i].forward(bottoms[i], tops[i]))
-                i += 1
+            return plan.forward(start, end)
         except (CaffeLiteError, MemoryError) as exc:
-            raise _in_layer(exc, layers[i], "in forward") from None
-        return parts
+            raise _in_layer(exc, self.layers[plan.failed], "in forward") from None
 
     def _deferrable_losses(self):
         """Loss layers whose tops no later layer reads or writes: their loss can be read
@@ -431,38 +416,26 @@ class Net:
         start = len(self.layers) - 1 if start is None else start
         if self._hooks["before_backward"]:
             return self._backward_hooked(start, end)
-        after = self._hooks["after_backward"]  # after a fused group: for each of its layers
-        by_last = self._groups()[1]
-        need = self.layer_need_backward
-        i = start
+        plan = self._plan()
         try:
-            while i >= end:
-                g = by_last.get(i) if by_last else None
-                if g is not None and g.first >= end and g.backward_ok and g.active():
-                    g.backward()
-                    for j in range(i, g.first - 1, -1):
-                        for fn in after:
-                            fn(j)
-                    i = g.first - 1
-                    continue
-                if need[i]:
-                    self.layers[i].backward(self.top_vecs[i], self.bottom_need_backward[i],
-                                            self.bottom_vecs[i])
-                for fn in after:
-                    fn(i)
-                i -= 1
+            # after_backward hooks run after each layer's step (after a fused group, for each
+            # of its layers): the data-parallel solver starts its reductions from them
+            plan.backward(start, end, self._hooks["after_backward"])
         except (CaffeLiteError, MemoryError) as exc:
-            raise _in_layer(exc, self.layers[i], "in backward") from None
+            raise _in_layer(exc, self.layers[plan.failed], "in backward") from None
 
     def forward(self, blobs=None, start=None, end=None, **kwargs):
         """Run forward; inputs may be given as keyword arrays (an input whose shape differs
         is reshaped).  Returns {output name: data array} for the outputs (or the `end` layer's
         tops) plus any names in `blobs`."""
-        blobs = list(blobs or [])
         start_i = 0 if start is None else self._layer_index(start, "forward(start=)")
-        if end is None:
+        if end is None and not blobs:
+            end_i, outs = len(self.layers) - 1, self._output_names
+        elif end is None:
+            blobs = list(blobs)
             end_i, outs = len(self.layers) - 1, self.outputs + blobs
         else:
+            blobs = list(blobs or [])
             end_i = self._layer_index(end, "forward(end=)")
             outs = self.top_names[end] + blobs
         for name, arr in kwargs.items():
@@ -504,7 +477,11 @@ class Net:
             return loss
         # GPU: the backward pass is queued before the loss is read back (one synchronisation
         # per step, at its end); the sum runs in layer order, as forward_from_to's.
-        parts = self._forward_parts(0, len(self.layers) - 1, defer)
+        plan = self._plan()
+        try:
+            parts = plan.forward(0, len(self.layers) - 1, defer)
+        except (CaffeLiteError, MemoryError) as exc:
+            raise _in_layer(exc, self.layers[plan.failed], "in forward") from None
         self.backward_from_to()
         total = 0.0
         for p in parts:
@@ -539,27 +516,38 @@ class Net:
         self._hooks["after_backward"].append(fn)
 
     def _forward_hooked(self, start, end):
-        """Layer by layer (no fused groups), calling the hooks as Caffe's ForwardFromTo does."""
+        """Layer by layer (no fused groups, every layer reshaped), calling the hooks as Caffe's
+        ForwardFromTo does."""
         before, after = self._hooks["before_forward"], self._hooks["after_forward"]
         loss = 0.0
-        for i in range(start, end + 1):
-            for fn in before:
-                fn(i)
-            loss += self.layers[i].forward(self.bottom_vecs[i], self.top_vecs[i])
-            for fn in after:
-                fn(i)
+        i = start
+        try:
+            for i in range(start, end + 1):
+                for fn in before:
+                    fn(i)
+                loss += self.layers[i].forward(self.bottom_vecs[i], self.top_vecs[i])
+                for fn in after:
+                    fn(i)
+        except (CaffeLiteError, MemoryError) as exc:
+            raise _in_layer(exc, self.layers[i], "in forward") from None
+        finally:
+            self._plan_ = None  # every layer reshaped: prepare every step again
         return loss
 
     def _backward_hooked(self, start, end):
         before, after = self._hooks["before_backward"], self._hooks["after_backward"]
-        for i in range(start, end - 1, -1):
-            for fn in before:
-                fn(i)
-            if self.layer_need_backward[i]:
-                self.layers[i].backward(self.top_vecs[i], self.bottom_need_backward[i],
-                                        self.bottom_vecs[i])
-            for fn in after:
-                fn(i)
+        i = start
+        try:
+            for i in range(start, end - 1, -1):
+                for fn in before:
+                    fn(i)
+                if self.layer_need_backward[i]:
+                    self.layers[i].backward(self.top_vecs[i], self.bottom_need_backward[i],
+                                            self.bottom_vecs[i])
+                for fn in after:
+                    fn(i)
+        except (CaffeLiteError, MemoryError) as exc:
+            raise _in_layer(exc, self.layers[i], "in backward") from None
 
     def _batch(self, arrays):
         """(batch dict, number of real items) over `arrays` in the net's batch size, the last

@@ -14,7 +14,7 @@ from caffe_lite.layers.im2col import ConvGeometry, GemmEngine
 from caffe_lite.testing import blob, layer_from_text
 from caffe_lite.proto import caffe_pb2
 
-needs_jit = pytest.mark.skipif(jit.kernels() is None, reason="numba not installed")
+needs_jit = pytest.mark.skipif(not jit.available(), reason="numba not installed")
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def test_depthwise_kernel_matches_numpy(no_jit, multiplier):
 def test_depthwise_small_planes_match_numpy(no_jit, multiplier, stride, pad, size):
     """MobileNet's late layers: 3x3 on small planes, where pad 1 takes the margined form
     (at stride 2 the half grid for even widths, the stride-1 grid for odd ones)."""
-    from caffe_lite.layers._jit_kernels import _is_same3
+    from caffe_lite.layers.numba.depthwise import _is_same3
     rng = np.random.default_rng(1)
     n, c, m = 3, 5, multiplier
     g = ConvGeometry((3, 3), (stride, stride), (pad, pad), (1, 1))
@@ -301,8 +301,11 @@ def test_single_threaded_blas_restores_the_setting():
 
 def test_jit_can_be_switched_off(monkeypatch):
     monkeypatch.setenv("CAFFE_LITE_JIT", "0")
-    assert jit.kernels() is None
-    assert jit.warm_up() is False
+    from caffe_lite.warmup import warm_up
+    assert not jit.available()
+    assert all(jit.kernels(f) is None for f in ("depthwise", "im2col", "pooling", "batchnorm",
+                                                "scale", "neuron", "sparse", "sgd"))
+    assert warm_up() is False
 
 
 FUSION_NET = """
@@ -356,7 +359,7 @@ def test_batchnorm_scale_relu_group_matches_layer_by_layer(monkeypatch, bn_top, 
             bn.blobs[0].data[...] = [0.5, -1, 2, 0]
             bn.blobs[1].data[...] = [1, 2, 3, 4]
             bn.blobs[2].data[...] = 2
-        assert bool(net._groups()[0]) == fuse
+        assert bool(net._plan().by_first) == fuse
         net.blobs["data"].data[...] = x
         net.blobs["target"].data[...] = target
         out = []
@@ -432,3 +435,188 @@ def test_fused_sgd_update_is_bit_identical(monkeypatch, reg):
     for a, b in zip(fused, plain):
         np.testing.assert_array_equal(a, b)
     assert (fused[0][np.arange(18).reshape(3, 6) % 4 == 0] == 0).all()  # pruned stay 0
+
+
+@needs_jit
+def test_families_drop_their_cache_when_the_shared_helpers_change():
+    """numba keys a kernel's cache on its own file: a family whose cached code was built with
+    another version of layers/numba/_planes.py gets its index emptied (STYLE.md A1)."""
+    import hashlib
+    import pathlib
+    k = jit.kernels("scale")
+    caches = [d._cache for d in jit._dispatchers(k)]
+    assert {d.__name__ for d in jit._dispatchers(k)} == {"scale_forward", "scale_backward"}
+    stamp = pathlib.Path(caches[0]._cache_path) / "scale.planes-sha256"
+    digest = hashlib.sha256(jit._SHARED.read_bytes()).hexdigest()
+    x = np.ones((2, 3), np.float32)
+    k.scale_forward(x, np.ones(2, np.float32), np.zeros(2, np.float32), x.copy(), x, True,
+                    False, 0, 2)   # compiled (or loaded) and in the index
+    assert caches[0]._cache_file._load_index()
+    stamp.write_text("an older _planes.py")
+    jit._check_shared_cache(k)
+    assert stamp.read_text() == digest
+    assert caches[0]._cache_file._load_index() == {}
+
+
+def _layer_both_ways(monkeypatch, text, shape, in_place, seed=0):
+    """A layer's forward (and backward) with and without the compiled kernels."""
+    from caffe_lite.blob import Blob
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    x.flat[:3] = [0, -0.0, 1e-30]
+    dy = rng.standard_normal(shape, dtype=np.float32)
+    results = []
+    for flag in ("1", "0"):
+        monkeypatch.setenv("CAFFE_LITE_JIT", flag)
+        layer = layer_from_text(text)
+        bottom = [Blob.from_array(x)]
+        top = bottom if in_place else [Blob()]
+        layer.setup(bottom, top)
+        for b in layer.blobs:
+            b.data[...] = rng.uniform(-0.5, 0.5, b.shape) if flag == "1" else saved.pop(0)
+        if flag == "1":
+            saved = [b.data.copy() for b in layer.blobs]
+        layer.forward(bottom, top)
+        y = top[0].data.copy()
+        top[0].diff[...] = dy
+        layer.backward(top, [True], bottom)
+        results.append([y, bottom[0].diff.copy()] + [b.diff.copy() for b in layer.blobs])
+    return results
+
+
+@needs_jit
+@pytest.mark.parametrize("shape,axis", [((3, 7), 1), ((2, 5, 4, 3), 1), ((2, 5, 4, 3), 2),
+                                        ((4, 1000), 1)])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_softmax_kernel_matches_numpy(monkeypatch, shape, axis, in_place):
+    fast, slow = _layer_both_ways(
+        monkeypatch, f'type: "Softmax" softmax_param {{ axis: {axis} }}', shape, in_place)
+    for a, b in zip(fast, slow):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@needs_jit
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 4), (4, 6)])
+def test_prelu_kernel_matches_numpy(monkeypatch, shared, in_place, shape):
+    fast, slow = _layer_both_ways(
+        monkeypatch, f'type: "PReLU" prelu_param {{ channel_shared: {str(shared).lower()} }}',
+        shape, in_place)
+    for a, b in zip(fast, slow):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@needs_jit
+@pytest.mark.parametrize("kind", [0, 1, 2])
+@pytest.mark.parametrize("shape", [(3, 4, 10), (5, 7, 1)])
+def test_epilogue_kernel_matches_numpy(monkeypatch, kind, shape):
+    """fusion.Epilogue: per-channel affine map and activation, compiled and numpy."""
+    from caffe_lite.layers.fusion import Epilogue
+    rng = np.random.default_rng(kind)
+    y = rng.standard_normal(shape, dtype=np.float32)
+    y[0, 0, 0] = np.nan
+    y[0, 1, 0] = -np.inf
+    out = []
+    for flag in ("1", "0"):
+        monkeypatch.setenv("CAFFE_LITE_JIT", flag)
+        e = Epilogue(shape[1])
+        e.scale[...] = rng.uniform(0.5, 2, shape[1]) if flag == "1" else e_scale
+        e.shift[...] = rng.normal(0, 1, shape[1]) if flag == "1" else e_shift
+        e.slope[...] = rng.uniform(0, 0.5, shape[1]) if flag == "1" else e_slope
+        if flag == "1":
+            e_scale, e_shift, e_slope = e.scale.copy(), e.shift.copy(), e.slope.copy()
+        e.kind = kind
+        e.keep = np.empty(shape, np.float32)
+        z = y.copy()
+        e.apply(z)
+        out.append((z, e.keep.copy()))
+    (a, ka), (b, kb) = out
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(ka, kb, rtol=1e-6, atol=1e-7)
+    assert np.isnan(a[0, 0, 0]) and (a[0, 1, 0] == (-np.inf if kind == 2 else
+                                                    0 if kind == 1 else -np.inf))
+
+
+@needs_jit
+@pytest.mark.parametrize("n,c,o,size,pad", [(1, 8, 5, (9, 7), 0), (2, 3, 4, (6, 6), 1),
+                                            (1, 5, 6, (13, 10), 2), (3, 4, 4, (4, 5), 1),
+                                            (1, 2, 3, (3, 3), 0)])
+def test_winograd_matches_im2col(monkeypatch, n, c, o, size, pad):
+    """F(4x4, 3x3) against the exact im2col products (tiles overhanging every edge)."""
+    from caffe_lite.layers import winograd
+    monkeypatch.setattr(winograd, "MIN_CHANNEL_RATIO", 0)
+    monkeypatch.setattr(winograd, "MIN_TILES", 0)
+    rng = np.random.default_rng(n * 7 + c)
+    g = ConvGeometry((3, 3), (1, 1), (pad, pad), (1, 1))
+    out = g.conv_output(size)
+    engine = GemmEngine(g, c, o, 1)
+    engine.reshape(n, size, out)
+    assert engine.winograd_ok
+    x = rng.standard_normal((n, c) + size, dtype=np.float32)
+    w = rng.standard_normal((o, c, 3, 3), dtype=np.float32)
+    exact, fast = (np.empty((n, o) + out, np.float32) for _ in range(2))
+    with parallel.cpu_pass():
+        engine.prepare_forward(x, w, None, exact)()
+        version = [1]
+        run = engine.prepare_forward(x, w, None, fast, exact=False, w_version=lambda: version[0])
+        run()
+        np.testing.assert_allclose(fast, exact, rtol=1e-4, atol=1e-4 * np.abs(exact).max())
+        w *= -1          # new weights (a new data version): the filters are transformed again
+        version[0] = 2
+        run()
+        np.testing.assert_allclose(fast, -exact, rtol=1e-4, atol=1e-4 * np.abs(exact).max())
+
+
+@needs_jit
+def test_winograd_only_where_backward_never_runs():
+    """A TRAIN net's convolution keeps im2col (exact products); the same layer in a net that
+    needs no backward takes the Winograd path."""
+    import caffe_lite as caffe
+    text = """
+    name: "w" {force}
+    layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ dim: 2 dim: 64 dim: 28 dim: 28 }} }} }}
+    layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv"
+            convolution_param {{ num_output: 96 kernel_size: 3 pad: 1
+                                weight_filler {{ type: "gaussian" std: 0.05 }} }} }}
+    """
+    x = np.random.default_rng(0).standard_normal((2, 64, 28, 28), dtype=np.float32)
+    train = caffe.Net(text.format(force="force_backward: true"), caffe.TRAIN)
+    test = caffe.Net(text.format(force=""), caffe.TEST)
+    test.params["conv"][0].data[...] = train.params["conv"][0].data
+    a = train.forward(data=x)["conv"].copy()
+    b = test.forward(data=x)["conv"]
+    assert train.layer_dict["conv"].engine.winograd is None
+    assert test.layer_dict["conv"].engine.winograd is not None
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * np.abs(a).max())
+
+
+@needs_jit
+@pytest.mark.parametrize("size,k,s,pad", [((21, 21), 3, 2, 0), ((9, 11), 3, 2, 1),
+                                          ((8, 8), 2, 2, 0), ((13, 7), 5, 3, 2),
+                                          ((6, 6), 3, 1, 1)])
+def test_channels_last_max_pooling_matches_the_flat_form(size, k, s, pad):
+    """Same maxima and the same argmax (the first maximum in row-major order: ties after a
+    ReLU), NaN never chosen, padding never chosen."""
+    from caffe_lite.layers.pooling import pooled_size
+    kp = jit.kernels("pooling")
+    rng = np.random.default_rng(k * 10 + s)
+    n, c = 2, 9
+    x = rng.standard_normal((n, c) + size).astype(np.float32)
+    x[x < 0.3] = 0
+    x[0, 0, 0, :2] = np.nan
+    x[1, 2, 1, 1] = -np.inf
+    oh, ow = (pooled_size(v, k, pad, s) for v in size)
+    if pad:
+        oh -= (oh - 1) * s >= size[0] + pad
+        ow -= (ow - 1) * s >= size[1] + pad
+    g = np.array((k, k, s, s, pad, pad), np.int64)
+    y, y2 = (np.empty((n, c, oh, ow), np.float32) for _ in range(2))
+    ch, ch2 = (np.empty((n, c, oh, ow), np.int16) for _ in range(2))
+    kp.max_pool_forward(x.reshape(n * c, *size), y.reshape(n * c, oh, ow),
+                        ch.reshape(n * c, oh, ow), g, k * k, 0, n * c)
+    bufs = (np.empty(size + (c,), np.float32), np.empty((oh, ow, c), np.float32),
+            np.empty((oh, ow, c), np.int32))
+    kp.max_pool_channels_last(x, y2, ch2, g, k * k, *bufs, 0, n)
+    np.testing.assert_array_equal(y2, y)
+    np.testing.assert_array_equal(ch2, ch)

@@ -631,3 +631,32 @@ def test_registered_types():
     plain = conv_layer("num_output: 2 kernel_size: 3")
     forward(plain, [blob((1, 2, 4, 4), seed=30)])
     assert isinstance(plain.engine, GemmEngine)                 # group 1: im2col + GEMM
+
+
+def test_geometry_pack_names_its_fields():
+    """One packing of the geometry for every kernel (STYLE.md A3): fields in the order
+    named, 3-D kernels' fill (0 for pad, 1 otherwise) only where asked."""
+    from caffe_lite.layers.im2col import ConvGeometry
+    g = ConvGeometry((3, 5), (2, 1), (1, 0), (1, 2))
+    assert g.pack("kernel", "stride", "pad", "dilation") == (3, 5, 2, 1, 1, 0, 1, 2)
+    assert g.pack("pad", "stride") == (1, 0, 2, 1)
+    assert g.pack("input", "pad", "stride", "output", axes=3, input=(7, 9), output=(4, 3)) == \
+        (1, 7, 9, 0, 1, 0, 1, 2, 1, 1, 4, 3)
+    g1 = ConvGeometry((3,), (2,), (1,), (1,))
+    assert g1.pack("output", "kernel", "stride", "pad", axes=2, output=(5,)) == (1, 5, 1, 3, 1, 2, 0, 1)
+
+
+@pytest.mark.parametrize("text,shape,cpu,gpu", [
+    ("num_output: 8 group: 8 kernel_size: 3", (1, 8, 5, 5), "depthwise", "depthwise"),
+    ("num_output: 16 group: 8 kernel_size: 3", (1, 8, 5, 5), "depthwise", "depthwise"),
+    ("num_output: 8 group: 2 kernel_size: 3", (1, 8, 5, 5), "gemm", "gemm"),
+    ("num_output: 4 kernel_size: 3", (1, 1, 5, 5), "gemm", "depthwise"),
+    ("num_output: 3 group: 3 kernel_size: 1", (1, 3, 2, 2, 2), "depthwise", "gemm"),
+])
+def test_one_engine_choice_for_both_devices(text, shape, cpu, gpu):
+    from caffe_lite.layers.conv import select_engine
+    layer = layer_from_text(f'type: "Convolution" convolution_param {{ {text} }}')
+    layer.setup([blob(shape)], [Blob()])
+    assert select_engine(layer, "cpu") == cpu and select_engine(layer, "gpu") == gpu
+    assert type(layer.engine).__name__ == ("DepthwiseEngine" if cpu == "depthwise"
+                                            else "GemmEngine")

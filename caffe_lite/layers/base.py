@@ -21,6 +21,7 @@ from ..backend import state as _mode
 from ..blob import Blob
 from ..errors import LayerSetupError
 from ..proto import caffe_pb2
+from .parallel import cpu_pass
 
 
 GPU_IMPLS = {}
@@ -85,6 +86,20 @@ class Layer:
     max_top = -1
     equal_num_bottom_top = False
     auto_top_blobs = False  # Net may create anonymous tops up to min_top / exact_num_top
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "prepare_cpu" in cls.__dict__:
+            # the forward_cpu this prepare_cpu stands for (uses_prepared checks it is still
+            # the one a layer of this class would run)
+            cls._prepared_forward = cls.forward_cpu
+
+    def uses_prepared(self):
+        """Whether a Net may run this layer through prepare_cpu: it defines one, and neither
+        a subclass nor the instance replaced the forward_cpu it was written for."""
+        cls = type(self)
+        return ("forward_cpu" not in self.__dict__
+                and getattr(cls, "_prepared_forward", None) is cls.forward_cpu)
 
     def __init__(self, layer_param):
         self.layer_param = caffe_pb2.LayerParameter()
@@ -173,9 +188,19 @@ class Layer:
         return True
 
     # --- forward / backward ----------------------------------------------------------------
+    # A Net skips reshape while no blob's shape has changed (caffe_lite/plan.py); a layer whose
+    # reshape reads more than its bottoms' shapes (the data it is about to produce, a user's
+    # Python code) sets this to be reshaped before every forward, as Caffe does.
+    reshape_each_forward = False
+    # False when the Net this layer belongs to never runs its backward (Net sets it): forward
+    # may then skip what only backward reads (a pooling's argmax, an in-place input copy).  A
+    # backward called anyway recomputes or refuses, never reads stale state.
+    backward_needed = True
     _reshape_key = None
 
     def forward(self, bottom, top):
+        """reshape, forward on the current device, and the loss: Caffe's Layer::Forward (a Net
+        runs the parts itself, reshaping only when shapes changed: caffe_lite/plan.py)."""
         self.run_forward(bottom, top)
         return self.loss_value(top)
 
@@ -187,7 +212,8 @@ class Layer:
             self.forward_gpu(bottom, top)
         else:
             self.reshape(bottom, top)  # as Caffe's Layer::Forward: inputs may have changed shape
-            self.forward_cpu(bottom, top)
+            with cpu_pass():
+                self.forward_cpu(bottom, top)
 
     def reshape_if_changed(self, bottom, top):
         """reshape(), unless this is a layer with a GPU implementation whose bottoms and tops
@@ -200,6 +226,13 @@ class Layer:
                 return
         self.reshape(bottom, top)
         self._reshape_key = _blob_key(bottom, top) if key is not None else None
+
+    def prepare_cpu(self, bottom, top):
+        """A callable that runs forward_cpu(bottom, top) on the blobs as they are shaped now,
+        with what it needs (views of the blobs' host arrays, buffers, kernels, the split over
+        the thread pool) bound once; or None.  A Net's plan calls it after each reshape and
+        runs the callable until a blob's shape or memory changes (caffe_lite/plan.py)."""
+        return None
 
     def loss_value(self, top):
         """sum(weight * top) over the tops with a loss weight (reads them on the host)."""
@@ -214,7 +247,8 @@ class Layer:
         if _mode.mode() == _mode.GPU:
             self.backward_gpu(top, propagate_down, bottom)
         else:
-            self.backward_cpu(top, propagate_down, bottom)
+            with cpu_pass():
+                self.backward_cpu(top, propagate_down, bottom)
         # Pruned weights receive no gradient.  Applied here, once, for every prunable layer.
         for b in self.blobs:
             if b.has_mask:

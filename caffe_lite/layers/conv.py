@@ -47,6 +47,7 @@ class BaseConvolution(Layer):
     min_top = 1
     equal_num_bottom_top = True
     reverse_dimensions = False   # Deconvolution: the convolution runs from top to bottom
+    depthwise_type = False       # the forks' DepthwiseConvolution: always the depthwise engine
 
     # --- setup -----------------------------------------------------------------------------
     def layer_setup(self, bottom, top):
@@ -102,8 +103,7 @@ class BaseConvolution(Layer):
                                         unsupported=why)
 
     def make_engine(self):
-        if self.group > 1 and self.group == self.conv_in:
-            # Depthwise (group == channels of the convolution's input): the dedicated kernel.
+        if select_engine(self, "cpu") == "depthwise":
             from .depthwise import DepthwiseEngine
             return DepthwiseEngine(self.geom, self.conv_in, self.conv_out // self.conv_in)
         return GemmEngine(self.geom, self.conv_in, self.conv_out, self.group)
@@ -151,27 +151,91 @@ class BaseConvolution(Layer):
     def _bias(self):
         return self.blobs[1].cpu_data if self.bias_term else None
 
-    def _add_bias(self, y):
-        if self.bias_term:
-            y3 = y.reshape(self.num, self.num_output, -1)
-            np.add(y3, self._bias().reshape(-1, 1), out=y3)
+    def forward_cpu(self, bottom, top, post=None):
+        """`post`: a fusion.Epilogue that adds the bias (and applies what follows the layer
+        in a fused group) in one pass after the products."""
+        self.prepare_cpu(bottom, top, post)()
 
-    def forward_cpu(self, bottom, top):
-        w = self.blobs[0].cpu_data
-        csr = None if self.empty else self.sparse.choose(self.columns)
-        for b, t in zip(bottom, top):
-            x = b.cpu_data.reshape(self.bottom_shape)
-            y = t.data.reshape(self.top_shape)
-            if self.empty:
-                y[...] = 0
-                self._add_bias(y)
-            elif csr is not None:
-                sparse.convolution(self.sparse, csr, x, self._bias(), y)
-            elif self.reverse_dimensions:
-                self.engine.backward_data(x, w, y)
-                self._add_bias(y)
+    def prepare_cpu(self, bottom, top, post=None):
+        runs = [self._prepare_one(b.cpu_data.reshape(self.bottom_shape),
+                                  t.data.reshape(self.top_shape), post)
+                for b, t in zip(bottom, top)]
+        if len(runs) == 1:
+            return runs[0]
+
+        def run():
+            for r in runs:
+                r()
+        return run
+
+    # --- the bottom / top loop, written once for both devices ---------------------------------
+    # `ops` supplies the device's few elementwise pieces (set_bias, add_bias, bias_gradient,
+    # zero) and the engine the three products; x, y, w, ... are host arrays on the CPU, device
+    # addresses on the GPU (layers/cuda/conv.py).
+    def forward_one(self, engine, ops, x, w, bias, y):
+        """y from x for one bottom: the products and the bias (bias None: not added)."""
+        if self.empty:
+            ops.set_bias(self, bias, y)       # an empty product: the bias alone (or 0)
+        elif self.reverse_dimensions:
+            engine.backward_data(x, w, y)
+            if bias is not None:
+                ops.add_bias(self, bias, y)
+        else:
+            engine.forward(x, w, bias, y)
+
+    def backward_one(self, engine, ops, x, dy, w, dx, dw, db):
+        """The gradients of one bottom / top pair: db += bias gradient, dw += weight
+        gradient, dx (overwritten) the input gradient; each None when not wanted.  x is
+        read only for the weight gradient."""
+        if db is not None:
+            ops.bias_gradient(self, dy, db)
+        if self.empty:
+            if dx is not None:
+                ops.zero(self, dx)
+            return
+        both = getattr(engine, "backward", None)
+        if both is not None and not self.reverse_dimensions:
+            both(x, dy, w, dx, dw)            # one pass for both gradients (depthwise)
+            return
+        if dw is not None:
+            if self.reverse_dimensions:
+                engine.backward_weight(dy, x, dw)
             else:
-                self.engine.forward(x, w, self._bias(), y)
+                engine.backward_weight(x, dy, dw)
+        if dx is not None:
+            if self.reverse_dimensions:
+                engine.forward(dy, w, None, dx)
+            else:
+                engine.backward_data(dy, w, dx)
+
+    def _prepare_one(self, x, y, post):
+        """A callable computing y from x (one bottom): the sparse path's choice each time,
+        then the products and the bias (or the epilogue)."""
+        w = self.blobs[0].cpu_data
+        bias = self._bias() if post is None else None
+        tail = None if post is None else post.prepare(y.reshape(self.num, self.num_output, -1))
+        if self.empty or self.reverse_dimensions:
+            engine = self.engine
+
+            def dense():
+                self.forward_one(engine, _CPU_OPS, x, w, bias, y)
+        elif isinstance(self.engine, GemmEngine):
+            blob = self.blobs[0]
+            dense = self.engine.prepare_forward(x, w, bias, y, exact=self.backward_needed,
+                                                w_version=lambda: blob.data_version)
+        else:
+            dense = self.engine.prepare_forward(x, w, bias, y)
+        path, columns, empty = self.sparse, self.columns, self.empty
+
+        def run():
+            csr = None if empty else path.choose(columns)
+            if csr is None:
+                dense()
+            else:
+                sparse.convolution(path, csr, x, bias, y)
+            if tail is not None:
+                tail()
+        return run
 
     def forward_gpu(self, bottom, top):
         csr = None if self.empty else self.sparse.choose(self.columns, gpu=True)
@@ -183,37 +247,58 @@ class BaseConvolution(Layer):
 
     def backward_cpu(self, top, propagate_down, bottom):
         w = self.blobs[0].cpu_data
+        want_w = self.param_propagate_down[0]
+        want_b = self.bias_term and self.param_propagate_down[1]
         for i, (t, b) in enumerate(zip(top, bottom)):
-            dy = t.cpu_diff.reshape(self.top_shape)
-            if self.bias_term and self.param_propagate_down[1]:
-                db = self.blobs[1].diff
-                np.add(db, np.einsum("nop->o", dy.reshape(self.num, self.num_output, -1)),
-                       out=db)
-            if self.empty:
-                if propagate_down[i]:
-                    b.diff[...] = 0
-                continue
-            fused = getattr(self.engine, "backward", None)
-            if fused is not None and not self.reverse_dimensions:
-                # One pass computes both gradients (the depthwise kernel).
-                want_w = self.param_propagate_down[0]
-                fused(b.cpu_data.reshape(self.bottom_shape) if want_w else None, dy, w,
-                      b.diff.reshape(self.bottom_shape) if propagate_down[i] else None,
-                      self.blobs[0].diff if want_w else None)
-                continue
-            if self.param_propagate_down[0]:
-                x = b.cpu_data.reshape(self.bottom_shape)
-                dw = self.blobs[0].diff
-                if self.reverse_dimensions:
-                    self.engine.backward_weight(dy, x, dw)
-                else:
-                    self.engine.backward_weight(x, dy, dw)
-            if propagate_down[i]:
-                dx = b.diff.reshape(self.bottom_shape)
-                if self.reverse_dimensions:
-                    self.engine.forward(dy, w, None, dx)
-                else:
-                    self.engine.backward_data(dy, w, dx)
+            self.backward_one(
+                self.engine, _CPU_OPS,
+                b.cpu_data.reshape(self.bottom_shape) if want_w else None,
+                t.cpu_diff.reshape(self.top_shape), w,
+                b.diff.reshape(self.bottom_shape) if propagate_down[i] else None,
+                self.blobs[0].diff if want_w else None,
+                self.blobs[1].diff if want_b else None)
+
+
+def select_engine(layer, device):
+    """"depthwise" or "gemm": which engine runs a convolution layer on `device` ("cpu" or
+    "gpu"), Caffe's one choice (layer_factory.cpp's GetConvolutionLayer) made in one place.
+
+    A depthwise convolution (group == the convolution's input channels: Convolution with
+    group == channels > 1, or the forks' DepthwiseConvolution types) runs on the dedicated
+    kernels; everything else on im2col + matrix products.  On the GPU the depthwise kernels
+    cover 1-D and 2-D convolutions with at most 65535 output channels (a grid limit), and also
+    take single-channel inputs (group == channels == 1)."""
+    depthwise = layer.group == layer.conv_in and (layer.group > 1 or device == "gpu"
+                                                  or layer.depthwise_type)
+    if device == "gpu":
+        depthwise = depthwise and layer.num_spatial_axes <= 2 and layer.conv_out <= 65535
+    return "depthwise" if depthwise else "gemm"
+
+
+class _CpuOps:
+    """The CPU's elementwise pieces of BaseConvolution.forward_one / backward_one."""
+
+    @staticmethod
+    def set_bias(layer, bias, y):
+        y[...] = 0
+        if bias is not None:
+            _CpuOps.add_bias(layer, bias, y)
+
+    @staticmethod
+    def add_bias(layer, bias, y):
+        y3 = y.reshape(layer.num, layer.num_output, -1)
+        np.add(y3, bias.reshape(-1, 1), out=y3)
+
+    @staticmethod
+    def bias_gradient(layer, dy, db):
+        np.add(db, np.einsum("nop->o", dy.reshape(layer.num, layer.num_output, -1)), out=db)
+
+    @staticmethod
+    def zero(layer, dx):
+        dx[...] = 0
+
+
+_CPU_OPS = _CpuOps()
 
 
 @register("Convolution")

@@ -10,13 +10,13 @@ Caffe's grouped path does one tiny matrix product per group.  The kernel here in
 over the kernel taps only: each tap is one multiply-add of a strided view of the (padded)
 input with a per-channel weight, over all images and channels at once (split into
 cache-sized row blocks that run on a few threads).  For 2-D convolutions, when numba is
-installed, compiled kernels (jit.py) do the same per (image, channel) plane at memory speed,
+installed, compiled kernels (layers/numba/depthwise.py) do the same per (image, channel) plane at memory speed,
 forward and both gradients in one pass."""
 import numpy as np
 
 from . import jit
 from .conv import Convolution
-from .im2col import PaddedRows, Scratch, run_blocks
+from .im2col import PaddedRows, Scratch, prepare_blocks, run_blocks
 from .registry import register
 
 _NO_BIAS = np.zeros(0, np.float32)
@@ -35,7 +35,7 @@ class DepthwiseEngine:
         self.scratch = Scratch()
 
     def reshape(self, num, in_spatial, out_spatial):
-        key = (num, tuple(in_spatial), tuple(out_spatial), jit.kernels() is not None)
+        key = (num, tuple(in_spatial), tuple(out_spatial), jit.kernels("depthwise") is not None)
         if key == getattr(self, "_key", None):
             return  # called before every forward; nothing changed
         self._key = key
@@ -45,10 +45,10 @@ class DepthwiseEngine:
         self.in_spatial, self.out_spatial = tuple(in_spatial), tuple(out_spatial)
         self.out_count = int(np.prod(out_spatial, dtype=np.int64))
         nsp = len(out_spatial)
-        self.jit = jit.kernels() if nsp == 2 else None
+        self.jit = jit.kernels("depthwise") if nsp == 2 else None
         if self.jit is not None:
             self.jit_geometry = np.array(
-                (self.channels, self.multiplier) + g.kernel + g.stride + g.pad + g.dilation,
+                (self.channels, self.multiplier) + g.pack("kernel", "stride", "pad", "dilation"),
                 np.int64)
             self.padded.reshape(self.rows, in_spatial, in_spatial, g.pad)  # no copy kept
             return
@@ -71,16 +71,17 @@ class DepthwiseEngine:
         self.wgrad_subscripts = f"bm{letters},bx{letters}->bm"
 
     # --- compiled path (2-D, numba) ----------------------------------------------------------
-    def _jit_forward(self, x, w, b, y):
+    def prepare_forward(self, x, w, b, y):
+        """A callable computing forward(x, w, b, y) for these arrays (Layer.prepare_cpu)."""
+        if self.jit is None:
+            return lambda: self.forward(x, w, b, y)
         k, geo, m = self.jit, self.jit_geometry, self.multiplier
         x3 = x.reshape(self.rows, *self.in_spatial)
         w2 = w.reshape(self.channels * m, -1)
         y4 = y.reshape(self.rows, m, *self.out_spatial)
         bias = _NO_BIAS if b is None else b
-
-        def block(a, c, slot):
-            k.depthwise_forward(x3, w2, bias, y4, geo, a, c)
-        run_blocks(self.rows, m * self.out_count, block, block_elements=None)
+        return prepare_blocks(self.rows, m * self.out_count, lambda a, c, slot:
+                              k.depthwise_forward(x3, w2, bias, y4, geo, a, c))
 
     def backward(self, x, dy, w, dx, dw):
         """Both gradients in one pass over x and dy: dx (overwritten) unless None, and
@@ -126,7 +127,7 @@ class DepthwiseEngine:
     # --- forward ---------------------------------------------------------------------------
     def forward(self, x, w, b, y):
         if self.jit is not None:
-            return self._jit_forward(x, w, b, y)
+            return self.prepare_forward(x, w, b, y)()
         m = self.multiplier
         x_rows = x.reshape(self.rows, *self.in_spatial)
         y_rows = y.reshape(self.rows, m, *self.out_spatial)
@@ -233,5 +234,4 @@ class DepthwiseConvolution(Convolution):
                              f"{channels}; num_output may be any multiple of {channels})")
         super().layer_setup(bottom, top)
 
-    def make_engine(self):
-        return DepthwiseEngine(self.geom, self.channels, self.num_output // self.channels)
+    depthwise_type = True

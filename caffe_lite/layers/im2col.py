@@ -18,8 +18,10 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..blob import checked_count
-from . import jit
-from .parallel import matmul, num_threads, run_blocks, run_flat, run_tasks  # noqa: F401
+from . import jit, winograd
+from .winograd import Winograd
+from .parallel import (matmul, num_threads, prepare_blocks, prepare_matmul,  # noqa: F401
+                       run_blocks, run_flat, run_tasks)
 
 # Elements of output per row block: small enough that a block's input, output and scratch
 # stay in cache, large enough that the Python overhead per numpy call is negligible.
@@ -76,6 +78,22 @@ class ConvGeometry:
     def deconv_output(self, in_spatial):
         return tuple(s * (i - 1) + e - 2 * p
                      for i, p, e, s in zip(in_spatial, self.pad, self.extent, self.stride))
+
+    _FILL = {"pad": 0}
+
+    def pack(self, *fields, axes=None, **values):
+        """The named per-axis fields concatenated, in the order named: "kernel", "stride",
+        "pad", "dilation", or any keyword given (input=(h, w), output=(oh, ow)).  With `axes`,
+        each is left-filled to that many axes (0 for pad, 1 for the rest), as kernels taking
+        3-D geometry for 1-D and 2-D convolutions want.  Naming the fields keeps pad and
+        stride from trading places between the CPU and GPU kernels' argument lists."""
+        out = ()
+        for name in fields:
+            v = tuple(values[name] if name in values else getattr(self, name))
+            if axes is not None:
+                v = (self._FILL.get(name, 1),) * (axes - len(v)) + v
+            out += v
+        return out
 
     def taps(self):
         return list(itertools.product(*(range(k) for k in self.kernel)))
@@ -194,12 +212,15 @@ class GemmEngine:
         self.in_spatial = self.out_spatial = None
 
     def reshape(self, num, in_spatial, out_spatial):
-        key = (num, tuple(in_spatial), tuple(out_spatial), jit.kernels() is not None)
+        key = (num, tuple(in_spatial), tuple(out_spatial), jit.kernels("im2col") is not None)
         if key == getattr(self, "_key", None):
             return  # called before every forward; nothing changed
         self._key = key
         g = self.geom
         self.num = num
+        self.winograd = None
+        self.winograd_ok = (key[-1] and winograd.applies(g, self.group, in_spatial)
+                            and winograd.worth(self.conv_in, self.conv_out, num, out_spatial))
         self.in_spatial, self.out_spatial = tuple(in_spatial), tuple(out_spatial)
         self.in_count = int(np.prod(in_spatial, dtype=np.int64))
         self.out_count = int(np.prod(out_spatial, dtype=np.int64))
@@ -207,9 +228,10 @@ class GemmEngine:
         per_image = self.conv_in * g.kernel_count * self.out_count
         self.chunk = max(1, min(num, COL_BUFFER_ELEMENTS // max(1, per_image)))
         # 2-D with numba: compiled im2col / col2im (no padded copy of the input is kept).
-        self.jit = jit.kernels() if len(in_spatial) == 2 and not g.is_1x1 else None
+        self.jit = jit.kernels("im2col") if len(in_spatial) == 2 and not g.is_1x1 else None
         if self.jit is not None:
-            self.jit_geometry = np.array(g.kernel + g.stride + g.pad + g.dilation, np.int64)
+            self.jit_geometry = np.array(g.pack("kernel", "stride", "pad", "dilation"),
+                                         np.int64)
             self.padded.reshape(rows, in_spatial, in_spatial, g.pad)  # no copy kept
             return
         self.padded.reshape(rows, in_spatial, g.padded_shape(in_spatial, out_spatial), g.pad)
@@ -229,6 +251,13 @@ class GemmEngine:
 
     def _im2col(self, x, n0, n1):
         """Columns (n, G, Cg*K, P) of images n0:n1 of x, in the reused column buffer."""
+        fill, col = self._prepare_im2col(x, n0, n1)
+        fill()
+        return col
+
+    def _prepare_im2col(self, x, n0, n1):
+        """(a callable filling the columns of images n0:n1 of x, the columns (n, G, Cg*K, P)
+        in the reused column buffer)."""
         g = self.geom
         cin = self.conv_in
         x_rows = x.reshape(self.num * cin, *self.in_spatial)
@@ -236,34 +265,59 @@ class GemmEngine:
         col = self.scratch.get("col", (n * cin, g.kernel_count, self.out_count))
         base = n0 * cin
         out_shape = g.kernel + self.out_spatial
+        cols = col.reshape(n, self.group, -1, self.out_count)
         if self.jit is not None:
             k, geo = self.jit, self.jit_geometry
             x3 = x_rows[base:base + n * cin]
             col4 = col.reshape(n * cin, g.kernel_count, *self.out_spatial)
-            run_blocks(n * cin, g.kernel_count * self.out_count,
-                       lambda a, b, slot: k.im2col(x3, col4, geo, a, b), block_elements=None)
-            return col.reshape(n, self.group, -1, self.out_count)
+            return prepare_blocks(n * cin, g.kernel_count * self.out_count,
+                                  lambda a, b, slot: k.im2col(x3, col4, geo, a, b)), cols
 
         def block(a, b, slot):
             xp = self.padded.fill(x_rows, base + a, base + b)
             np.copyto(col[a:b].reshape((b - a,) + out_shape),
                       strided_columns(xp, g, self.out_spatial))
-        run_blocks(n * cin, g.kernel_count * self.out_count, block)
-        return col.reshape(n, self.group, -1, self.out_count)
+        return prepare_blocks(n * cin, g.kernel_count * self.out_count, block,
+                              BLOCK_ELEMENTS), cols
 
     # --- the three products ----------------------------------------------------------------
     def forward(self, x, w, b, y):
+        self.prepare_forward(x, w, b, y)()
+
+    def prepare_forward(self, x, w, b, y, exact=True, w_version=None):
+        """A callable computing forward(x, w, b, y) for these arrays (Layer.prepare_cpu).
+        exact=False (a layer whose backward never runs) allows the Winograd products, whose
+        float32 rounding differs from im2col's; w_version() then gives the weight's data
+        version."""
         wg = self._wg(w)
-        if self.geom.is_1x1:
-            matmul(wg, self._groups(x, self.conv_in, self.in_count),
-                   self._groups(y, self.conv_out, self.out_count))
+        steps = []
+        if not exact and w_version is not None and self.winograd_ok:
+            if self.winograd is None:
+                self.winograd = Winograd(self.num, self.conv_in, self.conv_out,
+                                         self.in_spatial, self.out_spatial, self.geom.pad)
+            steps.append(self.winograd.prepare(x, w, w_version, y))
+        elif self.geom.is_1x1:
+            steps.append(prepare_matmul(wg, self._groups(x, self.conv_in, self.in_count),
+                                        self._groups(y, self.conv_out, self.out_count)))
         else:
             for n0, n1 in self._chunks():
-                col = self._im2col(x, n0, n1)
-                matmul(wg, col, self._groups(y[n0:n1], self.conv_out, self.out_count))
+                fill, col = self._prepare_im2col(x, n0, n1)
+                steps += [fill, prepare_matmul(wg, col, self._groups(y[n0:n1], self.conv_out,
+                                                                     self.out_count))]
         if b is not None:
             y3 = y.reshape(self.num, self.conv_out, self.out_count)
-            np.add(y3, b.reshape(-1, 1), out=y3)
+            b2 = b.reshape(-1, 1)
+            steps.append(lambda: np.add(y3, b2, out=y3))
+        if len(steps) == 1:
+            return steps[0]
+        if len(steps) == 2:
+            first, second = steps
+            return lambda: (first(), second())
+
+        def run():
+            for s in steps:
+                s()
+        return run
 
     def backward_data(self, dy, w, dx):
         wgt = self._wg(w).swapaxes(-1, -2)

@@ -4,7 +4,7 @@ import numpy as np
 from ..errors import CaffeLiteError
 from .base import Layer
 from . import sparse
-from .parallel import matmul
+from .parallel import matmul, prepare_matmul
 from .registry import register
 
 
@@ -65,16 +65,30 @@ class InnerProductLayer(Layer):
         """The weight as a (K, N) matrix: x @ it is the forward product."""
         return w if self.transpose else w.T
 
-    def forward_cpu(self, bottom, top):
+    def forward_cpu(self, bottom, top, post=None):
+        """`post`: a fusion.Epilogue that adds the bias (and applies what follows the layer
+        in a fused group) in one pass after the product."""
+        self.prepare_cpu(bottom, top, post)()
+
+    def prepare_cpu(self, bottom, top, post=None):
         x = bottom[0].cpu_data.reshape(self.M, self.K)
         y = top[0].data.reshape(self.M, self.num_output)
-        csr = self.sparse.choose(self.M)
-        if csr is not None:
-            sparse.inner_product(self.sparse, csr, x, self._bias(), y)
-            return
-        matmul(x, self._weight_as_kn(self.blobs[0].cpu_data), y)
-        if self.bias_term:
-            y += self.blobs[1].cpu_data
+        bias = self._bias() if post is None else None
+        product = prepare_matmul(x, self._weight_as_kn(self.blobs[0].cpu_data), y)
+        tail = None if post is None else post.prepare(y.reshape(self.M, self.num_output, 1))
+        path, m = self.sparse, self.M
+
+        def run():
+            csr = path.choose(m)
+            if csr is not None:
+                sparse.inner_product(path, csr, x, bias, y)
+            else:
+                product()
+                if bias is not None:
+                    np.add(y, bias, out=y)
+            if tail is not None:
+                tail()
+        return run
 
     def forward_gpu(self, bottom, top):
         csr = self.sparse.choose(self.M, gpu=True)

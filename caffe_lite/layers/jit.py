@@ -1,107 +1,98 @@
-"""Optional compiled CPU kernels (numba).
+"""Optional compiled CPU kernels (numba), one module per layer family (STYLE.md A1).
 
 A few layers have loops that whole-array numpy cannot run at memory speed: the depthwise
-convolution (nine strided taps over small planes) and the per-channel reductions of BatchNorm
-and Scale.  When numba is installed (`pip install caffe-lite[fast]`) those layers use the
-kernels of `_jit_kernels`; without it they run their numpy code, with the same results within
-float32 rounding.  CAFFE_LITE_JIT=0 turns the kernels off.
+convolution (nine strided taps over small planes), im2col, pooling, the per-channel
+reductions of BatchNorm and Scale.  When numba is installed (`pip install caffe-lite[fast]`)
+those layers use the kernels of `layers/numba/<family>.py` (the SGD update's are in
+`solvers/numba_sgd.py`, beside the solver); without it they run their numpy code, with the
+same results within float32 rounding.  CAFFE_LITE_JIT=0 turns the kernels off.
+
+    k = jit.kernels("pooling")      # the module, or None (no numba, or CAFFE_LITE_JIT=0)
 
 The kernels are compiled on first use and cached on disk (numba's cache=True), so only the
-first run on a machine pays the compile time; `warm_up()` compiles them ahead of time."""
+first run on a machine pays the compile time; `caffe_lite.warmup.warm_up()` compiles them
+ahead of time.  numba keys a kernel's cached code on its own file only, while the families
+call the shared helpers of `layers/numba/_planes.py`: when that file's contents change, the
+families' cached code is dropped here (`_check_shared_cache`), or it would keep running the
+old helpers."""
+import hashlib
 import importlib
-import os
+import pathlib
 
-_kernels = None
-_tried = False
+from ..util import env
+
+# family -> module (relative to this package unless absolute)
+_LOCATIONS = {"sgd": "caffe_lite.solvers.numba_sgd"}
+_SHARED = pathlib.Path(__file__).with_name("numba") / "_planes.py"
 _families = {}
+_numba = None
 
 
 def enabled():
-    return os.environ.get("CAFFE_LITE_JIT", "1").lower() not in ("0", "false", "no", "off")
+    return env.flag("CAFFE_LITE_JIT")
 
 
-def kernels(family=None):
-    """The compiled-kernel module, or None (no numba, or CAFFE_LITE_JIT=0).  With `family`,
-    the module layers/numba/<family>.py (STYLE.md A1: one numba file per family)."""
-    global _kernels, _tried
+def available():
+    """Whether compiled kernels run: numba imports and CAFFE_LITE_JIT is not 0."""
+    global _numba
     if not enabled():
-        return None
-    if family is not None:
-        if family not in _families:
-            try:
-                _families[family] = importlib.import_module(f".numba.{family}", __package__)
-            except ImportError:
-                _families[family] = None
-        return _families[family]
-    if not _tried:
-        _tried = True
-        try:
-            from . import _jit_kernels
-        except ImportError:
-            _kernels = None
-        else:
-            _kernels = _jit_kernels
-    return _kernels
-
-
-_WARM_UP_NET = """
-name: "warm_up" force_backward: true
-layer { name: "data" type: "Input" top: "data"
-        input_param { shape { dim: 2 dim: 4 dim: 20 dim: 20 } } }
-layer { name: "target" type: "Input" top: "target"
-        input_param { shape { dim: 2 dim: 8 dim: 5 dim: 5 } } }
-layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
-        convolution_param { num_output: 8 kernel_size: 3 pad: 1 } }
-layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }
-layer { name: "scale" type: "Scale" bottom: "conv" top: "conv" scale_param { bias_term: true } }
-layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
-layer { name: "dw" type: "Convolution" bottom: "conv" top: "dw"
-        convolution_param { num_output: 8 group: 8 kernel_size: 3 pad: 1 stride: 2 } }
-layer { name: "dw_bn" type: "BatchNorm" bottom: "dw" top: "dw_bn" }
-layer { name: "dw_scale" type: "Scale" bottom: "dw_bn" top: "dw_bn" }
-layer { name: "dw2" type: "Convolution" bottom: "dw_bn" top: "dw2"
-        convolution_param { num_output: 8 group: 8 kernel_size: 3 pad: 1 } }
-layer { name: "bn2" type: "BatchNorm" bottom: "dw2" top: "bn2" }
-layer { name: "s2" type: "Scale" bottom: "bn2" top: "s2" scale_param { bias_term: true } }
-layer { name: "r2" type: "ReLU" bottom: "s2" top: "r2" }
-layer { name: "pool" type: "Pooling" bottom: "r2" top: "pool"
-        pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
-layer { name: "pool_wide" type: "Pooling" bottom: "conv" top: "pool_wide"
-        pooling_param { pool: MAX kernel_size: 3 stride: 1 } }
-layer { name: "ave" type: "Pooling" bottom: "r2" top: "ave"
-        pooling_param { pool: AVE kernel_size: 3 stride: 1 pad: 1 } }
-layer { name: "loss" type: "EuclideanLoss" bottom: "pool" bottom: "target" top: "loss" }
-"""
-
-
-def warm_up():
-    """Compile (or load from the cache) the kernels the layers use, by running a small net
-    through forward and backward; returns False without numba.  The first compile on a
-    machine takes a few seconds per kernel (about 15 s for MobileNet's); later runs load the
-    cache in well under a second."""
-    if kernels() is None:
         return False
-    import numpy as np
-    from ..net import Net
-    from ..proto import caffe_pb2
-    net = Net(_WARM_UP_NET, caffe_pb2.TRAIN)
-    rng = np.random.default_rng(0)
-    for name in ("data", "target"):
-        b = net.blobs[name]
-        b.data[...] = rng.standard_normal(b.shape)
-    net.forward_backward()
-    # the layers one by one too (BatchNorm, Scale and ReLU outside a fused group)
-    for i, layer in enumerate(net.layers):
-        layer.forward(net.bottom_vecs[i], net.top_vecs[i])
-    for i in range(len(net.layers) - 1, -1, -1):
-        if net.layer_need_backward[i]:
-            net.layers[i].backward(net.top_vecs[i], net.bottom_need_backward[i],
-                                   net.bottom_vecs[i])
-    # the SGD solver's update (argument types as solvers/sgd.py passes them)
-    f32 = np.float32
-    mask = np.ones(4, f32)
-    mask.flags.writeable = False
-    for m in (mask, mask[:0]):
-        kernels().sgd_update(np.ones(4, f32), np.ones(4, f32), np.zeros(4, f32), m, f32(0.1),
-                             False, f32(0.01), f32(0.9), 0, 4)
-    return True
+    if _numba is None:
+        try:
+            import numba  # noqa: F401
+            _numba = True
+        except ImportError:
+            _numba = False
+    return _numba
+
+
+def kernels(family):
+    """The compiled kernels of `family` (depthwise, im2col, pooling, batchnorm, scale, neuron,
+    sparse, sgd): a module, or None without numba or with CAFFE_LITE_JIT=0."""
+    if not available():
+        return None
+    module = _families.get(family)
+    if module is None and family not in _families:
+        name = _LOCATIONS.get(family, f".numba.{family}")
+        try:
+            module = importlib.import_module(name, __package__)
+        except ImportError:
+            module = None
+        else:
+            _check_shared_cache(module)
+        _families[family] = module
+    return module
+
+
+def _dispatchers(module):
+    from numba.core.registry import CPUDispatcher
+    return [v for v in vars(module).values()
+            if isinstance(v, CPUDispatcher) and v.__module__ == module.__name__]
+
+
+def _check_shared_cache(module):
+    """Drop `module`'s cached kernels when _planes.py changed since they were cached."""
+    try:
+        digest = hashlib.sha256(_SHARED.read_bytes()).hexdigest()
+    except OSError:
+        return
+    caches = [d._cache for d in _dispatchers(module) if hasattr(d._cache, "_cache_path")]
+    if not caches:
+        return
+    stamp = pathlib.Path(caches[0]._cache_path) / (module.__name__.rsplit(".", 1)[-1]
+                                                    + ".planes-sha256")
+    try:
+        if stamp.read_text() == digest:
+            return
+    except OSError:
+        pass
+    for cache in caches:
+        try:
+            cache.flush()
+        except Exception:  # noqa: BLE001  (an unwritable cache: nothing is saved there)
+            pass
+    try:
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(digest)
+    except OSError:
+        pass  # a read-only cache: numba does not write there either

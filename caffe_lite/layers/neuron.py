@@ -12,7 +12,7 @@ from ..fillers import filler_param
 from ..proto import caffe_pb2
 from . import jit
 from .base import NeuronLayer
-from .parallel import run_flat
+from .parallel import MIN_PARALLEL_ELEMENTS, prepare_blocks, prepare_flat, run_flat
 from .registry import register
 
 F32 = np.float32
@@ -54,7 +54,15 @@ class _KeepsInput(NeuronLayer):
         self._x = None
         return x
 
+    def keeps_input(self, bottom, top):
+        """Whether forward must keep a copy of x: in place, when backward reads x and runs."""
+        return top[0] is bottom[0] and self.copy_needed_in_place() and self.backward_needed
+
     def backward_input(self, bottom):
+        if self._x is False:
+            raise self.error("ran forward in place without keeping its input (its net "
+                             "needs no backward here), so it has none to compute a gradient "
+                             "from")
         return bottom[0].cpu_data if self._x is None else self._x
 
 
@@ -95,21 +103,36 @@ class ReLULayer(_KeepsInput):
         # With slope >= 0, y > 0 exactly where x > 0: backward may read y for x.
         return self.negative_slope < 0
 
+    def prepare_cpu(self, bottom, top):
+        if self.negative_slope != 0:
+            return None
+        xf, yf = bottom[0].cpu_data.reshape(-1), top[0].data.reshape(-1)
+        if xf.size < MIN_PARALLEL_ELEMENTS:
+            def run():
+                self._x = None
+                np.maximum(xf, F32(0), out=yf)
+            return run
+        fill = prepare_flat(xf.size, lambda a, b: np.maximum(xf[a:b], F32(0), out=yf[a:b]))
+
+        def run_split():
+            self._x = None
+            fill()
+        return run_split
+
     def forward_cpu(self, bottom, top):
+        run = self.prepare_cpu(bottom, top)
+        if run is not None:
+            return run()
         x = self.forward_input(bottom, top)
         y = top[0].data
-        if self.negative_slope == 0:
-            xf, yf = x.reshape(-1), y.reshape(-1)
-            run_flat(xf.size, lambda a, b: np.maximum(xf[a:b], F32(0), out=yf[a:b]))
-        else:
-            _leaky(x, self.negative_slope, y, self._tmp.view(x.shape))
+        _leaky(x, self.negative_slope, y, self._tmp.view(x.shape))
 
     def backward_cpu(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
         x = self.backward_input(bottom)
         dy, dx = top[0].cpu_diff, bottom[0].diff
-        k = jit.kernels()
+        k = jit.kernels("neuron")
         if k is not None and self.negative_slope == 0:
             xf, dyf, dxf = x.reshape(-1), dy.reshape(-1), dx.reshape(-1)
             in_place = top[0] is bottom[0]
@@ -167,7 +190,41 @@ class PReLULayer(_KeepsInput):
         a = a.reshape(()) if self.channel_shared else a.reshape(c, 1)
         return shape3, a
 
+    def prepare_cpu(self, bottom, top):
+        k = jit.kernels("neuron")
+        if k is None:
+            return None
+        shape3, _ = self._views(bottom[0].shape)
+        x3 = bottom[0].cpu_data.reshape(shape3)
+        y3 = top[0].data.reshape(shape3)
+        in_place = top[0] is bottom[0]
+        keep = self._saved.view(shape3) if self.keeps_input(bottom, top) else y3
+        has_keep = keep is not y3
+        if not in_place:
+            # the kernel works in place on y: y starts as a copy of x
+            copy = prepare_flat(y3.size, lambda a, b: np.copyto(y3.reshape(-1)[a:b],
+                                                                 x3.reshape(-1)[a:b]))
+        c = shape3[1]
+        ones, zeros = np.ones(c, F32), np.zeros(c, F32)
+        slope = np.empty(c, F32)
+        blob = self.blobs[0]
+        act = prepare_blocks(shape3[0] * c, shape3[2], lambda a, b, slot: k.affine_act(
+            y3, ones, zeros, 2, slope, keep, has_keep, a, b))
+
+        def run():
+            slope[...] = blob.cpu_data.reshape(-1)   # one value (shared) or one per channel
+            if not in_place:
+                copy()
+                self._x = None
+            else:
+                self._x = keep if has_keep else False
+            act()
+        return run
+
     def forward_cpu(self, bottom, top):
+        run = self.prepare_cpu(bottom, top)
+        if run is not None:
+            return run()
         x = self.forward_input(bottom, top)
         shape3, a = self._views(x.shape)
         x3 = x.reshape(shape3)

@@ -123,7 +123,7 @@ class BatchNormLayer(NeuronLayer):
     def forward_cpu(self, bottom, top):
         x = self._view3(bottom[0].cpu_data)
         y = self._view3(top[0].data)  # may be the same memory as x (in place)
-        k = jit.kernels()
+        k = jit.kernels("batchnorm")
         if k is not None:
             return self._forward_jit(k, x, y)
         if self.use_global_stats:
@@ -150,7 +150,7 @@ class BatchNormLayer(NeuronLayer):
         if self.use_global_stats:
             np.divide(dy, std, out=dx)
             return
-        k = jit.kernels()
+        k = jit.kernels("batchnorm")
         if k is not None:
             y = self._view3(self._xnorm)
             in_place = same_memory(dy, dx)

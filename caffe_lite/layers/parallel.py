@@ -15,6 +15,8 @@ import threading
 
 import numpy as np
 
+from ..util import env
+
 # Handing work to the pool and waiting for it costs 20-50 us (more on a virtual machine whose
 # idle CPU has to wake up), so work is only split when each piece is worth several times that:
 # elementwise work of at least this many elements per thread,
@@ -22,18 +24,58 @@ MIN_PARALLEL_ELEMENTS = 1 << 17
 # matrix products of at least this many multiply-adds,
 MIN_PARALLEL_MACS = 1 << 22
 # and compiled kernels (run_blocks with block_elements=None) on at least this many elements.
-MIN_PARALLEL_KERNEL_ELEMENTS = 1 << 16
+MIN_PARALLEL_KERNEL_ELEMENTS = 1 << 18
 
 
 def num_threads():
-    """Threads used by the layers: CAFFE_LITE_NUM_THREADS, else the usable CPUs."""
-    env = os.environ.get("CAFFE_LITE_NUM_THREADS")
-    if env:
-        return max(1, int(env))
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    """Threads used by the layers: CAFFE_LITE_NUM_THREADS, else the usable CPUs (read once
+    per pass inside a `cpu_pass`)."""
+    if _pass_threads:
+        return _pass_threads
+    value = env.get("CAFFE_LITE_NUM_THREADS")
+    if value:
+        return max(1, int(value))
+    return _usable_cpus()
+
+
+_cpus = None
+
+
+def _usable_cpus():
+    global _cpus
+    if _cpus is None:
+        try:
+            _cpus = max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not on Linux
+            _cpus = max(1, os.cpu_count() or 1)
+    return _cpus
+
+
+_pass_threads = 0   # num_threads() while a cpu_pass is open, else 0
+_pass_blas = None   # the single_threaded_blas context of the open pass
+
+
+class cpu_pass:
+    """Context around a whole forward or backward pass of a Net on the CPU: the thread count
+    is read once and BLAS is held at one thread once, not around each product.  Nested
+    passes (a Net inside a Python layer) reuse the outer one's settings."""
+    __slots__ = ("outer",)
+
+    def __enter__(self):
+        global _pass_threads, _pass_blas
+        self.outer = _pass_threads
+        if not self.outer:
+            threads = num_threads()
+            _pass_blas = single_threaded_blas().__enter__()
+            _pass_threads = threads
+        return self
+
+    def __exit__(self, *exc):
+        global _pass_threads, _pass_blas
+        if not self.outer:
+            _pass_threads = 0
+            blas, _pass_blas = _pass_blas, None
+            blas.__exit__(*exc)
 
 
 class _Worker:
@@ -144,6 +186,50 @@ def run_blocks(rows, row_elements, fn, block_elements=1 << 17):
     run_tasks([lambda s=s: work(s) for s in range(threads)])
 
 
+def prepare_blocks(rows, row_elements, fn, block_elements=None):
+    """A callable doing what run_blocks(rows, row_elements, fn, block_elements) does, with
+    the split worked out now (for a prepared step, Layer.prepare_cpu)."""
+    if rows <= 0:
+        return _nothing
+    threads = num_threads()
+    if block_elements is None:
+        if rows * row_elements < MIN_PARALLEL_KERNEL_ELEMENTS:
+            threads = 1
+        per_block = -(-rows // threads)
+    else:
+        per_block = max(1, min(-(-rows // threads), block_elements // max(1, row_elements)))
+    blocks = [(r, min(r + per_block, rows)) for r in range(0, rows, per_block)]
+    threads = min(threads, len(blocks))
+    if threads == 1:
+        if len(blocks) == 1:
+            return lambda: fn(0, rows, 0)
+
+        def serial():
+            for a, b in blocks:
+                fn(a, b, 0)
+        return serial
+
+    def work(slot):
+        for a, b in blocks[slot::threads]:
+            fn(a, b, slot)
+    tasks = [lambda s=s: work(s) for s in range(threads)]
+    return lambda: run_tasks(tasks)
+
+
+def prepare_flat(count, fn):
+    """A callable doing what run_flat(count, fn) does, the split worked out now."""
+    threads = min(num_threads(), max(1, count // MIN_PARALLEL_ELEMENTS))
+    if threads <= 1:
+        return (lambda: fn(0, count)) if count > 0 else _nothing
+    step = -(-count // threads)
+    tasks = [lambda a=a: fn(a, min(a + step, count)) for a in range(0, count, step)]
+    return lambda: run_tasks(tasks)
+
+
+def _nothing():
+    pass
+
+
 def run_flat(count, fn):
     """fn(start, stop) over a split of range(count) into one contiguous piece per thread (one
     piece when count is small)."""
@@ -173,21 +259,47 @@ def _blas_libraries():
     return _blas
 
 
+_switches = None
+
+
+def _blas_switches():
+    """(get, set) of each BLAS library's thread count.  For OpenBLAS with its own threads the
+    library's functions are called directly (0.1 us, against about 1 us through
+    threadpoolctl's controller: this runs twice per forward pass)."""
+    global _switches
+    if _switches is None:
+        switches = []
+        for lib in _blas_libraries():
+            get = set_ = None
+            if type(lib).__name__ == "OpenBLASController" and \
+                    getattr(lib, "threading_layer", "") != "openmp":
+                try:
+                    get = lib._get_symbol("openblas_get_num_threads")
+                    set_ = lib._get_symbol("openblas_set_num_threads")
+                except Exception:  # noqa: BLE001  (another threadpoolctl: its methods)
+                    get = set_ = None
+            if get is None or set_ is None:
+                get, set_ = lib.get_num_threads, lib.set_num_threads
+            switches.append((get, set_))
+        _switches = switches
+    return _switches
+
+
 class single_threaded_blas:
     """Context: BLAS runs on one thread inside, as before outside."""
 
     def __enter__(self):
         self.saved = []
-        for lib in _blas_libraries():
-            n = lib.get_num_threads()
+        for get, set_ in _blas_switches():
+            n = get()
             if n != 1:
-                lib.set_num_threads(1)
-                self.saved.append((lib, n))
+                set_(1)
+                self.saved.append((set_, n))
         return self
 
     def __exit__(self, *exc):
-        for lib, n in self.saved:
-            lib.set_num_threads(n)
+        for set_, n in self.saved:
+            set_(n)
 
 
 def _split_axis(a, b, out, threads):
@@ -215,30 +327,37 @@ def _split_axis(a, b, out, threads):
 def matmul(a, b, out):
     """np.matmul(a, b, out=out), split over the pool along the rows, columns or leading
     (batch) axis of `out` (see _split_axis); one single-threaded BLAS call per piece."""
+    if _pass_blas is not None:
+        prepare_matmul(a, b, out)()
+    else:
+        with single_threaded_blas():
+            prepare_matmul(a, b, out)()
+    return out
+
+
+def prepare_matmul(a, b, out):
+    """A callable computing np.matmul(a, b, out=out) as `matmul` splits it, the split worked
+    out now; it expects BLAS on one thread (a cpu_pass)."""
     threads = num_threads()
     k = a.shape[-1]
     macs = out.size * k
     if threads == 1 or macs < MIN_PARALLEL_MACS or not _blas_libraries():
-        with single_threaded_blas():
-            np.matmul(a, b, out=out)
-        return out
+        return lambda: np.matmul(a, b, out=out)
     axis, size = _split_axis(a, b, out, threads)
     step = -(-size // threads)
     if axis == -2 and size > step:
         step = -(-step // 8) * 8  # row blocks in multiples of 8 (BLAS kernels' granularity)
 
     def piece(lo, hi):
+        """(a, b, out) views of one piece."""
         sl = slice(lo, hi)
         if axis == -2:
-            aa = a[..., sl, :] if a.ndim >= 2 else a
-            np.matmul(aa, b, out=out[..., sl, :])
-        elif axis == -1:
-            np.matmul(a, b[..., sl], out=out[..., sl])
-        else:
-            aa = a[sl] if a.ndim == out.ndim and a.shape[0] == out.shape[0] else a
-            bb = b[sl] if b.ndim == out.ndim and b.shape[0] == out.shape[0] else b
-            np.matmul(aa, bb, out=out[sl])
-    with single_threaded_blas():
-        run_tasks([lambda lo=lo: piece(lo, min(lo + step, size))
-                   for lo in range(0, size, step)])
-    return out
+            return (a[..., sl, :] if a.ndim >= 2 else a), b, out[..., sl, :]
+        if axis == -1:
+            return a, b[..., sl], out[..., sl]
+        aa = a[sl] if a.ndim == out.ndim and a.shape[0] == out.shape[0] else a
+        bb = b[sl] if b.ndim == out.ndim and b.shape[0] == out.shape[0] else b
+        return aa, bb, out[sl]
+    pieces = [piece(lo, min(lo + step, size)) for lo in range(0, size, step)]
+    tasks = [lambda p=p: np.matmul(p[0], p[1], out=p[2]) for p in pieces]
+    return lambda: run_tasks(tasks)

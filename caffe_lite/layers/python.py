@@ -161,6 +161,7 @@ def load_layer_class(module_name, class_name, layer):
 @register("Python")
 class PythonLayer(_BaseLayer):
     """Runs a user's Python layer object (`self.python`); see the module docstring."""
+    reshape_each_forward = True  # pycaffe calls the user's reshape before every forward
 
     def __init__(self, layer_param):
         super().__init__(layer_param)

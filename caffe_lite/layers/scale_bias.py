@@ -184,7 +184,7 @@ class ScaleLayer(Layer):
 
     def _jit(self):
         """The compiled kernels, when they apply (the bias, if any, lines up with the scale)."""
-        k = jit.kernels()
+        k = jit.kernels("scale")
         if k is None or (self.bias is not None and self.bias.dims != self.dims):
             return None
         return k

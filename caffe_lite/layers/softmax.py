@@ -8,7 +8,9 @@ import numpy as np
 from ..blob import Blob
 from ..errors import CaffeLiteError
 from ..proto import caffe_pb2
+from . import jit
 from .base import Layer, LossLayer
+from .parallel import prepare_blocks
 from .loss import get_normalizer, labels_as_int, normalization_mode
 from .registry import register
 
@@ -41,7 +43,19 @@ class SoftmaxLayer(Layer):
     def _view(self, array):
         return array.reshape(self.outer, self.channels, self.inner)
 
+    def prepare_cpu(self, bottom, top):
+        k = jit.kernels("softmax")
+        if k is None:
+            return None
+        x = self._view(bottom[0].cpu_data)
+        y = self._view(top[0].data)      # may be the same memory as x (in place)
+        return prepare_blocks(self.outer, self.channels * self.inner,
+                              lambda a, b, slot: k.softmax_forward(x, y, a, b))
+
     def forward_cpu(self, bottom, top):
+        run = self.prepare_cpu(bottom, top)
+        if run is not None:
+            return run()
         x = self._view(bottom[0].cpu_data)
         y = self._view(top[0].data)      # may be the same memory as x (in place)
         s = self._scale

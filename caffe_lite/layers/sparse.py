@@ -24,13 +24,13 @@ change of its weight, in the phases where "auto" looks at it.
 A NaN or infinite input that meets a zero weight gives NaN on the dense path (0 x inf) and is
 skipped on the sparse one; otherwise outputs equal the dense path's to float32 rounding."""
 import math
-import os
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..compression.sparse import CSRMatrix, check_mode
 from ..proto import caffe_pb2
+from ..util import env
 from . import jit
 from .im2col import Scratch
 from .parallel import MIN_PARALLEL_MACS, num_threads, run_tasks
@@ -60,8 +60,14 @@ def break_even(kind, columns):
 
 def default_mode():
     """The mode of layers not configured otherwise: CAFFE_LITE_SPARSE, else "auto"."""
-    return check_mode(os.environ.get("CAFFE_LITE_SPARSE") or "auto",
-                      "CAFFE_LITE_SPARSE") or "auto"
+    value = env.get("CAFFE_LITE_SPARSE") or "auto"
+    mode = _checked_modes.get(value)
+    if mode is None:
+        mode = _checked_modes[value] = check_mode(value, "CAFFE_LITE_SPARSE") or "auto"
+    return mode
+
+
+_checked_modes = {}
 
 
 class SparsePath:
@@ -87,6 +93,7 @@ class SparsePath:
         self._version = None
         self._density = None
         self._csr = None
+        self._choice_key = self._choice = None
 
     # --- the weight's sparse copy --------------------------------------------------------
     def _refresh(self):
@@ -121,8 +128,19 @@ class SparsePath:
         return layer.phase != caffe_pb2.TEST and any(layer.param_propagate_down)
 
     def choose(self, columns, gpu=False):
-        """The CSR weight to run this forward on, or None for the dense path."""
+        """The CSR weight to run this forward on, or None for the dense path (decided again
+        when the mode, the column count, the device, the weight's data or CAFFE_LITE_JIT
+        changed since the last call)."""
         mode = self.mode or default_mode()
+        key = (mode, columns, gpu, self.layer.blobs[0].data_version, jit.enabled(),
+               any(self.layer.param_propagate_down))
+        if key == self._choice_key:
+            return self._choice
+        csr = self._decide(mode, columns, gpu)
+        self._choice_key, self._choice = key, csr
+        return csr
+
+    def _decide(self, mode, columns, gpu):
         csr, why = None, None
         if mode == "dense":
             why = ("mode dense",)

@@ -19,7 +19,7 @@ class SGDSolver(Solver):
         np.copyto(g, h)
 
     def fused_update(self, i, rate):
-        """Decay, mask, momentum and data -= step in one pass (layers/_jit_kernels.py
+        """Decay, mask, momentum and data -= step in one pass (solvers/numba_sgd.py
         sgd_update), with the float32 roundings of the steps above."""
         from ..layers import jit
         from ..layers.parallel import run_flat
@@ -30,7 +30,7 @@ class SGDSolver(Solver):
         decay = np.float32(p.weight_decay * self.net.params_weight_decay[i])
         if decay and p.regularization_type not in ("L1", "L2"):
             return False  # apply_update reports the unknown type
-        k = jit.kernels()
+        k = jit.kernels("sgd")
         l1 = p.regularization_type == "L1"
         lr = self.local_rate(i, rate)
         m = np.float32(p.momentum)

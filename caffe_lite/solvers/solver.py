@@ -290,7 +290,7 @@ class Solver:
         from ..backend import state as mode
         from ..layers import jit
         return (type(self).fused_update is not Solver.fused_update
-                and mode.mode() == mode.CPU and jit.kernels() is not None)
+                and mode.mode() == mode.CPU and jit.kernels("sgd") is not None)
 
     def fused_update(self, i, rate):
         """Regularise, mask, compute the step and apply it to param i in one pass; return

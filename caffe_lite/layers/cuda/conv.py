@@ -27,6 +27,7 @@ import numpy as np
 
 from ...backend import cublas, ops
 from ..base import gpu_impl
+from ..conv import select_engine
 from .common import I32, data, diff, elementwise, mdata, mdiff, state
 from .depthwise import DepthwiseGpu
 
@@ -39,11 +40,6 @@ def _scratch(name, n):
     partial gradients live only within one call, and calls run one after another on the
     stream, so one buffer of each kind (the largest any layer needs) serves the whole net."""
     return ops.scratch(name, n)[1]
-
-
-def _pad3(values, fill):
-    values = tuple(values)
-    return (fill,) * (3 - len(values)) + values
 
 
 class GemmGpu:
@@ -59,8 +55,8 @@ class GemmGpu:
         self.out_count = int(np.prod(out_spatial, dtype=np.int64))
         self.K = g.kernel_count
         # (D, H, W, KD, KH, KW, PD, PH, PW, SD, SH, SW, DD, DH, DW, OD, OH, OW), as the kernels take them
-        self.geometry = (_pad3(in_spatial, 1) + _pad3(g.kernel, 1) + _pad3(g.pad, 0)
-                         + _pad3(g.stride, 1) + _pad3(g.dilation, 1) + _pad3(out_spatial, 1))
+        self.geometry = g.pack("input", "kernel", "pad", "stride", "dilation", "output", axes=3,
+                               input=in_spatial, output=out_spatial)
         rows = self.conv_in * self.K * self.out_count + self.conv_out * self.out_count
         self.chunk = max(1, min(num, COL_BUFFER_FLOATS // max(1, rows)))
 
@@ -256,9 +252,7 @@ def _engine(layer):
     key = (layer.num, in_sp, out_sp)
     eng = getattr(st, "engine", None)
     if eng is None:
-        # backward_filter's grid has one row of blocks per output channel (at most 65535)
-        depthwise = (layer.group == layer.conv_in and layer.num_spatial_axes <= 2
-                     and layer.conv_out <= 65535)
+        depthwise = select_engine(layer, "gpu") == "depthwise"
         eng = st.engine = (DepthwiseGpu if depthwise else GemmGpu)(layer, st)
         st.engine_key = None
     if st.engine_key != key:
@@ -270,59 +264,81 @@ def _engine(layer):
 MAX_SPATIAL_AXES = 3  # the kernels' geometry; more spatial axes run the CPU code
 
 
+class _GpuOps:
+    """The GPU's elementwise pieces of BaseConvolution.forward_one / backward_one (on device
+    addresses; a bias of None is none)."""
+
+    @staticmethod
+    def set_bias(layer, bias, y):
+        n = layer.num * layer.num_output * _spatial(layer)
+        if bias is not None:
+            elementwise("conv", "set_bias", "iiiPP", n, I32(layer.num_output),
+                        I32(_spatial(layer)), bias, y)
+        else:
+            ops.fill(n, 0.0, y)
+
+    @staticmethod
+    def add_bias(layer, bias, y):
+        add_bias(layer.num, layer.num_output, _spatial(layer), bias, y)
+
+    @staticmethod
+    def bias_gradient(layer, dy, db):
+        ops.channel_sum(layer.num, layer.num_output, _spatial(layer), dy, db, beta=1.0)
+
+    @staticmethod
+    def zero(layer, dx):
+        ops.fill(int(np.prod(layer.bottom_shape, dtype=np.int64)), 0.0, dx)
+
+
+_GPU_OPS = _GpuOps()
+
+
+def _spatial(layer):
+    return int(np.prod(layer.top_shape[2:], dtype=np.int64))
+
+
+class _Engine:
+    """The engine as BaseConvolution's loop calls it: a bias of None is the kernels' 0."""
+
+    def __init__(self, eng):
+        self.eng = eng
+
+    def forward(self, x, w, b, y):
+        self.eng.forward(x, w, 0 if b is None else b, y)
+
+    def backward_data(self, dy, w, dx):
+        self.eng.backward_data(dy, w, dx)
+
+    def backward_weight(self, x, dy, dw):
+        self.eng.backward_weight(x, dy, dw)
+
+
 @gpu_impl("Convolution", "Deconvolution", "DepthwiseConvolution", "ConvolutionDepthwise")
 class Convolution:
+    """BaseConvolution's bottom / top loop (forward_one, backward_one) on device addresses."""
+
     @staticmethod
     def forward(layer, bottom, top):
         if layer.num_spatial_axes > MAX_SPATIAL_AXES:
             layer.forward_cpu(bottom, top)
             return
-        eng = _engine(layer)
+        eng = _Engine(_engine(layer))
         w = data(layer.blobs[0])
-        b = data(layer.blobs[1]) if layer.bias_term else 0
-        spatial = int(np.prod(layer.top_shape[2:], dtype=np.int64))
+        b = data(layer.blobs[1]) if layer.bias_term else None
         for bb, t in zip(bottom, top):
-            x, y = data(bb), mdata(t)
-            if layer.empty:
-                n = t.count
-                if b:
-                    elementwise("conv", "set_bias", "iiiPP", n, I32(layer.num_output),
-                                I32(spatial), b, y)
-                else:
-                    ops.fill(n, 0.0, y)
-            elif layer.reverse_dimensions:
-                eng.backward_data(x, w, y)
-                if b:
-                    add_bias(layer.num, layer.num_output, spatial, b, y)
-            else:
-                eng.forward(x, w, b, y)
+            layer.forward_one(eng, _GPU_OPS, data(bb), w, b, mdata(t))
 
     @staticmethod
     def backward(layer, top, propagate_down, bottom):
         if layer.num_spatial_axes > MAX_SPATIAL_AXES:
             layer.backward_cpu(top, propagate_down, bottom)
             return
-        eng = _engine(layer)
+        eng = _Engine(_engine(layer))
         w = data(layer.blobs[0])
-        spatial = int(np.prod(layer.top_shape[2:], dtype=np.int64))
+        want_w = layer.param_propagate_down[0]
+        want_b = layer.bias_term and layer.param_propagate_down[1]
         for i, (t, bb) in enumerate(zip(top, bottom)):
-            dy = diff(t)
-            if layer.bias_term and layer.param_propagate_down[1]:
-                ops.channel_sum(layer.num, layer.num_output, spatial, dy,
-                                mdiff(layer.blobs[1]), beta=1.0)
-            if layer.empty:
-                if propagate_down[i]:
-                    ops.fill(bb.count, 0.0, mdiff(bb))
-                continue
-            if layer.param_propagate_down[0]:
-                x, dw = data(bb), mdiff(layer.blobs[0])
-                if layer.reverse_dimensions:
-                    eng.backward_weight(dy, x, dw)
-                else:
-                    eng.backward_weight(x, dy, dw)
-            if propagate_down[i]:
-                dx = mdiff(bb)
-                if layer.reverse_dimensions:
-                    eng.forward(dy, w, 0, dx)
-                else:
-                    eng.backward_data(dy, w, dx)
+            layer.backward_one(eng, _GPU_OPS, data(bb) if want_w else None, diff(t), w,
+                               mdiff(bb) if propagate_down[i] else None,
+                               mdiff(layer.blobs[0]) if want_w else None,
+                               mdiff(layer.blobs[1]) if want_b else None)

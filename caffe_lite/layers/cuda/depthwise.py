@@ -124,11 +124,6 @@ def tiled_name(g):
     return TILED.get((g["KH"], g["KW"], g["SH"], g["SW"]))
 
 
-def _pad2(values, fill):
-    values = tuple(values)
-    return (fill,) * (2 - len(values)) + values
-
-
 class DepthwiseGpu:
     """The conv engine interface (forward / backward_data / backward_weight on device
     addresses; see cuda/conv.py) for group == input channels."""
@@ -141,9 +136,9 @@ class DepthwiseGpu:
 
     def reshape(self, num, in_spatial, out_spatial):
         g = self.geom
-        (H, W), (OH, OW) = _pad2(in_spatial, 1), _pad2(out_spatial, 1)
-        (KH, KW), (SH, SW) = _pad2(g.kernel, 1), _pad2(g.stride, 1)
-        (PH, PW), (DH, DW) = _pad2(g.pad, 0), _pad2(g.dilation, 1)
+        H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW = g.pack(
+            "input", "output", "kernel", "stride", "pad", "dilation", axes=2, input=in_spatial,
+            output=out_spatial)
         C, Mu = self.channels, self.multiplier
         self.num, self.W, self.OW = num, W, OW
         self.geometry = dict(N=num, C=C, M=Mu, H=H, W=W, OH=OH, OW=OW, KH=KH, KW=KW, SH=SH,

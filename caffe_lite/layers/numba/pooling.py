@@ -1,0 +1,227 @@
+"""numba kernels of Pooling, 2-D (layers/pooling.py).  Importing this module needs numba.
+
+x rows (R, H, W), outputs (R, OH, OW); g = (kh, kw, sh, sw, ph, pw).  Taps are numbered
+i * kw + j over the kernel window, in Caffe's (row-major) order.  Flat form, as the depthwise
+weight sums: a plane in a phase-split buffer (bordered with -inf for MAX, 0 for AVE), every
+tap one unit-stride run over all outputs of the plane.  A window clipped to the input (Caffe's
+loops) is the same as the bordered window: the border never wins a max and adds nothing to a
+sum."""
+import numpy as np
+from numba import njit
+
+from ._planes import _fill_split, _tap_bases
+
+
+@njit(nogil=True, cache=True, boundscheck=False)
+def _pool_buffer_shape(h, w, oh_n, ow_n, kh, kw, sh, sw, ph, pw):
+    hq = max(oh_n + (kh - 1) // sh + 1, (ph + h + sh - 1) // sh)
+    wq = max(ow_n + (kw - 1) // sw, (pw + w + sw - 1) // sw)
+    return hq, wq
+
+
+@njit(nogil=True, cache=True, boundscheck=False)
+def _max_pool_2x2(x, y, choice, none, r0, r1):
+    """max_pool_forward for 2x2 windows at stride 2 tiling the plane exactly (LeNet's, VGG's):
+    four fixed taps per output, branch-free after if-conversion, so the row loop vectorises."""
+    lowest = -np.finfo(np.float32).max
+    oh_n, ow_n = y.shape[1], y.shape[2]
+    for r in range(r0, r1):
+        for oh in range(oh_n):
+            a = x[r, 2 * oh]
+            b = x[r, 2 * oh + 1]
+            yr = y[r, oh]
+            cr = choice[r, oh]
+            for ow in range(ow_n):
+                best = lowest
+                t = none
+                v = a[2 * ow]
+                if v > best:
+                    best, t = v, 0
+                v = a[2 * ow + 1]
+                if v > best:
+                    best, t = v, 1
+                v = b[2 * ow]
+                if v > best:
+                    best, t = v, 2
+                v = b[2 * ow + 1]
+                if v > best:
+                    best, t = v, 3
+                yr[ow] = best
+                cr[ow] = t
+
+
+@njit(nogil=True, cache=True, boundscheck=False)
+def max_pool_forward(x, y, choice, g, none, r0, r1):
+    """y = the first maximum in row-major order over each window (strict '>' from -FLT_MAX,
+    so NaN and -inf never win); choice = its tap, `none` if none."""
+    kh, kw, sh, sw, ph, pw = g
+    h, w = x.shape[1], x.shape[2]
+    oh_n, ow_n = y.shape[1], y.shape[2]
+    if (kh == kw == sh == sw == 2 and ph == pw == 0 and h == 2 * oh_n and w == 2 * ow_n):
+        _max_pool_2x2(x, y, choice, none, r0, r1)
+        return
+    if ow_n < 8:  # tiny planes: window by window (the flat form's setup would dominate)
+        lowest = -np.finfo(np.float32).max
+        for r in range(r0, r1):
+            plane = x[r]
+            for oh in range(oh_n):
+                hs = oh * sh - ph
+                i0, i1 = max(0, -hs), min(kh, h - hs)
+                yr = y[r, oh]
+                cr = choice[r, oh]
+                for ow in range(ow_n):
+                    ws = ow * sw - pw
+                    j0, j1 = max(0, -ws), min(kw, w - ws)
+                    best = lowest
+                    t_best = none
+                    for i in range(i0, i1):
+                        row = plane[hs + i]
+                        for j in range(j0, j1):
+                            v = row[ws + j]
+                            if v > best:
+                                best = v
+                                t_best = i * kw + j
+                    yr[ow] = best
+                    cr[ow] = t_best
+        return
+    hq, wq = _pool_buffer_shape(h, w, oh_n, ow_n, kh, kw, sh, sw, ph, pw)
+    buf = np.full((sh, sw, hq, wq), -np.inf, np.float32)
+    bflat = buf.reshape(-1)
+    bases = _tap_bases(kh, kw, sh, sw, 1, 1, hq, wq)
+    n = oh_n * wq
+    best = np.empty(n, np.float32)
+    tap = np.empty(n, np.int32)
+    lowest = -np.finfo(np.float32).max
+    for r in range(r0, r1):
+        _fill_split(buf, x[r], ph, pw)
+        for k in range(n):
+            best[k] = lowest
+            tap[k] = none
+        for t in range(kh * kw):
+            bt = bflat[bases[t]:]
+            for k in range(n):
+                v = bt[k]
+                better = v > best[k]
+                best[k] = v if better else best[k]
+                tap[k] = t if better else tap[k]
+        for oh in range(oh_n):
+            yr = y[r, oh]
+            cr = choice[r, oh]
+            sb = best[oh * wq:]
+            st = tap[oh * wq:]
+            for ow in range(ow_n):
+                yr[ow] = sb[ow]
+                cr[ow] = st[ow]
+
+
+@njit(nogil=True, cache=True, boundscheck=False)
+def max_pool_backward(dy, choice, dx, g, none, r0, r1):
+    """dx = 0, plus each output's gradient at the input its window chose (a scatter, output
+    by output: cheaper than the flat form for the small planes pooling sees)."""
+    kh, kw, sh, sw, ph, pw = g
+    oh_n, ow_n = dy.shape[1], dy.shape[2]
+    for r in range(r0, r1):
+        out = dx[r]
+        out[:, :] = 0
+        for oh in range(oh_n):
+            dr = dy[r, oh]
+            cr = choice[r, oh]
+            for ow in range(ow_n):
+                t = cr[ow]
+                if t != none:
+                    out[oh * sh - ph + t // kw, ow * sw - pw + t % kw] += dr[ow]
+
+
+@njit(nogil=True, cache=True, boundscheck=False)
+def ave_pool_forward(x, y, pool_size, g, r0, r1):
+    """y = (sum over the window, taps in row-major order) / pool_size."""
+    kh, kw, sh, sw, ph, pw = g
+    h, w = x.shape[1], x.shape[2]
+    oh_n, ow_n = y.shape[1], y.shape[2]
+    hq, wq = _pool_buffer_shape(h, w, oh_n, ow_n, kh, kw, sh, sw, ph, pw)
+    buf = np.zeros((sh, sw, hq, wq), np.float32)
+    bflat = buf.reshape(-1)
+    bases = _tap_bases(kh, kw, sh, sw, 1, 1, hq, wq)
+    n = oh_n * wq
+    acc = np.empty(n, np.float32)
+    for r in range(r0, r1):
+        _fill_split(buf, x[r], ph, pw)
+        acc[:] = 0
+        for t in range(kh * kw):
+            bt = bflat[bases[t]:]
+            for k in range(n):
+                acc[k] += bt[k]
+        for oh in range(oh_n):
+            yr = y[r, oh]
+            sa = acc[oh * wq:]
+            ps = pool_size[oh]
+            for ow in range(ow_n):
+                yr[ow] = sa[ow] / ps[ow]
+
+
+@njit(nogil=True, cache=True, boundscheck=False)
+def ave_pool_backward(dy, dx, pool_size, g, r0, r1):
+    """dx = the sum, over the windows (clipped to the input) containing each input, of
+    dy / pool_size."""
+    kh, kw, sh, sw, ph, pw = g
+    h, w = dx.shape[1], dx.shape[2]
+    oh_n, ow_n = dy.shape[1], dy.shape[2]
+    for r in range(r0, r1):
+        out = dx[r]
+        out[:, :] = 0
+        for oh in range(oh_n):
+            hs = oh * sh - ph
+            i0, i1 = max(0, -hs), min(kh, h - hs)
+            for ow in range(ow_n):
+                ws = ow * sw - pw
+                j0, j1 = max(0, -ws), min(kw, w - ws)
+                v = dy[r, oh, ow] / pool_size[oh, ow]
+                for i in range(i0, i1):
+                    row = out[hs + i]
+                    for j in range(j0, j1):
+                        row[ws + j] += v
+
+
+
+@njit(nogil=True, cache=True, boundscheck=False)
+def max_pool_channels_last(x, y, choice, g, none, xt, yt, tt, n0, n1):
+    """max_pool_forward on small planes, images [n0, n1) of x (N, C, H, W): each image is
+    turned channels-last (xt (H, W, C)), so that every tap of every window is one unit-stride
+    loop over the channels (yt, tt (OH, OW, C): the maxima and their taps), and back.  Small
+    planes leave the flat form's loops too short to vectorise; a channel loop is as long as
+    the layer is wide.  Same semantics: the first maximum in row-major tap order."""
+    kh, kw, sh, sw, ph, pw = g
+    c_n, h, w = x.shape[1], x.shape[2], x.shape[3]
+    oh_n, ow_n = y.shape[2], y.shape[3]
+    lowest = -np.finfo(np.float32).max
+    for n in range(n0, n1):
+        for c in range(c_n):
+            plane = x[n, c]
+            for i in range(h):
+                for j in range(w):
+                    xt[i, j, c] = plane[i, j]
+        for oh in range(oh_n):
+            hs = oh * sh - ph
+            for ow in range(ow_n):
+                ws = ow * sw - pw
+                best = yt[oh, ow]
+                tap = tt[oh, ow]
+                for c in range(c_n):
+                    best[c] = lowest
+                    tap[c] = none
+                for i in range(max(0, -hs), min(kh, h - hs)):
+                    for j in range(max(0, -ws), min(kw, w - ws)):
+                        src = xt[hs + i, ws + j]
+                        t = i * kw + j
+                        for c in range(c_n):
+                            v = src[c]
+                            better = v > best[c]
+                            best[c] = v if better else best[c]
+                            tap[c] = t if better else tap[c]
+        for c in range(c_n):
+            yp = y[n, c]
+            cp = choice[n, c]
+            for oh in range(oh_n):
+                for ow in range(ow_n):
+                    yp[oh, ow] = yt[oh, ow, c]
+                    cp[oh, ow] = tt[oh, ow, c]

@@ -1,0 +1,96 @@
+"""The Winograd convolution F(4x4, 3x3): a 3x3 stride-1 convolution with about a quarter of
+im2col's multiply-adds (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks").
+
+Every 4x4 output tile comes from a 6x6 input tile; after a transform of the input tiles and of
+the filters, the convolution is 36 independent matrix products (output channels x input
+channels times input channels x tiles), and a transform of the products gives the outputs
+(kernels in layers/numba/winograd.py).  Its float32 results differ from im2col's by rounding
+(relative differences around 1e-6), so GemmEngine uses it only for layers whose backward never
+runs (inference), with the compiled kernels, and where it pays: enough channels for the
+transforms to be amortised (`worth`).  Backward always takes the exact im2col path."""
+import numpy as np
+
+from . import jit
+from .parallel import num_threads, prepare_blocks, prepare_matmul
+
+_F = np.float32
+# G (6x3): the filter transform U = G g G^T
+G = np.array([[1 / 4, 0, 0],
+              [-1 / 6, -1 / 6, -1 / 6],
+              [-1 / 6, 1 / 6, -1 / 6],
+              [1 / 24, 1 / 12, 1 / 6],
+              [1 / 24, -1 / 12, 1 / 6],
+              [0, 0, 1]], np.float64)
+# Where it pays (measured on one core, 2026-12-04, layers of MTCNN, SqueezeNet and GoogLeNet):
+# per tile the products save 108 multiply-adds for each (input, output) channel pair, about
+# 2 ns, while the two transforms cost about 50 ns per tile and channel; so the harmonic-like
+# mean C * O / (C + O) must reach about 24 (32 -> 64 channels: +12 %; 96 -> 128: 1.5x;
+# 16 -> 64: slower), and a product needs some columns (tiles) to run at BLAS speed (512 -> 512
+# channels on 7x7 planes, 4 tiles: twice slower).
+MIN_CHANNEL_RATIO = 24
+MIN_TILES = 16
+
+
+def applies(geom, group, in_spatial):
+    return (len(in_spatial) == 2 and geom.kernel == (3, 3) and geom.stride == (1, 1)
+            and geom.dilation == (1, 1) and group == 1 and max(geom.pad) <= 2)
+
+
+def worth(conv_in, conv_out, num, out_spatial):
+    tiles = num * -(-out_spatial[0] // 4) * -(-out_spatial[1] // 4)
+    return conv_in * conv_out >= MIN_CHANNEL_RATIO * (conv_in + conv_out) and \
+        tiles >= MIN_TILES
+
+
+class Winograd:
+    """One layer's Winograd forward for one input shape."""
+
+    def __init__(self, num, conv_in, conv_out, in_spatial, out_spatial, pad):
+        self.num, self.conv_in, self.conv_out = num, conv_in, conv_out
+        self.in_spatial, self.out_spatial, self.pad = in_spatial, out_spatial, pad
+        oh, ow = out_spatial
+        self.th, self.tw = -(-oh // 4), -(-ow // 4)
+        tiles = num * self.th * self.tw
+        self.v = np.empty((36, conv_in, tiles), _F)
+        self.m = np.empty((36, conv_out, tiles), _F)
+        self.u = np.empty((36, conv_out, conv_in), _F)
+        self._u_key = None
+
+    def _filters(self, w):
+        """U (36, O, C) = G g G^T of each filter, recomputed when the weights change."""
+        g = w.reshape(self.conv_out, self.conv_in, 3, 3).astype(np.float64)
+        u = np.einsum("ik,ockl,jl->ijoc", G, g, G, optimize=True)
+        self.u[...] = u.reshape(36, self.conv_out, self.conv_in)
+
+    def prepare(self, x, w, w_blob_version, y):
+        """A callable computing y (N, O, OH, OW) = conv(x (N, C, H, W), w), bias not added;
+        `w_blob_version()` gives the weight's data version (the filters are transformed again
+        when it changes)."""
+        k = jit.kernels("winograd")
+        th, tw = self.th, self.tw
+        slots = num_threads()
+        ph, pw = self.pad
+        in_bufs = [(np.empty((36, th * tw), _F), np.empty((th * 4 + 2, tw * 4 + 2), _F))
+                   for _ in range(slots)]
+        out_bufs = [(np.empty((24, th * tw), _F), np.empty((th * 4, tw * 4), _F))
+                    for _ in range(slots)]
+        v, m = self.v, self.m
+        transform_in = prepare_blocks(
+            self.num * self.conv_in, 36 * th * tw,
+            lambda a, b, s: k.input_transform(x, v, ph, pw, th, tw, in_bufs[s][0],
+                                              in_bufs[s][1], a, b))
+        product = prepare_matmul(self.u, v, m)
+        transform_out = prepare_blocks(
+            self.num * self.conv_out, 36 * th * tw,
+            lambda a, b, s: k.output_transform(m, y, th, tw, out_bufs[s][0], out_bufs[s][1],
+                                               a, b))
+
+        def run():
+            key = (w_blob_version(), id(w))
+            if key != self._u_key:
+                self._filters(w)
+                self._u_key = key
+            transform_in()
+            product()
+            transform_out()
+        return run
