@@ -33,9 +33,17 @@ def test_gpu_suite_on_the_cpu_emulator():
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(EMU), str(ROOT)] +
                                         ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    # faulthandler_timeout prints every thread's stack when one test runs for minutes, so a
+    # hang fails here with its place named instead of a bare timeout.
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "gpu_emu_plugin",
-           "-m", "gpu", *GPU_TESTS]
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+           "-o", "faulthandler_timeout=240", "-m", "gpu", *GPU_TESTS]
+    try:
+        res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                             stdin=subprocess.DEVNULL, timeout=900)
+    except subprocess.TimeoutExpired as exc:
+        out = (exc.stdout or b"") + (exc.stderr or b"")
+        out = out.decode(errors="replace") if isinstance(out, bytes) else out
+        pytest.fail(f"the emulated GPU suite ran past 900 s:\n{out[-8000:]}")
     tail = (res.stdout + res.stderr)[-6000:]
     assert res.returncode == 0, f"GPU tests failed on the emulator:\n{tail}"
     assert " passed" in res.stdout and " skipped" not in res.stdout.splitlines()[-1], tail

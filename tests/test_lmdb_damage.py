@@ -295,3 +295,29 @@ def test_a_tree_above_verify_pages_gets_the_header_checks_only(db, tmp_path, mon
     os.truncate(bad / "data.mdb", 3 * PSIZE)  # the header checks still run
     with pytest.raises(DataError, match="truncated"):
         lmdb_io.verify(str(bad))
+
+
+def test_a_reader_closed_by_a_finalizer_inside_open_db_does_not_deadlock(db, tmp_path,
+                                                                         monkeypatch):
+    """A dropped data layer's finalizer may run (garbage collection) while this thread is
+    inside open_db, verifying another database: its close waits until open_db is done
+    instead of taking the registry lock again (a deadlock that hung the emulated GPU suite)."""
+    import threading
+    other = _copy(db, tmp_path / "other")
+    first = lmdb_io.open_db(str(db))
+    real_verify = lmdb_io.verify
+
+    def verify_then_collect(path, where=""):
+        first.close()                     # as weakref.finalize would, in the middle of open_db
+        return real_verify(path, where)
+
+    monkeypatch.setattr(lmdb_io, "verify", verify_then_collect)
+    opened = []
+    t = threading.Thread(target=lambda: opened.append(lmdb_io.open_db(str(other))), daemon=True)
+    t.start()
+    t.join(30)
+    assert not t.is_alive(), "open_db deadlocked on a close made from inside it"
+    assert os.path.realpath(db) not in lmdb_io._OPEN      # the deferred close ran afterwards
+    assert opened[0].entries == 300
+    opened[0].close()
+    assert os.path.realpath(other) not in lmdb_io._OPEN

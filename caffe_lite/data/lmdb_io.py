@@ -96,6 +96,20 @@ def verify(path, where=""):
 
 _OPEN = {}                   # realpath -> [environment, users]: py-lmdb allows one per process
 _OPEN_LOCK = threading.Lock()
+_HOLDER = threading.local()
+_DEFERRED = []               # closes that arrived while their thread held _OPEN_LOCK
+
+
+@contextlib.contextmanager
+def _registry():
+    with _OPEN_LOCK:
+        _HOLDER.held = True
+        try:
+            yield
+        finally:
+            _HOLDER.held = False
+    while _DEFERRED:
+        _DEFERRED.pop().close()
 
 
 class DB:
@@ -110,7 +124,13 @@ class DB:
         return self.env.begin(**kw)
 
     def close(self):
-        with _OPEN_LOCK:
+        if getattr(_HOLDER, "held", False):
+            # A garbage-collection finalizer (a dropped data layer's) run while this thread is
+            # inside open_db: taking the lock again would deadlock, and changing the share
+            # counts under open_db's feet could close the environment it is about to return.
+            _DEFERRED.append(self)
+            return
+        with _registry():
             if self._closed:
                 return
             self._closed = True
@@ -129,7 +149,7 @@ def open_db(path, where=""):
     lmdb = _deps.lmdb(f"{_pre(where)}reading LMDB '{path}'")
     _check_path(path, where)
     key = os.path.realpath(path)
-    with _OPEN_LOCK:
+    with _registry():
         slot = _OPEN.get(key)
         try:
             if slot is None:
