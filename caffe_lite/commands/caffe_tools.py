@@ -1,7 +1,6 @@
 """Caffe's `caffe` tool verbs: train, test, time, device_query."""
 import glob
 import logging
-import os
 import time
 
 import numpy as np

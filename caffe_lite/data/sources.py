@@ -90,7 +90,20 @@ class _Buffers:
         self._free.put(array)
 
 
-class DatumDBSource:
+class _Positioned:
+    """A source whose read position (`self.position`, a ReadPosition) is its resumable state."""
+
+    def state_dict(self):
+        return self.position.state_dict()
+
+    def check_state(self, state):
+        return self.position.check_state(state)
+
+    def load_state_dict(self, state):
+        self.position.load_state_dict(state)
+
+
+class DatumDBSource(_Positioned):
     """Caffe's DataLayer reading: records in key order, wrapping at the end of the database."""
 
     def __init__(self, path, batch_size, transformer, where, rand_skip=0, rng=None,
@@ -151,15 +164,9 @@ class DatumDBSource:
         batch = self.buffers.stack(arrays, [w.split(": ", 1)[-1] for _, w in items], self.where)
         return self.transformer.transform(batch, self.buffers.output()), labels
 
-    def state_dict(self):
-        return self.position.state_dict()
-
-    def check_state(self, state):
-        return self.position.check_state(state)
-
     def load_state_dict(self, state):
         """Continue at a saved position (the reading thread must be stopped)."""
-        self.position.load_state_dict(state)
+        super().load_state_dict(state)
         if self._cursor is not None:  # reopened, and moved there, by the next read
             self._cursor.close()
             self._cursor = None
@@ -215,7 +222,7 @@ def read_list_file(path, where):
     return lines
 
 
-class ImageListSource:
+class ImageListSource(_Positioned):
     """Caffe's ImageDataLayer reading: images named in a list file, optionally shuffled at
     setup and at every epoch, resized to new_height x new_width when both are given."""
 
@@ -265,15 +272,6 @@ class ImageListSource:
         arrays = self._pool.map(self._read, names)
         batch = self.buffers.stack(arrays, [_join_root(self.root, n) for n in names], self.where)
         return self.transformer.transform(batch, self.buffers.output()), labels
-
-    def state_dict(self):
-        return self.position.state_dict()
-
-    def check_state(self, state):
-        return self.position.check_state(state)
-
-    def load_state_dict(self, state):
-        self.position.load_state_dict(state)
 
     def close(self):
         self._pool.close()

@@ -222,7 +222,7 @@ class LRNLayer(Layer):
         self._tmp = np.empty(shape, _F)
 
     def _interior(self):
-        p, (n, c, h, w) = self.pre_pad, self._shape
+        p, (_, c, h, w) = self.pre_pad, self._shape
         if self.across:
             return self._pad[:, p:p + c]
         return self._pad[:, :, p:p + h, p:p + w]

@@ -225,7 +225,7 @@ def compress_stage(args, shared, dbs, dense_path, pruned_path, acc_dense):
     dense = sizes["dense"]
     print()
     print(f"== weight sharing ({args.bits}) + compression ==")
-    print(f"shared values per layer: "
+    print("shared values per layer: "
           + ", ".join(f"{n} {k}" for n, k in values.items())
           + f" (every cluster's weights identical after fine-tuning: {untied == 0})")
     print(f"accuracy: shared, before fine-tuning {100 * acc_shared:6.2f} %; fine-tuned "
