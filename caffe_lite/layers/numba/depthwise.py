@@ -16,7 +16,8 @@ never per row.
 import numpy as np
 from numba import njit
 
-from ._planes import _ELEMENTWISE, _REDUCTION, _F, _fill_phased, _fill_split, _tap_bases
+from ._planes import (_ELEMENTWISE, _REDUCTION, _F, _correlate, _fill_phased, _fill_split,
+                      _flat_weight_sums, _tap_bases, _weight_sums)
 
 
 # --------------------------------------------------------------------------------------------
@@ -32,104 +33,6 @@ from ._planes import _ELEMENTWISE, _REDUCTION, _F, _fill_phased, _fill_split, _t
 
 _NARROW = 24  # planes narrower than this use the flat form for the weight sums
 _SAME3_WIDTH = 128  # planes up to this wide (half at stride 2) use the margined form
-
-
-@njit(nogil=True, cache=True, boundscheck=False, fastmath=_ELEMENTWISE)
-def _correlate(buf, wk, out, kh, kw, sh, dh, dw, flip, accumulate):
-    """out[oh, ow] (+)= sum over taps of wk[tap] * padded[oh*sh + i*dh, ow*sw + j*dw] (buf is
-    the phase-split padded plane of _fill_phased), the kernel rotated by 180 degrees when
-    `flip`."""
-    oh_n, ow_n = out.shape
-    s = buf.shape[1]
-    k = kh * kw
-    if kh == 3 and kw == 3 and dh == 1 and dw == 1:
-        if flip:
-            w0, w1, w2, w3, w4, w5, w6, w7, w8 = (wk[8], wk[7], wk[6], wk[5], wk[4], wk[3],
-                                                  wk[2], wk[1], wk[0])
-        else:
-            w0, w1, w2, w3, w4, w5, w6, w7, w8 = (wk[0], wk[1], wk[2], wk[3], wk[4], wk[5],
-                                                  wk[6], wk[7], wk[8])
-        if s == 1:
-            for oh in range(oh_n):
-                r = oh * sh
-                a, b, c = buf[r, 0], buf[r + 1, 0], buf[r + 2, 0]
-                row = out[oh]
-                for ow in range(ow_n):
-                    v = (w0 * a[ow] + w1 * a[ow + 1] + w2 * a[ow + 2]
-                         + w3 * b[ow] + w4 * b[ow + 1] + w5 * b[ow + 2]
-                         + w6 * c[ow] + w7 * c[ow + 1] + w8 * c[ow + 2])
-                    if accumulate:
-                        row[ow] += v
-                    else:
-                        row[ow] = v
-            return
-        # Stride 2 and up: tap j reads phase j % s from column j // s on.
-        p1, q1, p2, q2 = 1 % s, 1 // s, 2 % s, 2 // s
-        for oh in range(oh_n):
-            r = oh * sh
-            a0, a1, a2 = buf[r, 0], buf[r, p1, q1:], buf[r, p2, q2:]
-            b0, b1, b2 = buf[r + 1, 0], buf[r + 1, p1, q1:], buf[r + 1, p2, q2:]
-            c0, c1, c2 = buf[r + 2, 0], buf[r + 2, p1, q1:], buf[r + 2, p2, q2:]
-            row = out[oh]
-            for ow in range(ow_n):
-                v = (w0 * a0[ow] + w1 * a1[ow] + w2 * a2[ow]
-                     + w3 * b0[ow] + w4 * b1[ow] + w5 * b2[ow]
-                     + w6 * c0[ow] + w7 * c1[ow] + w8 * c2[ow])
-                if accumulate:
-                    row[ow] += v
-                else:
-                    row[ow] = v
-        return
-    for oh in range(oh_n):
-        row = out[oh]
-        if not accumulate:
-            row[:] = 0
-        for i in range(kh):
-            for j in range(kw):
-                t = i * kw + j
-                wv = wk[k - 1 - t] if flip else wk[t]
-                src = buf[oh * sh + i * dh, (j * dw) % s, (j * dw) // s:]
-                for ow in range(ow_n):
-                    row[ow] += wv * src[ow]
-
-
-@njit(nogil=True, cache=True, boundscheck=False, fastmath=_REDUCTION)
-def _weight_sums(buf, d, gw, kh, kw, sh, dh, dw):
-    """gw[tap] = sum over outputs of d[oh, ow] * padded[oh*sh + i*dh, ow*sw + j*dw]."""
-    oh_n, ow_n = d.shape
-    s = buf.shape[1]
-    if kh == 3 and kw == 3 and dh == 1 and dw == 1:
-        p1, q1, p2, q2 = 1 % s, 1 // s, 2 % s, 2 // s
-        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = _F(0)
-        for oh in range(oh_n):
-            r = oh * sh
-            a0, a1, a2 = buf[r, 0], buf[r, p1, q1:], buf[r, p2, q2:]
-            b0, b1, b2 = buf[r + 1, 0], buf[r + 1, p1, q1:], buf[r + 1, p2, q2:]
-            c0, c1, c2 = buf[r + 2, 0], buf[r + 2, p1, q1:], buf[r + 2, p2, q2:]
-            dr = d[oh]
-            for ow in range(ow_n):
-                v = dr[ow]
-                s0 += v * a0[ow]
-                s1 += v * a1[ow]
-                s2 += v * a2[ow]
-                s3 += v * b0[ow]
-                s4 += v * b1[ow]
-                s5 += v * b2[ow]
-                s6 += v * c0[ow]
-                s7 += v * c1[ow]
-                s8 += v * c2[ow]
-        gw[0], gw[1], gw[2], gw[3], gw[4] = s0, s1, s2, s3, s4
-        gw[5], gw[6], gw[7], gw[8] = s5, s6, s7, s8
-        return
-    for i in range(kh):
-        for j in range(kw):
-            acc = _F(0)
-            for oh in range(oh_n):
-                src = buf[oh * sh + i * dh, (j * dw) % s, (j * dw) // s:]
-                dr = d[oh]
-                for ow in range(ow_n):
-                    acc += dr[ow] * src[ow]
-            gw[i * kw + j] = acc
 
 
 @njit(nogil=True, cache=True, boundscheck=False, fastmath=_ELEMENTWISE)
@@ -165,37 +68,6 @@ def _flat_correlate_taps(bflat, offs, taps, cnt, wk, out, n):
         bt = bflat[offs[t]:]
         for k in range(n):
             out[k] += wt * bt[k]
-
-
-@njit(nogil=True, cache=True, boundscheck=False, fastmath=_REDUCTION)
-def _flat_weight_sums(bflat, bases, d, n, gw):
-    """gw[t] = sum over k < n of d[k] * bflat[bases[t] + k]."""
-    kc = bases.shape[0]
-    if kc == 9:
-        b0, b1, b2 = bflat[bases[0]:], bflat[bases[1]:], bflat[bases[2]:]
-        b3, b4, b5 = bflat[bases[3]:], bflat[bases[4]:], bflat[bases[5]:]
-        b6, b7, b8 = bflat[bases[6]:], bflat[bases[7]:], bflat[bases[8]:]
-        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = _F(0)
-        for k in range(n):
-            v = d[k]
-            s0 += v * b0[k]
-            s1 += v * b1[k]
-            s2 += v * b2[k]
-            s3 += v * b3[k]
-            s4 += v * b4[k]
-            s5 += v * b5[k]
-            s6 += v * b6[k]
-            s7 += v * b7[k]
-            s8 += v * b8[k]
-        gw[0], gw[1], gw[2], gw[3], gw[4] = s0, s1, s2, s3, s4
-        gw[5], gw[6], gw[7], gw[8] = s5, s6, s7, s8
-        return
-    for t in range(kc):
-        bt = bflat[bases[t]:]
-        acc = _F(0)
-        for k in range(n):
-            acc += d[k] * bt[k]
-        gw[t] = acc
 
 
 # --------------------------------------------------------------------------------------------
