@@ -142,6 +142,62 @@ def test_im2col_kernels_match_numpy(no_jit, group):
             np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-4)
 
 
+# (num, channels in, channels out, group, kernel, stride, pad, dilation, input size)
+GROUPED_CASES = [
+    (8, 32, 32, 8, (3, 3), (1, 1), (1, 1), (1, 1), (28, 28)),   # a ResNeXt 3x3, 4 per group
+    (1, 32, 32, 8, (3, 3), (1, 1), (1, 1), (1, 1), (13, 11)),   # batch 1
+    (3, 12, 6, 3, (3, 3), (2, 2), (1, 1), (1, 1), (10, 11)),    # stride 2: dx on im2col
+    (2, 8, 16, 4, (3, 2), (2, 1), (2, 0), (2, 1), (9, 8)),      # Og > Cg, dilation
+    (2, 8, 8, 4, (5, 5), (1, 1), (4, 1), (1, 1), (7, 7)),       # pad beyond the kernel
+    (2, 6, 4, 2, (3, 3), (1, 1), (0, 2), (2, 2), (9, 12)),      # dilated stride 1
+    (2, 64, 64, 16, (1, 3), (1, 1), (0, 1), (1, 1), (5, 6)),
+]
+
+
+@needs_jit
+@pytest.mark.parametrize("case", GROUPED_CASES)
+def test_grouped_direct_kernels_match_im2col(no_jit, case):
+    """The direct kernels of grouped convolutions with few channels per group (forward and
+    both gradients) against the numpy im2col products."""
+    n, c, o, group, kernel, stride, pad, dil, size = case
+    g = ConvGeometry(kernel, stride, pad, dil)
+    out = g.conv_output(size)
+    fast, slow = _engines(lambda: GemmEngine(g, c, o, group), no_jit, (n, size, out))
+    assert fast.direct is not None and slow.direct is None
+    assert fast.direct_data == (stride == (1, 1) and all(
+        p <= (k - 1) * d for p, k, d in zip(pad, kernel, dil)))
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((n, c) + size, dtype=np.float32)
+    w = rng.standard_normal((o, c // group) + kernel, dtype=np.float32)
+    w[rng.random(w.shape) < 0.3] = 0   # a pruned weight reads as 0 through every product
+    b = rng.standard_normal(o, dtype=np.float32)
+    dy = rng.standard_normal((n, o) + out, dtype=np.float32)
+    results = []
+    for e in (fast, slow):
+        y = np.full((n, o) + out, np.nan, np.float32)
+        e.forward(x, w, b, y)
+        dx = np.full_like(x, np.nan)
+        e.backward_data(dy, w, dx)
+        dw = np.ones_like(w)
+        e.backward_weight(x, dy, dw)
+        results.append((y, dx, dw))
+    for a, r in zip(*results):
+        assert np.isfinite(a).all()
+        np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-4)
+
+
+@needs_jit
+def test_grouped_direct_only_for_few_channels_per_group():
+    g = ConvGeometry((3, 3), (1, 1), (1, 1), (1, 1))
+    for c, group, direct in [(128, 32, True), (112, 16, True), (64, 8, False), (16, 1, False)]:
+        e = GemmEngine(g, c, c, group)
+        e.reshape(2, (8, 8), (8, 8))
+        assert (e.direct is not None) == direct, (c, group)
+    e = GemmEngine(ConvGeometry((1, 1), (1, 1), (0, 0), (1, 1)), 64, 64, 32)
+    e.reshape(2, (8, 8), (8, 8))
+    assert e.direct is None   # 1x1: the products need no columns
+
+
 def _run_layer(text, x, dy, phase=caffe_pb2.TRAIN, in_place=False, top_count=1):
     layer = layer_from_text(text, phase)
     bottom = [blob(x)]
@@ -303,8 +359,8 @@ def test_jit_can_be_switched_off(monkeypatch):
     monkeypatch.setenv("CAFFE_LITE_JIT", "0")
     from caffe_lite.warmup import warm_up
     assert not jit.available()
-    assert all(jit.kernels(f) is None for f in ("depthwise", "im2col", "pooling", "batchnorm",
-                                                "scale", "neuron", "sparse", "sgd"))
+    assert all(jit.kernels(f) is None for f in ("depthwise", "im2col", "grouped", "pooling",
+                                                "batchnorm", "scale", "neuron", "sparse", "sgd"))
     assert warm_up() is False
 
 

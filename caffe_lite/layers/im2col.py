@@ -29,6 +29,11 @@ BLOCK_ELEMENTS = 1 << 17
 # Upper bound (elements) of a GEMM column buffer; larger batches are processed in image chunks
 # (Caffe itself keeps one image's columns at a time).
 COL_BUFFER_ELEMENTS = 1 << 24
+# Grouped 2-D convolutions whose per-group weight matrix has at most this many columns
+# (input channels per group x kernel taps) run on the direct kernels of layers/numba/grouped.py
+# when numba is there: below this, the per-group products are too small for BLAS (a ResNeXt
+# 3x3 with 4 channels per group: 36).
+DIRECT_GROUP_ROWS = 64
 
 
 class Scratch:
@@ -202,7 +207,9 @@ def _weight_gradient(dy, col, dw, scratch):
 
 
 class GemmEngine:
-    """Grouped N-d convolution as im2col + batched matrix products over (image, group)."""
+    """Grouped N-d convolution as im2col + batched matrix products over (image, group); with
+    numba, 2-D convolutions of many groups with few channels each (DIRECT_GROUP_ROWS) run as
+    direct correlations instead (`self.direct`, layers/numba/grouped.py)."""
 
     def __init__(self, geom, conv_in, conv_out, group):
         self.geom = geom
@@ -229,6 +236,13 @@ class GemmEngine:
         self.chunk = max(1, min(num, COL_BUFFER_ELEMENTS // max(1, per_image)))
         # 2-D with numba: compiled im2col / col2im (no padded copy of the input is kept).
         self.jit = jit.kernels("im2col") if len(in_spatial) == 2 and not g.is_1x1 else None
+        self.direct = None
+        if self.jit is not None and self.group > 1 and \
+                self.conv_in // self.group * g.kernel_count <= DIRECT_GROUP_ROWS:
+            self.direct = jit.kernels("grouped")
+        if self.direct is not None:
+            geometry = np.array(g.pack("kernel", "stride", "pad", "dilation"), np.int64)
+            self.direct_data = bool(self.direct.direct_backward_data(geometry))
         if self.jit is not None:
             self.jit_geometry = np.array(g.pack("kernel", "stride", "pad", "dilation"),
                                          np.int64)
@@ -245,6 +259,29 @@ class GemmEngine:
 
     def _groups(self, a, channels, spatial_count):
         return a.reshape(a.shape[0], self.group, channels // self.group, spatial_count)
+
+    def _direct_rows(self, a, channels, spatial):
+        """a (num, G * channels, *spatial) as the direct kernels' rows (num * G, channels,
+        *spatial)."""
+        return a.reshape((self.num * self.group, channels // self.group) + tuple(spatial))
+
+    def _direct_weights(self, w):
+        """(G, Og, Cg, K) weights of the direct kernels."""
+        return w.reshape(self.group, self.conv_out // self.group, self.conv_in // self.group,
+                         self.geom.kernel_count)
+
+    def _direct_split(self, fn):
+        """(rows, work per row, fn) for prepare_blocks / run_blocks over (image, group)."""
+        work = self.conv_out // self.group * self.out_count * (self.conv_in // self.group)
+        return self.num * self.group, work, fn
+
+    def _prepare_direct_forward(self, x, w, y):
+        k, geo = self.direct, self.jit_geometry
+        x4 = self._direct_rows(x, self.conv_in, self.in_spatial)
+        y4 = self._direct_rows(y, self.conv_out, self.out_spatial)
+        w4 = self._direct_weights(w)
+        return prepare_blocks(*self._direct_split(
+            lambda a, b, slot: k.grouped_forward(x4, w4, y4, geo, a, b)))
 
     def _chunks(self):
         return [(n0, min(n0 + self.chunk, self.num)) for n0 in range(0, self.num, self.chunk)]
@@ -296,6 +333,8 @@ class GemmEngine:
                 self.winograd = Winograd(self.num, self.conv_in, self.conv_out,
                                          self.in_spatial, self.out_spatial, self.geom.pad)
             steps.append(self.winograd.prepare(x, w, w_version, y))
+        elif self.direct is not None:
+            steps.append(self._prepare_direct_forward(x, w, y))
         elif self.geom.is_1x1:
             steps.append(prepare_matmul(wg, self._groups(x, self.conv_in, self.in_count),
                                         self._groups(y, self.conv_out, self.out_count)))
@@ -320,6 +359,15 @@ class GemmEngine:
         return run
 
     def backward_data(self, dy, w, dx):
+        if self.direct is not None and self.direct_data:
+            k, geo = self.direct, self.jit_geometry
+            dy4 = self._direct_rows(dy, self.conv_out, self.out_spatial)
+            dx4 = self._direct_rows(dx, self.conv_in, self.in_spatial)
+            w4 = self._direct_weights(w)
+            run_blocks(*self._direct_split(
+                lambda a, b, slot: k.grouped_backward_data(dy4, w4, dx4, geo, a, b)),
+                block_elements=None)
+            return
         wgt = self._wg(w).swapaxes(-1, -2)
         if self.geom.is_1x1:
             matmul(wgt, self._groups(dy, self.conv_out, self.out_count),
@@ -346,6 +394,18 @@ class GemmEngine:
             run_blocks(n * cin, g.kernel_count * self.out_count, block)
 
     def backward_weight(self, x, dy, dw):
+        if self.direct is not None:
+            k, geo = self.direct, self.jit_geometry
+            x4 = self._direct_rows(x, self.conv_in, self.in_spatial)
+            dy4 = self._direct_rows(dy, self.conv_out, self.out_spatial)
+            w4 = self._direct_weights(dw)
+            gw = self.scratch.get("gw", (self.num * self.group,) + w4.shape[1:])
+            run_blocks(*self._direct_split(
+                lambda a, b, slot: k.grouped_weight(x4, dy4, gw, geo, a, b)),
+                block_elements=None)
+            sums = gw.reshape(self.num, -1).sum(axis=0)
+            np.add(dw, sums.reshape(dw.shape), out=dw)
+            return
         dwg = self._wg(dw)
         if self.geom.is_1x1:
             _weight_gradient(self._groups(dy, self.conv_out, self.out_count),

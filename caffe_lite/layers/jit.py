@@ -47,8 +47,8 @@ def available():
 
 
 def kernels(family):
-    """The compiled kernels of `family` (depthwise, im2col, pooling, batchnorm, scale, neuron,
-    sparse, sgd): a module, or None without numba or with CAFFE_LITE_JIT=0."""
+    """The compiled kernels of `family` (depthwise, im2col, grouped, pooling, batchnorm, scale,
+    neuron, sparse, sgd): a module, or None without numba or with CAFFE_LITE_JIT=0."""
     if not available():
         return None
     module = _families.get(family)
