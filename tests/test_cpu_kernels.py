@@ -676,3 +676,79 @@ def test_channels_last_max_pooling_matches_the_flat_form(size, k, s, pad):
     kp.max_pool_channels_last(x, y2, ch2, g, k * k, *bufs, 0, n)
     np.testing.assert_array_equal(y2, y)
     np.testing.assert_array_equal(ch2, ch)
+
+
+@needs_jit
+@pytest.mark.parametrize("size,k,s,pad", [((21, 21), 3, 2, 0), ((9, 11), 3, 2, 1),
+                                          ((8, 8), 2, 2, 0), ((13, 7), 5, 3, 2),
+                                          ((6, 6), 3, 1, 1), ((30, 37), 3, 1, 1),
+                                          ((30, 37), 2, 1, 0), ((12, 16), 2, 2, 0),
+                                          ((11, 9), 3, 2, 0)])
+def test_max_pooling_values_only_kernels_give_the_tracking_kernels_maxima(size, k, s, pad):
+    """The maxima-only kernels (a forward whose argmax nobody reads): the same values as the
+    argmax-tracking kernel, NaN and -inf never chosen (a window of them gives -FLT_MAX), in
+    every branch: 2x2 tiling, separable strided windows of 3 / 2 / other rows (clipped at the
+    border), the flat stride-1 form (3x3 and other), channels-last with a padded stride."""
+    from caffe_lite.layers.pooling import pooled_size, channels_last_width
+    kp = jit.kernels("pooling")
+    rng = np.random.default_rng(k * 10 + s + pad)
+    n, c = 2, 9
+    x = rng.standard_normal((n, c) + size).astype(np.float32)
+    x[x < 0.3] = 0
+    x[0, 0, 0, :2] = np.nan
+    x[1, 2, :4, :4] = -np.inf
+    x[1, 3, :, :] = np.nan
+    oh, ow = (pooled_size(v, k, pad, s) for v in size)
+    if pad:
+        oh -= (oh - 1) * s >= size[0] + pad
+        ow -= (ow - 1) * s >= size[1] + pad
+    g = np.array((k, k, s, s, pad, pad), np.int64)
+    ref, flat, last = (np.full((n, c, oh, ow), 7, np.float32) for _ in range(3))
+    choice = np.empty((n, c, oh, ow), np.int16)
+    kp.max_pool_forward(x.reshape(n * c, *size), ref.reshape(n * c, oh, ow),
+                        choice.reshape(n * c, oh, ow), g, k * k, 0, n * c)
+    kp.max_pool_values(x.reshape(n * c, *size), flat.reshape(n * c, oh, ow), g, 0, n * c)
+    cw = channels_last_width(c)
+    kp.max_pool_values_channels_last(x, last, g, np.empty(size + (cw,), np.float32),
+                                     np.empty((oh, ow, cw), np.float32), 0, n)
+    assert np.isfinite(ref).all() and (ref[1, 3] == -np.finfo(np.float32).max).all()
+    np.testing.assert_array_equal(flat, ref)
+    np.testing.assert_array_equal(last, ref)
+
+
+def test_channels_last_width_is_an_odd_number_of_cache_lines():
+    from caffe_lite.layers.pooling import channels_last_width
+    assert [channels_last_width(c) for c in (1, 16, 17, 32, 480, 512, 528)] == \
+        [16, 16, 48, 48, 496, 528, 528]
+
+
+@pytest.mark.parametrize("jit_on", [True, False])
+@pytest.mark.parametrize("shape", [(2, 16, 12, 12), (1, 4, 28, 29)])
+def test_max_pooling_in_a_net_without_loss_equals_the_training_net(no_jit, jit_on, shape):
+    """A deploy net (no loss: backward never reaches its layers) pools maxima only; the
+    outputs equal a force_backward net's, and a backward run anyway on the layer (its argmax
+    worked out then) routes each gradient to the first maximum of its window."""
+    off, on = no_jit
+    (on if jit_on else off)()
+    text = ('name: "p" input: "data" input_shape {{ dim: {} dim: {} dim: {} dim: {} }} {} '
+            'layer {{ name: "pool" type: "Pooling" bottom: "data" top: "pool" '
+            'pooling_param {{ pool: MAX kernel_size: 3 stride: 2 pad: 1 }} }}')
+    import caffe_lite as caffe
+    deploy = caffe.Net(text.format(*shape, ""), caffe.TEST)
+    train = caffe.Net(text.format(*shape, "force_backward: true"), caffe.TEST)
+    assert not deploy.layer_dict["pool"].backward_needed
+    x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+    x[:, :, 2:5, 2:5] = 1.0  # ties
+    a = deploy.forward(data=x)["pool"].copy()
+    b = train.forward(data=x)["pool"].copy()
+    np.testing.assert_array_equal(a, b)
+    assert not deploy.layer_dict["pool"]._choice_fresh
+    dy = np.arange(b.size, dtype=np.float32).reshape(b.shape)
+    train.blobs["pool"].diff[...] = dy
+    train.backward()
+    layer = deploy.layer_dict["pool"]
+    deploy.blobs["pool"].diff[...] = dy
+    layer.backward([deploy.blobs["pool"]], [True], [deploy.blobs["data"]])
+    np.testing.assert_array_equal(deploy.blobs["data"].diff, train.blobs["data"].diff)
+    assert train.blobs["data"].diff.sum() == dy.sum()
+    on()

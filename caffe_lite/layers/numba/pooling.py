@@ -225,3 +225,194 @@ def max_pool_channels_last(x, y, choice, g, none, xt, yt, tt, n0, n1):
                 for ow in range(ow_n):
                     yp[oh, ow] = yt[oh, ow, c]
                     cp[oh, ow] = tt[oh, ow, c]
+
+
+# --------------------------------------------------------------------------------------------
+# MAX windows without the argmax: the forward of a layer whose backward never runs (a net
+# with no loss, Net._prune_backward) and that has no mask top.  Same maxima as above: the
+# chain `v if v > best else best` from -FLT_MAX is Caffe's strict '>' (NaN and -inf never
+# win), and it compiles to the vector max instruction.
+# --------------------------------------------------------------------------------------------
+
+@njit(nogil=True, cache=True, boundscheck=False)
+def _max_values_separable(x, y, g, r0, r1):
+    """max_pool_values at horizontal strides > 1: per output row, the column maxima over the
+    window's rows (unit stride, no padded copy), then the maxima of kw consecutive ones (a
+    -inf border stands for the padding).  Half the time of the flat form at stride 2."""
+    kh, kw, sh, sw, ph, pw = g
+    h, w = x.shape[1], x.shape[2]
+    oh_n, ow_n = y.shape[1], y.shape[2]
+    lowest = -np.finfo(np.float32).max
+    width = max(pw + w, (ow_n - 1) * sw + kw)
+    vm = np.full(width, -np.inf, np.float32)
+    col = vm[pw:pw + w]
+    for r in range(r0, r1):
+        plane = x[r]
+        for oh in range(oh_n):
+            hs = oh * sh - ph
+            i0, i1 = max(0, -hs), min(kh, h - hs)
+            if i1 - i0 == 3:
+                a, b, c = plane[hs + i0], plane[hs + i0 + 1], plane[hs + i0 + 2]
+                for j in range(w):
+                    m = lowest
+                    v = a[j]
+                    m = v if v > m else m
+                    v = b[j]
+                    m = v if v > m else m
+                    v = c[j]
+                    col[j] = v if v > m else m
+            elif i1 - i0 == 2:
+                a, b = plane[hs + i0], plane[hs + i0 + 1]
+                for j in range(w):
+                    m = lowest
+                    v = a[j]
+                    m = v if v > m else m
+                    v = b[j]
+                    col[j] = v if v > m else m
+            else:
+                for j in range(w):
+                    col[j] = lowest
+                for i in range(i0, i1):
+                    src = plane[hs + i]
+                    for j in range(w):
+                        v = src[j]
+                        col[j] = v if v > col[j] else col[j]
+            yr = y[r, oh]
+            if kw == 3 and sw == 2:
+                for ow in range(ow_n):
+                    m = lowest
+                    v = vm[2 * ow]
+                    m = v if v > m else m
+                    v = vm[2 * ow + 1]
+                    m = v if v > m else m
+                    v = vm[2 * ow + 2]
+                    yr[ow] = v if v > m else m
+            elif kw == 3 and sw == 1:
+                for ow in range(ow_n):
+                    m = lowest
+                    v = vm[ow]
+                    m = v if v > m else m
+                    v = vm[ow + 1]
+                    m = v if v > m else m
+                    v = vm[ow + 2]
+                    yr[ow] = v if v > m else m
+            else:
+                for ow in range(ow_n):
+                    m = lowest
+                    base = ow * sw
+                    for j in range(kw):
+                        v = vm[base + j]
+                        m = v if v > m else m
+                    yr[ow] = m
+
+
+@njit(nogil=True, cache=True, boundscheck=False)
+def max_pool_values(x, y, g, r0, r1):
+    """y = the maximum over each window, planes [r0, r1) of x (R, H, W); y (R, OH, OW).
+    Without the argmax the maximum is order-free: stride-1 windows run in the flat form
+    (every tap one run over the whole plane; a 3x3 window in one pass over nine runs),
+    strided ones separably (_max_values_separable)."""
+    kh, kw, sh, sw, ph, pw = g
+    h, w = x.shape[1], x.shape[2]
+    oh_n, ow_n = y.shape[1], y.shape[2]
+    if (kh == kw == sh == sw == 2 and ph == pw == 0 and h == 2 * oh_n and w == 2 * ow_n):
+        lowest = -np.finfo(np.float32).max
+        for r in range(r0, r1):
+            for oh in range(oh_n):
+                a = x[r, 2 * oh]
+                b = x[r, 2 * oh + 1]
+                yr = y[r, oh]
+                for ow in range(ow_n):
+                    m = lowest
+                    v = a[2 * ow]
+                    m = v if v > m else m
+                    v = a[2 * ow + 1]
+                    m = v if v > m else m
+                    v = b[2 * ow]
+                    m = v if v > m else m
+                    v = b[2 * ow + 1]
+                    yr[ow] = v if v > m else m
+        return
+    if sw > 1:
+        _max_values_separable(x, y, g, r0, r1)
+        return
+    lowest = -np.finfo(np.float32).max
+    hq, wq = _pool_buffer_shape(h, w, oh_n, ow_n, kh, kw, sh, sw, ph, pw)
+    buf = np.full((sh, sw, hq, wq), -np.inf, np.float32)
+    bflat = buf.reshape(-1)
+    bases = _tap_bases(kh, kw, sh, sw, 1, 1, hq, wq)
+    n = oh_n * wq
+    best = np.empty(n, np.float32)
+    for r in range(r0, r1):
+        _fill_split(buf, x[r], ph, pw)
+        if kh * kw == 9:
+            b0, b1, b2 = bflat[bases[0]:], bflat[bases[1]:], bflat[bases[2]:]
+            b3, b4, b5 = bflat[bases[3]:], bflat[bases[4]:], bflat[bases[5]:]
+            b6, b7, b8 = bflat[bases[6]:], bflat[bases[7]:], bflat[bases[8]:]
+            for k in range(n):
+                m = lowest
+                v = b0[k]
+                m = v if v > m else m
+                v = b1[k]
+                m = v if v > m else m
+                v = b2[k]
+                m = v if v > m else m
+                v = b3[k]
+                m = v if v > m else m
+                v = b4[k]
+                m = v if v > m else m
+                v = b5[k]
+                m = v if v > m else m
+                v = b6[k]
+                m = v if v > m else m
+                v = b7[k]
+                m = v if v > m else m
+                v = b8[k]
+                best[k] = v if v > m else m
+        else:
+            for k in range(n):
+                best[k] = lowest
+            for t in range(kh * kw):
+                bt = bflat[bases[t]:]
+                for k in range(n):
+                    v = bt[k]
+                    best[k] = v if v > best[k] else best[k]
+        for oh in range(oh_n):
+            yr = y[r, oh]
+            sb = best[oh * wq:]
+            for ow in range(ow_n):
+                yr[ow] = sb[ow]
+
+
+@njit(nogil=True, cache=True, boundscheck=False)
+def max_pool_values_channels_last(x, y, g, xt, yt, n0, n1):
+    """max_pool_values on small planes, images [n0, n1) of x (N, C, H, W), channels-last as
+    max_pool_channels_last (xt (H, W, C'), yt (OH, OW, C'), C' >= C; see channels_last_width)."""
+    kh, kw, sh, sw, ph, pw = g
+    c_n, h, w = x.shape[1], x.shape[2], x.shape[3]
+    oh_n, ow_n = y.shape[2], y.shape[3]
+    lowest = -np.finfo(np.float32).max
+    for n in range(n0, n1):
+        for i in range(h):
+            for j in range(w):
+                dst = xt[i, j]
+                for c in range(c_n):
+                    dst[c] = x[n, c, i, j]
+        for oh in range(oh_n):
+            hs = oh * sh - ph
+            for ow in range(ow_n):
+                ws = ow * sw - pw
+                best = yt[oh, ow]
+                for c in range(c_n):
+                    best[c] = lowest
+                for i in range(max(0, -hs), min(kh, h - hs)):
+                    for j in range(max(0, -ws), min(kw, w - ws)):
+                        src = xt[hs + i, ws + j]
+                        for c in range(c_n):
+                            v = src[c]
+                            best[c] = v if v > best[c] else best[c]
+        for c in range(c_n):
+            yp = y[n, c]
+            for oh in range(oh_n):
+                for ow in range(ow_n):
+                    yp[oh, ow] = yt[oh, ow, c]
