@@ -24,12 +24,13 @@ before_forward & co.) take the layer-by-layer path instead (net.py), as before."
 from . import blob as _blob
 from .backend import state as _mode
 from .backend.memory import HEAD_AT_CPU
-from .layers import fusion, jit, parallel
+from .layers import fusion, gemm_pool, jit, parallel
 
 
 def current_key():
     """The configuration a plan is valid for."""
-    return (_mode.mode(), jit.enabled(), fusion.enabled(), parallel.num_threads())
+    return (_mode.mode(), jit.enabled(), fusion.enabled(), parallel.num_threads(),
+            gemm_pool.enabled())
 
 
 class _Step:

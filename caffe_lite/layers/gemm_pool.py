@@ -1,0 +1,270 @@
+"""Matrix products split over native threads that spin between products.
+
+Handing a piece of work to a Python thread that waits on a lock costs 40-50 us on the 2-vCPU
+VM (an OS wake-up each way), as much as a whole small convolution; OpenBLAS's own threads hand
+work over in microseconds because they spin.  This pool does that for the products of
+parallel.prepare_matmul: each worker is a thread that, while the caller is inside a pass
+(parallel.cpu_pass) and for a few milliseconds after, polls two control words without the
+interpreter lock (layers/numba/spin.py) and runs the pieces posted to it by calling
+cblas_sgemm of numpy's own BLAS directly, never needing the interpreter.  The caller runs its
+own piece with np.matmul and polls for the workers' pieces: a round trip costs about 2 us.
+
+Unlike OpenBLAS's threads, a worker gets one static piece per product (a busy core delays
+that piece once, not every synchronisation inside the product), yields its core on every
+poll, naps after the spin window and returns to a blocking wait after a second of naps.  A
+caller only posts to a worker seen spinning; others' pieces run on the caller's thread.
+
+Used when numba is available (CAFFE_LITE_JIT not 0), on x86-64 (whose ordering of plain
+stores and loads the control words rely on), with an OpenBLAS whose cblas_sgemm threadpoolctl
+can name; else parallel.py splits products over its Python workers as before."""
+import atexit
+import ctypes
+import os
+import platform
+import threading
+
+import numpy as np
+
+from ..util import env
+from . import jit
+
+SPIN_POLLS = 5000         # about 2 ms of polls (sched_yield) after the last piece or pass
+NAPS = 500                # then naps of NAP_US, about a second, before blocking
+NAP_US = 2000
+MAX_JOBS = 64             # products (2-D pieces of a batched product) per posted batch
+WAIT_POLLS = 1 << 16      # polls per native wait before the caller checks on the worker
+
+_NOTRANS, _TRANS = 111, 112
+_state = None             # _functions(): the ctypes functions, or False where the pool cannot run
+_workers = []
+_workers_pid = None
+_lock = threading.Lock()
+_busy = threading.Lock()  # one split product at a time; a concurrent one runs unsplit
+
+
+def _functions(libraries=()):
+    """(cblas_sgemm, sched_yield, usleep, read) as ctypes functions, or False; looked up once, in
+    the first of `libraries` (threadpoolctl's BLAS controllers) that is an OpenBLAS."""
+    global _state
+    if _state is not None:
+        return _state
+    if platform.machine().lower() not in ("x86_64", "amd64") or os.name != "posix":
+        _state = False
+        return _state
+    for lib in libraries:
+        if type(lib).__name__ != "OpenBLASController":
+            continue
+        prefix = getattr(lib, "_symbol_prefix", "") or ""
+        suffix = getattr(lib, "_symbol_suffix", "") or ""
+        try:
+            sgemm = getattr(lib.dynlib, f"{prefix}cblas_sgemm{suffix}")
+            libc = ctypes.CDLL(None)
+            pause, nap, read = libc.sched_yield, libc.usleep, libc.read
+        except (AttributeError, OSError):
+            continue
+        idx = ctypes.c_int64 if "64" in suffix else ctypes.c_int
+        ptr = ctypes.c_uint64
+        sgemm.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, idx, idx, idx,
+                          ctypes.c_float, ptr, idx, ptr, idx, ctypes.c_float, ptr, idx]
+        sgemm.restype = None
+        pause.argtypes, pause.restype = [], ctypes.c_int
+        nap.argtypes, nap.restype = [ctypes.c_uint], ctypes.c_int
+        read.argtypes, read.restype = [ctypes.c_int, ptr, ctypes.c_size_t], ctypes.c_ssize_t
+        _state = (sgemm, pause, nap, read)
+        return _state
+    _state = False
+    return _state
+
+
+def enabled():
+    """CAFFE_LITE_SPIN (default on): 0 keeps products on the Python workers."""
+    return env.flag("CAFFE_LITE_SPIN")
+
+
+def available(libraries):
+    """Whether products can go to spinning workers: CAFFE_LITE_SPIN not 0, numba kernels on
+    (layers.jit) and a cblas_sgemm found in `libraries` (threadpoolctl's BLAS controllers)."""
+    return enabled() and jit.kernels("spin") is not None and bool(_functions(libraries))
+
+
+class _Worker:
+    def __init__(self, index):
+        k = jit.kernels("spin")
+        self.k = k
+        self.ctl = np.zeros(k.CONTROL_WORDS, np.int64)
+        self.ctl[k.SPIN], self.ctl[k.NAPS], self.ctl[k.MODE] = SPIN_POLLS, NAPS, -1
+        self.jobs = np.zeros((MAX_JOBS, 11), np.int64)
+        self.wake = threading.Event()
+        self.wake.set()
+        self.hold_r, self.hold_w = os.pipe()
+        os.set_blocking(self.hold_w, False)
+        self.byte = np.zeros(8, np.uint8)
+        threading.Thread(target=self._loop, name=f"caffe-lite-gemm-{index}",
+                         daemon=True).start()
+
+    def _loop(self):
+        sgemm, pause, nap, read = _functions()
+        k, ctl = self.k, self.ctl
+        while ctl[k.STOP] == 0:
+            self.wake.wait()
+            self.wake.clear()
+            k.serve(ctl, self.jobs, sgemm, pause, nap, NAP_US, read, self.hold_r,
+                    self.byte.ctypes.data)
+
+    def release(self):
+        """End a hold: wake the worker blocked in its pipe read (a full pipe means it has
+        wake-ups enough pending)."""
+        self.ctl[self.k.HOLD] = 0
+        try:
+            os.write(self.hold_w, b"h")
+        except (BlockingIOError, OSError):
+            pass
+
+    def ensure_awake(self):
+        if self.ctl[self.k.MODE] == -1:
+            self.wake.set()
+
+
+def workers(n):
+    """n spinning workers (started on first use; again in a forked child, which has none)."""
+    global _workers, _workers_pid
+    with _lock:
+        if _workers_pid != os.getpid():
+            _workers, _workers_pid = [], os.getpid()
+        while len(_workers) < n:
+            _workers.append(_Worker(len(_workers) + 1))
+        return _workers[:n]
+
+
+def want(on):
+    """Called as a pass starts (True) and ends (False): workers spin through a pass."""
+    if _workers_pid != os.getpid() or not _workers:
+        return
+    on = on and enabled()
+    for w in _workers:
+        w.ctl[w.k.WANTED] = 1 if on else 0
+        if on:
+            w.ensure_awake()
+
+
+def hold(on):
+    """Called around a section of parallel.run_tasks: while the Python workers run, the
+    spinning workers nap instead of sharing their cores."""
+    if _workers_pid != os.getpid() or not _workers:
+        return
+    for w in _workers:
+        if on:
+            if w.ctl[w.k.MODE] == 1 and enabled():
+                w.ctl[w.k.HOLD] = 1
+        elif w.ctl[w.k.HOLD]:
+            w.release()
+
+
+@atexit.register
+def _stop():
+    for w in _workers:
+        w.ctl[w.k.STOP] = 1
+        w.wake.set()
+        w.release()
+
+
+def warm_up(libraries):
+    """Compile (or load) the native loops, as caffe_lite.warmup does the kernels."""
+    if not available(libraries):
+        return
+    k = jit.kernels("spin")
+    sgemm, pause, nap, read = _functions()
+    ctl = np.zeros(k.CONTROL_WORDS, np.int64)
+    ctl[k.STOP] = 1
+    k.serve(ctl, np.zeros((1, 11), np.int64), sgemm, pause, nap, NAP_US, read, -1, 0)
+    k.wait(ctl, 0, pause, 1)
+
+
+def _layout(x):
+    """(CBLAS transpose flag, leading dimension) of a 2-D float32 view, or None."""
+    r, c = x.shape
+    s0, s1 = x.strides
+    if r == 1 and c == 1:
+        return _NOTRANS, 1
+    if (c == 1 or s1 == 4) and (r == 1 or (s0 % 4 == 0 and s0 >= 4 * c)):
+        return _NOTRANS, (max(1, c) if r == 1 else s0 // 4)
+    if (r == 1 or s0 == 4) and (c == 1 or (s1 % 4 == 0 and s1 >= 4 * r)):
+        return _TRANS, (max(1, r) if c == 1 else s1 // 4)
+    return None
+
+
+def _jobs(a, b, out):
+    """The rows of `jobs` computing np.matmul(a, b, out=out), or None (not expressible:
+    not float32, an output not in row order, too many products)."""
+    if a.ndim < 2 or b.ndim < 2 or not all(x.dtype == np.float32 for x in (a, b, out)):
+        return None
+    batch = out.shape[:-2]
+    if len(batch) and int(np.prod(batch)) > MAX_JOBS:
+        return None
+    try:
+        aa = np.broadcast_to(a, batch + a.shape[-2:])
+        bb = np.broadcast_to(b, batch + b.shape[-2:])
+    except ValueError:
+        return None
+    rows = []
+    for idx in np.ndindex(*batch):
+        x, y, z = aa[idx], bb[idx], out[idx]
+        m, k = x.shape
+        n = y.shape[1]
+        if m == 0 or n == 0:
+            continue
+        if k == 0:
+            return None
+        la, lb = _layout(x), _layout(y)
+        lc = _layout(z)
+        if la is None or lb is None or lc is None or lc[0] != _NOTRANS:
+            return None
+        rows.append((la[0], lb[0], m, n, k, x.ctypes.data, la[1], y.ctypes.data, lb[1],
+                     z.ctypes.data, lc[1]))
+    return np.array(rows, np.int64).reshape(-1, 11)
+
+
+def prepare(pieces):
+    """A callable computing np.matmul(a, b, out=out) for every (a, b, out) of `pieces`: the
+    first on the caller's thread, each other one on a spinning worker (on the caller's thread
+    when that worker is not spinning); None when a piece cannot be posted.  It expects BLAS
+    on one thread (a cpu_pass)."""
+    if len(pieces) < 2 or not _functions() or jit.kernels("spin") is None:
+        return None
+    batches = [_jobs(*p) for p in pieces[1:]]
+    if any(j is None for j in batches):
+        return None
+    ws = workers(len(batches))
+    k = ws[0].k
+    pause = _functions()[1]
+    a0, b0, out0 = pieces[0]
+    posts = list(zip(ws, batches, pieces[1:]))
+    MODE, POSTED, COUNT = k.MODE, k.POSTED, k.COUNT
+
+    def run():
+        if not _busy.acquire(blocking=False):
+            for a, b, out in pieces:
+                np.matmul(a, b, out=out)
+            return
+        posted = []
+        try:
+            for w, jobs, piece in posts:
+                ctl = w.ctl
+                if ctl[MODE] < 1:   # napping long or gone: not worth waiting for
+                    w.ensure_awake()
+                    np.matmul(piece[0], piece[1], out=piece[2])
+                    continue
+                n = len(jobs)
+                w.jobs[:n] = jobs
+                ctl[COUNT] = n
+                seq = ctl[POSTED] + 1
+                ctl[POSTED] = seq
+                posted.append((w, seq))
+            np.matmul(a0, b0, out=out0)
+        finally:
+            # (the posted pieces write into the outputs: wait for them even on an error)
+            for w, seq in posted:
+                while not k.wait(w.ctl, seq, pause, WAIT_POLLS):
+                    w.ensure_awake()   # (a worker that had stopped spinning as this posted)
+            _busy.release()
+    return run

@@ -1,0 +1,80 @@
+"""The native side of the spinning product pool (layers/gemm_pool.py): a worker's loop and
+the caller's wait, both without the interpreter lock.  Importing this module needs numba.
+
+A worker's control word array `ctl` (int64):
+  POSTED  sequence number of the last batch of products posted by the caller
+  DONE    sequence number of the last batch the worker finished
+  WANTED  1 while the caller is inside a pass (the worker keeps spinning)
+  MODE    1 spinning (the caller may post), 0 napping (it may not), -1 returned to Python
+  STOP    1: leave for good
+  SPIN    idle polls spent spinning before napping
+  COUNT   number of products in the posted batch
+  NAPS    naps before returning to Python
+  HOLD    1 while the caller's Python workers run a split kernel: the worker leaves the
+          core to them, blocked reading a pipe (MODE 2) until the caller writes to it
+The products of a batch are rows of `jobs`: (transA, transB, M, N, K, A, lda, B, ldb, C, ldc),
+pointers as integers, for cblas_sgemm in row-major order with alpha 1 and beta 0.
+
+`pause` (sched_yield) is called on every poll: being opaque to the compiler, it makes each
+poll read the control words again, and it hands the core to any other runnable thread."""
+import numpy as np
+from numba import njit
+
+POSTED, DONE, WANTED, MODE, STOP, SPIN, COUNT, NAPS, HOLD = range(9)
+CONTROL_WORDS = 16
+ROW_MAJOR = 101
+
+
+@njit(nogil=True, cache=True)
+def serve(ctl, jobs, sgemm, pause, nap, nap_us, read, fd, byte):
+    """Run posted batches until STOP, or until NAPS naps in a row found nothing (then MODE is
+    -1 and the Python side blocks until woken)."""
+    one, zero = np.float32(1), np.float32(0)
+    idle = 0
+    naps = 0
+    while ctl[STOP] == 0:
+        posted = ctl[POSTED]
+        if posted != ctl[DONE]:
+            pause()
+            for j in range(ctl[COUNT]):
+                q = jobs[j]
+                sgemm(ROW_MAJOR, q[0], q[1], q[2], q[3], q[4], one, q[5], q[6], q[7], q[8],
+                      zero, q[9], q[10])
+            ctl[DONE] = posted
+            idle = 0
+            naps = 0
+            ctl[MODE] = 1
+            continue
+        if ctl[HOLD] != 0:
+            # (polling, even with sched_yield or short naps, left a Python worker sharing
+            # this core about half of it)
+            ctl[MODE] = 2
+            read(fd, byte, 1)
+            continue
+        if ctl[WANTED] != 0:
+            idle = 0
+            naps = 0
+        if idle < ctl[SPIN]:
+            idle += 1
+            ctl[MODE] = 1
+            pause()
+        elif naps < ctl[NAPS]:
+            # a caller that read MODE 1 just before this may still post: naps keep polling
+            naps += 1
+            ctl[MODE] = 0
+            nap(nap_us)
+        else:
+            ctl[MODE] = -1
+            if ctl[POSTED] == ctl[DONE]:
+                return
+            ctl[MODE] = 0
+
+
+@njit(nogil=True, cache=True)
+def wait(ctl, seq, pause, polls):
+    """Poll until the worker finished batch `seq` (True), at most `polls` times (False)."""
+    for _ in range(polls):
+        if ctl[DONE] == seq:
+            return True
+        pause()
+    return ctl[DONE] == seq

@@ -1,0 +1,170 @@
+"""The spinning product pool (layers/gemm_pool.py): split products equal np.matmul whatever the
+operands' layouts, pieces really run on the workers, and nothing hangs when workers stop
+spinning, are held off the cores, or the process forks."""
+import multiprocessing
+import os
+import time
+
+import numpy as np
+import pytest
+
+from caffe_lite.layers import gemm_pool, jit, parallel
+
+pytestmark = pytest.mark.skipif(
+    not (jit.available() and gemm_pool.available(parallel._blas_libraries())),
+    reason="the spinning pool needs numba, x86-64 and an OpenBLAS cblas_sgemm")
+
+
+@pytest.fixture
+def spin_only(monkeypatch):
+    """Every product of 2 or more threads splits onto the spinning workers."""
+    monkeypatch.setenv("CAFFE_LITE_NUM_THREADS", "2")
+    monkeypatch.setattr(parallel, "MIN_SPIN_MACS", 0)
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_MACS", 1 << 40)
+
+
+def _spinning(threads):
+    """Start the workers and wait until they spin (a new one compiles or loads its loop)."""
+    gemm_pool.workers(threads - 1)
+    deadline = time.monotonic() + 60
+    with parallel.cpu_pass():
+        while any(w.ctl[w.k.MODE] != 1 for w in gemm_pool._workers[:threads - 1]):
+            assert time.monotonic() < deadline, "the workers never started spinning"
+            time.sleep(0.01)
+
+
+def _cases(rng):
+    f = np.float32
+    a = rng.standard_normal((37, 19), dtype=f)
+    b = rng.standard_normal((19, 45), dtype=f)
+    big = rng.standard_normal((60, 50), dtype=f)
+    yield a, b                                          # rows split (a larger)
+    yield b.T, a.T                                      # transposed operands (column order)
+    yield big[::2, :19], b                              # row-strided a (lda > K)
+    yield a, big[:19, 3:48]                             # column slice of b (ldb > N)
+    yield rng.standard_normal((3, 1, 40, 7), dtype=f), rng.standard_normal((3, 2, 7, 9),
+                                                                           dtype=f)
+    yield rng.standard_normal((2, 6, 7), dtype=f), rng.standard_normal((5, 2, 7, 11), dtype=f)
+    yield rng.standard_normal((1, 300), dtype=f), rng.standard_normal((300, 64), dtype=f)
+    yield rng.standard_normal((64, 1), dtype=f), rng.standard_normal((1, 8), dtype=f)
+
+
+def test_layouts_of_views():
+    x = np.zeros((6, 8), np.float32)
+    assert gemm_pool._layout(x) == (gemm_pool._NOTRANS, 8)
+    assert gemm_pool._layout(x.T) == (gemm_pool._TRANS, 8)
+    assert gemm_pool._layout(x[:, 2:5]) == (gemm_pool._NOTRANS, 8)
+    assert gemm_pool._layout(x[::2]) == (gemm_pool._NOTRANS, 16)
+    assert gemm_pool._layout(x[:, ::2]) is None             # no unit stride either way
+    assert gemm_pool._layout(x[:1, ::2]) == (gemm_pool._TRANS, 2)  # one row, strided
+    assert gemm_pool._layout(x[:, :1]) == (gemm_pool._NOTRANS, 8)
+
+
+@pytest.mark.parametrize("threads", ["2", "3"])
+def test_split_products_equal_numpy_and_run_on_the_workers(spin_only, monkeypatch, threads):
+    monkeypatch.setenv("CAFFE_LITE_NUM_THREADS", threads)
+    rng = np.random.default_rng(7)
+    _spinning(int(threads))
+    with parallel.cpu_pass():
+        before = sum(int(w.ctl[w.k.DONE]) for w in gemm_pool._workers)
+        for a, b in _cases(rng):
+            expect = np.matmul(a, b)
+            for _ in range(20):
+                out = np.full(expect.shape, np.nan, np.float32)
+                parallel.prepare_matmul(a, b, out)()
+                np.testing.assert_allclose(out, expect, rtol=1e-5, atol=1e-5)
+        done = sum(int(w.ctl[w.k.DONE]) for w in gemm_pool._workers) - before
+    assert len(gemm_pool._workers) >= int(threads) - 1
+    assert done > 0, "no piece ran on a spinning worker"
+
+
+def test_an_output_not_in_row_order_falls_back(spin_only):
+    a = np.ones((30, 20), np.float32)
+    b = np.ones((20, 40), np.float32)
+    out = np.zeros((40, 30), np.float32).T              # column-order output
+    assert gemm_pool._jobs(a, b, out) is None
+    with parallel.cpu_pass():
+        parallel.prepare_matmul(a, b, out)()
+    assert (out == 20).all()
+
+
+def test_workers_that_stop_spinning_leave_the_products_to_the_caller(spin_only, monkeypatch):
+    """Workers told to nap and block at once: every product still completes, correctly,
+    whether the piece found its worker spinning or not."""
+    rng = np.random.default_rng(8)
+    a = rng.standard_normal((64, 33), dtype=np.float32)
+    b = rng.standard_normal((33, 50), dtype=np.float32)
+    expect = a @ b
+    run_out = np.empty_like(expect)
+    run = parallel.prepare_matmul(a, b, run_out)
+    for w in gemm_pool._workers:
+        w.ctl[w.k.SPIN] = 0
+        w.ctl[w.k.NAPS] = 0
+    try:
+        for i in range(300):
+            run_out[...] = np.nan
+            if i % 3 == 0:
+                with parallel.cpu_pass():
+                    run()
+            else:
+                run()
+            np.testing.assert_allclose(run_out, expect, rtol=1e-5, atol=1e-5)
+    finally:
+        for w in gemm_pool._workers:
+            w.ctl[w.k.SPIN] = gemm_pool.SPIN_POLLS
+            w.ctl[w.k.NAPS] = gemm_pool.NAPS
+
+
+def test_kernel_sections_hold_the_workers_and_let_them_go(spin_only):
+    """Split kernels (parallel.run_tasks) hold the spinning workers off the cores; a product
+    right after a section still runs correctly, on a worker woken from its hold."""
+    rng = np.random.default_rng(9)
+    a = rng.standard_normal((64, 40), dtype=np.float32)
+    b = rng.standard_normal((40, 70), dtype=np.float32)
+    expect = a @ b
+    out = np.empty_like(expect)
+    hits = np.zeros(1000, np.int64)
+    with parallel.cpu_pass():
+        run = parallel.prepare_matmul(a, b, out)
+        for _ in range(200):
+            parallel.run_tasks([lambda: np.add(hits[:500], 1, out=hits[:500]),
+                                lambda: np.add(hits[500:], 1, out=hits[500:])])
+            out[...] = np.nan
+            run()
+            np.testing.assert_allclose(out, expect, rtol=1e-5, atol=1e-5)
+        assert all(w.ctl[w.k.HOLD] == 0 for w in gemm_pool._workers)
+    assert (hits == 200).all()
+
+
+def _child(conn):
+    a = np.arange(64 * 30, dtype=np.float32).reshape(64, 30) / 100
+    b = np.ones((30, 50), np.float32)
+    out = np.empty((64, 50), np.float32)
+    with parallel.cpu_pass():
+        parallel.prepare_matmul(a, b, out)()
+    conn.send((out, os.getpid() == gemm_pool._workers_pid, len(gemm_pool._workers)))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_starts_its_own_workers(spin_only):
+    a = np.arange(64 * 30, dtype=np.float32).reshape(64, 30) / 100
+    b = np.ones((30, 50), np.float32)
+    out = np.empty((64, 50), np.float32)
+    with parallel.cpu_pass():
+        parallel.prepare_matmul(a, b, out)()          # the parent's workers exist
+    ctx = multiprocessing.get_context("fork")
+    here, there = ctx.Pipe()
+    p = ctx.Process(target=_child, args=(there,))
+    p.start()
+    assert here.poll(60), "the forked child hung"
+    child_out, own, count = here.recv()
+    p.join(10)
+    np.testing.assert_allclose(child_out, out, rtol=1e-6)
+    assert own and count >= 1
+
+
+def test_spin_off_keeps_products_on_the_python_workers(monkeypatch):
+    monkeypatch.setenv("CAFFE_LITE_SPIN", "0")
+    assert not gemm_pool.available(parallel._blas_libraries())
+    from caffe_lite import plan
+    assert plan.current_key()[-1] is False
