@@ -723,8 +723,11 @@ def test_channels_last_width_is_an_odd_number_of_cache_lines():
 
 
 @pytest.mark.parametrize("jit_on", [True, False])
-@pytest.mark.parametrize("shape", [(2, 16, 12, 12), (1, 4, 28, 29)])
-def test_max_pooling_in_a_net_without_loss_equals_the_training_net(no_jit, jit_on, shape):
+@pytest.mark.parametrize("shape,pool", [((2, 16, 12, 12), "kernel_size: 3 stride: 2 pad: 1"),
+                                        ((1, 4, 28, 29), "kernel_size: 3 stride: 2 pad: 1"),
+                                        ((2, 3, 5, 4), "global_pooling: true")])
+def test_max_pooling_in_a_net_without_loss_equals_the_training_net(no_jit, jit_on, shape,
+                                                                   pool):
     """A deploy net (no loss: backward never reaches its layers) pools maxima only; the
     outputs equal a force_backward net's, and a backward run anyway on the layer (its argmax
     worked out then) routes each gradient to the first maximum of its window."""
@@ -732,13 +735,15 @@ def test_max_pooling_in_a_net_without_loss_equals_the_training_net(no_jit, jit_o
     (on if jit_on else off)()
     text = ('name: "p" input: "data" input_shape {{ dim: {} dim: {} dim: {} dim: {} }} {} '
             'layer {{ name: "pool" type: "Pooling" bottom: "data" top: "pool" '
-            'pooling_param {{ pool: MAX kernel_size: 3 stride: 2 pad: 1 }} }}')
+            'pooling_param {{ pool: MAX {} }} }}')
     import caffe_lite as caffe
-    deploy = caffe.Net(text.format(*shape, ""), caffe.TEST)
-    train = caffe.Net(text.format(*shape, "force_backward: true"), caffe.TEST)
+    deploy = caffe.Net(text.format(*shape, "", pool), caffe.TEST)
+    train = caffe.Net(text.format(*shape, "force_backward: true", pool), caffe.TEST)
     assert not deploy.layer_dict["pool"].backward_needed
     x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
     x[:, :, 2:5, 2:5] = 1.0  # ties
+    x[0, 1] = np.nan         # a plane of NaN: -FLT_MAX, no input chosen
+    x[0, 2, 1:3] = np.nan
     a = deploy.forward(data=x)["pool"].copy()
     b = train.forward(data=x)["pool"].copy()
     np.testing.assert_array_equal(a, b)
@@ -750,5 +755,6 @@ def test_max_pooling_in_a_net_without_loss_equals_the_training_net(no_jit, jit_o
     deploy.blobs["pool"].diff[...] = dy
     layer.backward([deploy.blobs["pool"]], [True], [deploy.blobs["data"]])
     np.testing.assert_array_equal(deploy.blobs["data"].diff, train.blobs["data"].diff)
-    assert train.blobs["data"].diff.sum() == dy.sum()
+    assert train.blobs["data"].diff.sum() == dy.sum() - dy[0, 1].sum()
+    assert (b[0, 1] == -np.finfo(np.float32).max).all()
     on()

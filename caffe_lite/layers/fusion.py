@@ -247,18 +247,24 @@ class ConvolutionGroup(Group):
         self.epilogue = Epilogue(net.top_vecs[first][0].shape[1])
         self._versions = None
 
-    def _refresh(self):
-        """The epilogue's per-channel values, recomputed (in place) when a parameter changed."""
+    def _param_memories(self):
+        """The memories of the parameters the epilogue is computed from."""
         conv, bn, scale, act = self.conv, self.bn, self.scale, self.act
         blobs = list(conv.blobs[1:2] if conv.bias_term else [])
         if bn is not None:
             blobs += bn.blobs + scale.blobs
         if type(act) is PReLULayer:
             blobs += act.blobs
-        versions = tuple(b.data_version for b in blobs)
+        return [b._data.mem for b in blobs]
+
+    def _refresh(self, mems=None):
+        """The epilogue's per-channel values, recomputed (in place) when a parameter changed
+        (`mems`: _param_memories(), when the caller holds them)."""
+        versions = [m.version for m in (mems or self._param_memories())]
         if versions == self._versions:
             return
         self._versions = versions
+        conv, bn, scale, act = self.conv, self.bn, self.scale, self.act
         e = self.epilogue
         bias = conv.blobs[1].cpu_data.reshape(-1) if conv.bias_term else 0
         if bn is not None:
@@ -310,10 +316,15 @@ class ConvolutionGroup(Group):
                                     self.epilogue)
         if run is None:
             return self.forward_cpu
+        # (the memories stay while the plan does: sharing a blob anew re-prepares)
+        mems = self._param_memories()
+        if not mems:
+            return run
         refresh = self._refresh
 
         def step():
-            refresh()   # the epilogue's values follow the parameters (arrays updated in place)
+            if [m.version for m in mems] != self._versions:
+                refresh(mems)   # the epilogue's values follow the parameters (in place)
             run()
         return step
 

@@ -217,6 +217,17 @@ class PoolingLayer(Layer):
                 np.sum(x, axis=(2, 3), dtype=np.float32, keepdims=True, out=y)
                 np.divide(y, size, out=y)
             return run
+        if self._whole and self._values_only(top):
+            # the maximum of each plane; fmax skips NaN, and the floor at -FLT_MAX is Caffe's
+            # start value (a plane of -inf or NaN gives it)
+            n, c, h, w = bottom[0].shape
+            x3, y3 = bottom[0].cpu_data.reshape(n, c, h * w), top[0].data.reshape(n, c, 1)
+            self._choice_fresh = False
+
+            def run():
+                np.fmax.reduce(x3, axis=2, keepdims=True, out=y3)
+                np.fmax(y3, -_FLT_MAX, out=y3)
+            return run
         k = self._jit()
         if k is None:
             return None
@@ -308,19 +319,17 @@ class PoolingLayer(Layer):
         for t, (i, j) in enumerate(self._taps):
             v = self._tap(src, i, j)
             np.greater(v, y, out=better)
-            np.maximum(y, v, out=y)
+            np.copyto(y, v, where=better)   # (not np.maximum: NaN must not win)
             np.copyto(choice, t, where=better)
 
     def _forward_max_whole(self, src, y):
+        # Caffe starts from -FLT_MAX with a strict '>': NaN never wins, and a plane of -inf
+        # or NaN keeps -FLT_MAX with no index; else the first maximum in row-major order.
         x = src.reshape(src.shape[0], src.shape[1], -1)
-        first = x.argmax(axis=2)  # the first maximum in row-major order
-        self._choice[..., 0, 0] = first
-        y[..., 0, 0] = np.take_along_axis(x, first[..., None], axis=2)[..., 0]
-        # Caffe starts from -FLT_MAX with a strict '>': a window of -inf keeps -FLT_MAX, no index.
-        none = y == -np.inf
-        if none.any():
-            y[none] = -_FLT_MAX
-            self._choice[none] = self._none
+        top = np.fmax(np.fmax.reduce(x, axis=2), -_FLT_MAX)
+        self._choice[..., 0, 0] = np.where(top > -_FLT_MAX,
+                                           (x == top[..., None]).argmax(axis=2), self._none)
+        y[..., 0, 0] = top
 
     def _forward_stochastic_train(self, src, y):
         """Caffe's GPU StoPoolForwardTrain: pick one position of each window with probability
@@ -369,6 +378,8 @@ class PoolingLayer(Layer):
             run = self.prepare_cpu(bottom, top)
             if run is not None:
                 run()
+            elif self._whole:
+                self._forward_max_whole(self._source(bottom), top[0].data)
             else:
                 self._forward_max(self._source(bottom), top[0].data)
         finally:

@@ -333,10 +333,26 @@ def max_pool_values(x, y, g, r0, r1):
                     v = b[2 * ow + 1]
                     yr[ow] = v if v > m else m
         return
+    lowest = -np.finfo(np.float32).max
+    if ow_n < 8:  # tiny planes: window by window, no buffers to allocate
+        for r in range(r0, r1):
+            plane = x[r]
+            for oh in range(oh_n):
+                hs = oh * sh - ph
+                yr = y[r, oh]
+                for ow in range(ow_n):
+                    ws = ow * sw - pw
+                    m = lowest
+                    for i in range(max(0, -hs), min(kh, h - hs)):
+                        row = plane[hs + i]
+                        for j in range(max(0, -ws), min(kw, w - ws)):
+                            v = row[ws + j]
+                            m = v if v > m else m
+                    yr[ow] = m
+        return
     if sw > 1:
         _max_values_separable(x, y, g, r0, r1)
         return
-    lowest = -np.finfo(np.float32).max
     hq, wq = _pool_buffer_shape(h, w, oh_n, ow_n, kh, kw, sh, sw, ph, pw)
     buf = np.full((sh, sw, hq, wq), -np.inf, np.float32)
     bflat = buf.reshape(-1)
