@@ -168,3 +168,28 @@ def test_spin_off_keeps_products_on_the_python_workers(monkeypatch):
     assert not gemm_pool.available(parallel._blas_libraries())
     from caffe_lite import plan
     assert plan.current_key()[-1] is False
+
+
+def test_a_product_inside_a_kernel_section_runs_on_the_caller(spin_only):
+    """A task of parallel.run_tasks that itself splits a product (the workers are held then):
+    the product runs on the task's thread instead of waiting on a held worker."""
+    import threading
+    _spinning(2)
+    rng = np.random.default_rng(10)
+    a = rng.standard_normal((64, 40), dtype=np.float32)
+    b = rng.standard_normal((40, 70), dtype=np.float32)
+    outs = [np.full((64, 70), np.nan, np.float32) for _ in range(2)]
+    runs = [parallel.prepare_matmul(a, b, o) for o in outs]
+    finished = []
+
+    def body():
+        with parallel.cpu_pass():
+            for _ in range(20):
+                parallel.run_tasks([runs[0], runs[1]])
+        finished.append(True)
+    t = threading.Thread(target=body, daemon=True)
+    t.start()
+    t.join(60)
+    assert finished, "a product inside a kernel section waited on a held worker"
+    for o in outs:
+        np.testing.assert_allclose(o, a @ b, rtol=1e-5, atol=1e-5)

@@ -239,7 +239,7 @@ def prepare(pieces):
     pause = _functions()[1]
     a0, b0, out0 = pieces[0]
     posts = list(zip(ws, batches, pieces[1:]))
-    MODE, POSTED, COUNT = k.MODE, k.POSTED, k.COUNT
+    MODE, POSTED, COUNT, HOLD = k.MODE, k.POSTED, k.COUNT, k.HOLD
 
     def run():
         if not _busy.acquire(blocking=False):
@@ -250,7 +250,9 @@ def prepare(pieces):
         try:
             for w, jobs, piece in posts:
                 ctl = w.ctl
-                if ctl[MODE] < 1:   # napping long or gone: not worth waiting for
+                # napping long or gone: not worth waiting for; held: inside a kernel section
+                # (a task of parallel.run_tasks), whose end alone lets it go
+                if ctl[MODE] < 1 or ctl[HOLD]:
                     w.ensure_awake()
                     np.matmul(piece[0], piece[1], out=piece[2])
                     continue
