@@ -4,7 +4,7 @@ Handing a piece of work to a Python thread that waits on a lock costs 40-50 us o
 VM (an OS wake-up each way), as much as a whole small convolution; OpenBLAS's own threads hand
 work over in microseconds because they spin.  This pool does that for the products of
 parallel.prepare_matmul: each worker is a thread that, while the caller is inside a pass
-(parallel.cpu_pass) and for a few milliseconds after, polls two control words without the
+(parallel.cpu_pass) and for about 100 us after, polls two control words without the
 interpreter lock (layers/numba/spin.py) and runs the pieces posted to it by calling
 cblas_sgemm of numpy's own BLAS directly, never needing the interpreter.  The caller runs its
 own piece with np.matmul and polls for the workers' pieces: a round trip costs about 2 us.
@@ -28,9 +28,13 @@ import numpy as np
 from ..util import env
 from . import jit
 
-SPIN_POLLS = 5000         # about 2 ms of polls (sched_yield) after the last piece or pass
-NAPS = 500                # then naps of NAP_US, about a second, before blocking
-NAP_US = 2000
+# After the last piece or pass a worker polls about 100 us (so that back-to-back passes find
+# it spinning), then naps NAP_US at a time for about a second (a caller's pass wakes it within
+# one nap), then blocks.  A longer tail of spinning took its core from whatever ran next: the
+# PyTorch and OpenCV runs alternated with caffe-lite's in the benchmarks ran up to 4x slower.
+SPIN_POLLS = 250
+NAP_US = 200
+NAPS = 5000
 MAX_JOBS = 64             # products (2-D pieces of a batched product) per posted batch
 WAIT_POLLS = 1 << 16      # polls per native wait before the caller checks on the worker
 
