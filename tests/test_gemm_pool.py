@@ -89,8 +89,8 @@ def test_an_output_not_in_row_order_falls_back(spin_only):
 
 
 def test_workers_that_stop_spinning_leave_the_products_to_the_caller(spin_only, monkeypatch):
-    """Workers told to nap and block at once: every product still completes, correctly,
-    whether the piece found its worker spinning or not."""
+    """Workers told to block as soon as they are idle: every product still completes,
+    correctly, whether the piece found its worker spinning, blocked or waking."""
     rng = np.random.default_rng(8)
     a = rng.standard_normal((64, 33), dtype=np.float32)
     b = rng.standard_normal((33, 50), dtype=np.float32)
@@ -99,7 +99,6 @@ def test_workers_that_stop_spinning_leave_the_products_to_the_caller(spin_only, 
     run = parallel.prepare_matmul(a, b, run_out)
     for w in gemm_pool._workers:
         w.ctl[w.k.SPIN] = 0
-        w.ctl[w.k.NAPS] = 0
     try:
         for i in range(300):
             run_out[...] = np.nan
@@ -112,7 +111,6 @@ def test_workers_that_stop_spinning_leave_the_products_to_the_caller(spin_only, 
     finally:
         for w in gemm_pool._workers:
             w.ctl[w.k.SPIN] = gemm_pool.SPIN_POLLS
-            w.ctl[w.k.NAPS] = gemm_pool.NAPS
 
 
 def test_kernel_sections_hold_the_workers_and_let_them_go(spin_only):

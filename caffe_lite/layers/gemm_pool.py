@@ -11,8 +11,8 @@ own piece with np.matmul and polls for the workers' pieces: a round trip costs a
 
 Unlike OpenBLAS's threads, a worker gets one static piece per product (a busy core delays
 that piece once, not every synchronisation inside the product), yields its core on every
-poll, naps after the spin window and returns to a blocking wait after a second of naps.  A
-caller only posts to a worker seen spinning; others' pieces run on the caller's thread.
+poll, and after the spin window blocks in a pipe read, woken by a byte when a pass starts.
+A caller only posts to a worker seen spinning; others' pieces run on the caller's thread.
 
 Used when numba is available (CAFFE_LITE_JIT not 0), on x86-64 (whose ordering of plain
 stores and loads the control words rely on), with an OpenBLAS whose cblas_sgemm threadpoolctl
@@ -28,15 +28,13 @@ import numpy as np
 from ..util import env
 from . import jit
 
-# After the last piece or pass a worker polls about 100 us (so that back-to-back passes find
-# it spinning), then naps NAP_US at a time for about a second (a caller's pass wakes it within
-# one nap), then blocks.  A longer tail of spinning took its core from whatever ran next: the
-# PyTorch and OpenCV runs alternated with caffe-lite's in the benchmarks ran up to 4x slower.
+# After the last piece, outside a pass, a worker polls about 100 us (back-to-back passes find
+# it spinning), then blocks in a pipe read until a pass or a product wakes it.  A longer tail
+# of spinning, or naps, took its core from whatever ran next: the PyTorch and OpenCV runs
+# alternated with caffe-lite's in the benchmarks ran slower.
 SPIN_POLLS = 250
-NAP_US = 200
-NAPS = 5000
 MAX_JOBS = 64             # products (2-D pieces of a batched product) per posted batch
-WAIT_POLLS = 1 << 16      # polls per native wait before the caller checks on the worker
+WAIT_POLLS = 1 << 12      # polls per native wait before the caller pokes the worker
 
 _NOTRANS, _TRANS = 111, 112
 _state = None             # _functions(): the ctypes functions, or False where the pool cannot run
@@ -47,7 +45,7 @@ _busy = threading.Lock()  # one split product at a time; a concurrent one runs u
 
 
 def _functions(libraries=()):
-    """(cblas_sgemm, sched_yield, usleep, read) as ctypes functions, or False; looked up once, in
+    """(cblas_sgemm, sched_yield, read) as ctypes functions, or False; looked up once, in
     the first of `libraries` (threadpoolctl's BLAS controllers) that is an OpenBLAS."""
     global _state
     if _state is not None:
@@ -55,7 +53,10 @@ def _functions(libraries=()):
     if platform.machine().lower() not in ("x86_64", "amd64") or os.name != "posix":
         _state = False
         return _state
-    for lib in libraries:
+    # numpy's own OpenBLAS first (another one, OpenCV's say, may be loaded beside it)
+    def not_numpys(lib):
+        return "numpy" not in str(getattr(lib, "filepath", ""))
+    for lib in sorted(libraries, key=not_numpys):
         if type(lib).__name__ != "OpenBLASController":
             continue
         prefix = getattr(lib, "_symbol_prefix", "") or ""
@@ -63,7 +64,7 @@ def _functions(libraries=()):
         try:
             sgemm = getattr(lib.dynlib, f"{prefix}cblas_sgemm{suffix}")
             libc = ctypes.CDLL(None)
-            pause, nap, read = libc.sched_yield, libc.usleep, libc.read
+            pause, read = libc.sched_yield, libc.read
         except (AttributeError, OSError):
             continue
         idx = ctypes.c_int64 if "64" in suffix else ctypes.c_int
@@ -72,9 +73,8 @@ def _functions(libraries=()):
                           ctypes.c_float, ptr, idx, ptr, idx, ctypes.c_float, ptr, idx]
         sgemm.restype = None
         pause.argtypes, pause.restype = [], ctypes.c_int
-        nap.argtypes, nap.restype = [ctypes.c_uint], ctypes.c_int
         read.argtypes, read.restype = [ctypes.c_int, ptr, ctypes.c_size_t], ctypes.c_ssize_t
-        _state = (sgemm, pause, nap, read)
+        _state = (sgemm, pause, read)
         return _state
     _state = False
     return _state
@@ -96,37 +96,30 @@ class _Worker:
         k = jit.kernels("spin")
         self.k = k
         self.ctl = np.zeros(k.CONTROL_WORDS, np.int64)
-        self.ctl[k.SPIN], self.ctl[k.NAPS], self.ctl[k.MODE] = SPIN_POLLS, NAPS, -1
+        self.ctl[k.SPIN] = SPIN_POLLS
         self.jobs = np.zeros((MAX_JOBS, 11), np.int64)
-        self.wake = threading.Event()
-        self.wake.set()
-        self.hold_r, self.hold_w = os.pipe()
-        os.set_blocking(self.hold_w, False)
+        self.pipe_r, self.pipe_w = os.pipe()
+        os.set_blocking(self.pipe_w, False)
         self.byte = np.zeros(8, np.uint8)
         threading.Thread(target=self._loop, name=f"caffe-lite-gemm-{index}",
                          daemon=True).start()
 
     def _loop(self):
-        sgemm, pause, nap, read = _functions()
-        k, ctl = self.k, self.ctl
-        while ctl[k.STOP] == 0:
-            self.wake.wait()
-            self.wake.clear()
-            k.serve(ctl, self.jobs, sgemm, pause, nap, NAP_US, read, self.hold_r,
-                    self.byte.ctypes.data)
+        sgemm, pause, read = _functions()
+        self.k.serve(self.ctl, self.jobs, sgemm, pause, read, self.pipe_r,
+                     self.byte.ctypes.data)
 
-    def release(self):
-        """End a hold: wake the worker blocked in its pipe read (a full pipe means it has
-        wake-ups enough pending)."""
-        self.ctl[self.k.HOLD] = 0
+    def poke(self):
+        """Wake the worker from its pipe read (a full pipe means it has wake-ups pending)."""
         try:
-            os.write(self.hold_w, b"h")
-        except (BlockingIOError, OSError):
+            os.write(self.pipe_w, b"w")
+        except OSError:
             pass
 
-    def ensure_awake(self):
-        if self.ctl[self.k.MODE] == -1:
-            self.wake.set()
+    def release(self):
+        """End a hold."""
+        self.ctl[self.k.HOLD] = 0
+        self.poke()
 
 
 def workers(n):
@@ -147,13 +140,13 @@ def want(on):
     on = on and enabled()
     for w in _workers:
         w.ctl[w.k.WANTED] = 1 if on else 0
-        if on:
-            w.ensure_awake()
+        if on and w.ctl[w.k.MODE] == 0:
+            w.poke()
 
 
 def hold(on):
     """Called around a section of parallel.run_tasks: while the Python workers run, the
-    spinning workers nap instead of sharing their cores."""
+    spinning workers block instead of sharing their cores."""
     if _workers_pid != os.getpid() or not _workers:
         return
     for w in _workers:
@@ -168,8 +161,7 @@ def hold(on):
 def _stop():
     for w in _workers:
         w.ctl[w.k.STOP] = 1
-        w.wake.set()
-        w.release()
+        w.poke()
 
 
 def warm_up(libraries):
@@ -177,10 +169,10 @@ def warm_up(libraries):
     if not available(libraries):
         return
     k = jit.kernels("spin")
-    sgemm, pause, nap, read = _functions()
+    sgemm, pause, read = _functions()
     ctl = np.zeros(k.CONTROL_WORDS, np.int64)
     ctl[k.STOP] = 1
-    k.serve(ctl, np.zeros((1, 11), np.int64), sgemm, pause, nap, NAP_US, read, -1, 0)
+    k.serve(ctl, np.zeros((1, 11), np.int64), sgemm, pause, read, -1, 0)
     k.wait(ctl, 0, pause, 1)
 
 
@@ -254,10 +246,11 @@ def prepare(pieces):
         try:
             for w, jobs, piece in posts:
                 ctl = w.ctl
-                # napping long or gone: not worth waiting for; held: inside a kernel section
+                # blocked: not worth waiting for; held: inside a kernel section
                 # (a task of parallel.run_tasks), whose end alone lets it go
-                if ctl[MODE] < 1 or ctl[HOLD]:
-                    w.ensure_awake()
+                if ctl[MODE] == 0 or ctl[HOLD]:
+                    if not ctl[HOLD]:
+                        w.poke()    # (for the next product)
                     np.matmul(piece[0], piece[1], out=piece[2])
                     continue
                 n = len(jobs)
@@ -271,6 +264,6 @@ def prepare(pieces):
             # (the posted pieces write into the outputs: wait for them even on an error)
             for w, seq in posted:
                 while not k.wait(w.ctl, seq, pause, WAIT_POLLS):
-                    w.ensure_awake()   # (a worker that had stopped spinning as this posted)
+                    w.poke()   # (a worker that blocked just as this posted)
             _busy.release()
     return run

@@ -5,33 +5,32 @@ A worker's control word array `ctl` (int64):
   POSTED  sequence number of the last batch of products posted by the caller
   DONE    sequence number of the last batch the worker finished
   WANTED  1 while the caller is inside a pass (the worker keeps spinning)
-  MODE    1 spinning (the caller may post), 0 napping (it may not), -1 returned to Python
+  MODE    1 spinning: the caller may post; 0 idle and 2 held: blocked reading the worker's
+          pipe until the caller writes a byte to it
   STOP    1: leave for good
-  SPIN    idle polls spent spinning before napping
+  SPIN    idle polls spent spinning (after the last batch, outside a pass) before blocking
   COUNT   number of products in the posted batch
-  NAPS    naps before returning to Python
   HOLD    1 while the caller's Python workers run a split kernel: the worker leaves the
-          core to them, blocked reading a pipe (MODE 2) until the caller writes to it
+          core to them (MODE 2) until the caller ends the hold with a byte
 The products of a batch are rows of `jobs`: (transA, transB, M, N, K, A, lda, B, ldb, C, ldc),
 pointers as integers, for cblas_sgemm in row-major order with alpha 1 and beta 0.
 
 `pause` (sched_yield) is called on every poll: being opaque to the compiler, it makes each
-poll read the control words again, and it hands the core to any other runnable thread."""
+poll read the control words again, and it hands the core to any other runnable thread.
+Blocking in `read` costs nothing while idle and needs no interpreter lock to wake from."""
 import numpy as np
 from numba import njit
 
-POSTED, DONE, WANTED, MODE, STOP, SPIN, COUNT, NAPS, HOLD = range(9)
+POSTED, DONE, WANTED, MODE, STOP, SPIN, COUNT, HOLD = range(8)
 CONTROL_WORDS = 16
 ROW_MAJOR = 101
 
 
 @njit(nogil=True, cache=True)
-def serve(ctl, jobs, sgemm, pause, nap, nap_us, read, fd, byte):
-    """Run posted batches until STOP, or until NAPS naps in a row found nothing (then MODE is
-    -1 and the Python side blocks until woken)."""
+def serve(ctl, jobs, sgemm, pause, read, fd, byte):
+    """Run posted batches until STOP."""
     one, zero = np.float32(1), np.float32(0)
     idle = 0
-    naps = 0
     while ctl[STOP] == 0:
         posted = ctl[POSTED]
         if posted != ctl[DONE]:
@@ -42,7 +41,6 @@ def serve(ctl, jobs, sgemm, pause, nap, nap_us, read, fd, byte):
                       zero, q[9], q[10])
             ctl[DONE] = posted
             idle = 0
-            naps = 0
             ctl[MODE] = 1
             continue
         if ctl[HOLD] != 0:
@@ -53,21 +51,17 @@ def serve(ctl, jobs, sgemm, pause, nap, nap_us, read, fd, byte):
             continue
         if ctl[WANTED] != 0:
             idle = 0
-            naps = 0
         if idle < ctl[SPIN]:
             idle += 1
             ctl[MODE] = 1
             pause()
-        elif naps < ctl[NAPS]:
-            # a caller that read MODE 1 just before this may still post: naps keep polling
-            naps += 1
-            ctl[MODE] = 0
-            nap(nap_us)
-        else:
-            ctl[MODE] = -1
-            if ctl[POSTED] == ctl[DONE]:
-                return
-            ctl[MODE] = 0
+            continue
+        ctl[MODE] = 0
+        pause()
+        # (a caller that saw MODE 1 just before may have posted; one that set WANTED writes)
+        if ctl[POSTED] == ctl[DONE] and ctl[WANTED] == 0 and ctl[STOP] == 0:
+            read(fd, byte, 1)
+        idle = 0
 
 
 @njit(nogil=True, cache=True)
