@@ -191,3 +191,27 @@ def test_a_product_inside_a_kernel_section_runs_on_the_caller(spin_only):
     assert finished, "a product inside a kernel section waited on a held worker"
     for o in outs:
         np.testing.assert_allclose(o, a @ b, rtol=1e-5, atol=1e-5)
+
+
+def test_idle_workers_nap_then_sleep_and_use_little_cpu(spin_only):
+    """After a pass and its 100 us tail a worker naps (about 2 % of a core), then blocks
+    in its pipe read (none); the next pass gets it spinning again from either."""
+    _spinning(2)
+    time.sleep(0.05)
+    assert all(w.ctl[w.k.MODE] == 0 for w in gemm_pool._workers)
+    before = time.process_time()
+    time.sleep(0.5)
+    assert time.process_time() - before < 0.1    # a spinning worker would use about 0.5 s
+    _spinning(2)                                  # from a nap
+    for w in gemm_pool._workers:
+        w.ctl[w.k.NAPS] = 10
+    try:
+        time.sleep(0.1)
+        assert all(w.ctl[w.k.MODE] == 3 for w in gemm_pool._workers)
+        before = time.process_time()
+        time.sleep(0.3)
+        assert time.process_time() - before < 0.02
+        _spinning(2)                              # woken from its read
+    finally:
+        for w in gemm_pool._workers:
+            w.ctl[w.k.NAPS] = gemm_pool.NAPS

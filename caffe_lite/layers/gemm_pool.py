@@ -11,7 +11,7 @@ own piece with np.matmul and polls for the workers' pieces: a round trip costs a
 
 Unlike OpenBLAS's threads, a worker gets one static piece per product (a busy core delays
 that piece once, not every synchronisation inside the product), yields its core on every
-poll, and after the spin window blocks in a pipe read, woken by a byte when a pass starts.
+poll, and after the spin window naps, then blocks in a pipe read until a pass starts.
 A caller only posts to a worker seen spinning; others' pieces run on the caller's thread.
 
 Used when numba is available (CAFFE_LITE_JIT not 0), on x86-64 (whose ordering of plain
@@ -29,10 +29,13 @@ from ..util import env
 from . import jit
 
 # After the last piece, outside a pass, a worker polls about 100 us (back-to-back passes find
-# it spinning), then blocks in a pipe read until a pass or a product wakes it.  A longer tail
-# of spinning, or naps, took its core from whatever ran next: the PyTorch and OpenCV runs
-# alternated with caffe-lite's in the benchmarks ran slower.
+# it spinning), naps NAP_US at a time for about half a second (a pass's start finds it within
+# a nap: about 2 % of a core; 200 us naps cost 13 %), then blocks in a pipe read until a pass
+# wakes it.  A longer tail of polling took its core from whatever ran next (the PyTorch and
+# OpenCV runs the benchmarks alternate with caffe-lite's).
 SPIN_POLLS = 250
+NAP_US = 1000
+NAPS = 500
 MAX_JOBS = 64             # products (2-D pieces of a batched product) per posted batch
 WAIT_POLLS = 1 << 12      # polls per native wait before the caller pokes the worker
 
@@ -45,11 +48,13 @@ _busy = threading.Lock()  # one split product at a time; a concurrent one runs u
 
 
 def _functions(libraries=()):
-    """(cblas_sgemm, sched_yield, read) as ctypes functions, or False; looked up once, in
+    """(cblas_sgemm, sched_yield, read, usleep) as ctypes functions, or False; looked up once, in
     the first of `libraries` (threadpoolctl's BLAS controllers) that is an OpenBLAS."""
     global _state
     if _state is not None:
         return _state
+    if not libraries:
+        return False    # (not looked up yet: nothing to cache)
     if platform.machine().lower() not in ("x86_64", "amd64") or os.name != "posix":
         _state = False
         return _state
@@ -64,7 +69,7 @@ def _functions(libraries=()):
         try:
             sgemm = getattr(lib.dynlib, f"{prefix}cblas_sgemm{suffix}")
             libc = ctypes.CDLL(None)
-            pause, read = libc.sched_yield, libc.read
+            pause, read, nap = libc.sched_yield, libc.read, libc.usleep
         except (AttributeError, OSError):
             continue
         idx = ctypes.c_int64 if "64" in suffix else ctypes.c_int
@@ -74,7 +79,8 @@ def _functions(libraries=()):
         sgemm.restype = None
         pause.argtypes, pause.restype = [], ctypes.c_int
         read.argtypes, read.restype = [ctypes.c_int, ptr, ctypes.c_size_t], ctypes.c_ssize_t
-        _state = (sgemm, pause, read)
+        nap.argtypes, nap.restype = [ctypes.c_uint], ctypes.c_int
+        _state = (sgemm, pause, read, nap)
         return _state
     _state = False
     return _state
@@ -96,7 +102,7 @@ class _Worker:
         k = jit.kernels("spin")
         self.k = k
         self.ctl = np.zeros(k.CONTROL_WORDS, np.int64)
-        self.ctl[k.SPIN] = SPIN_POLLS
+        self.ctl[k.SPIN], self.ctl[k.NAPS] = SPIN_POLLS, NAPS
         self.jobs = np.zeros((MAX_JOBS, 11), np.int64)
         self.pipe_r, self.pipe_w = os.pipe()
         os.set_blocking(self.pipe_w, False)
@@ -105,9 +111,9 @@ class _Worker:
                          daemon=True).start()
 
     def _loop(self):
-        sgemm, pause, read = _functions()
+        sgemm, pause, read, nap = _functions()
         self.k.serve(self.ctl, self.jobs, sgemm, pause, read, self.pipe_r,
-                     self.byte.ctypes.data)
+                     self.byte.ctypes.data, nap, NAP_US)
 
     def poke(self):
         """Wake the worker from its pipe read (a full pipe means it has wake-ups pending)."""
@@ -123,8 +129,11 @@ class _Worker:
 
 
 def workers(n):
-    """n spinning workers (started on first use; again in a forked child, which has none)."""
+    """n spinning workers (started on first use; again in a forked child, which has none);
+    the pool must be available() first."""
     global _workers, _workers_pid
+    if not _functions():
+        raise RuntimeError("the spinning product pool is not available here")
     with _lock:
         if _workers_pid != os.getpid():
             _workers, _workers_pid = [], os.getpid()
@@ -140,7 +149,7 @@ def want(on):
     on = on and enabled()
     for w in _workers:
         w.ctl[w.k.WANTED] = 1 if on else 0
-        if on and w.ctl[w.k.MODE] == 0:
+        if on and w.ctl[w.k.MODE] == 3:
             w.poke()
 
 
@@ -169,10 +178,10 @@ def warm_up(libraries):
     if not available(libraries):
         return
     k = jit.kernels("spin")
-    sgemm, pause, read = _functions()
+    sgemm, pause, read, nap = _functions()
     ctl = np.zeros(k.CONTROL_WORDS, np.int64)
     ctl[k.STOP] = 1
-    k.serve(ctl, np.zeros((1, 11), np.int64), sgemm, pause, read, -1, 0)
+    k.serve(ctl, np.zeros((1, 11), np.int64), sgemm, pause, read, -1, 0, nap, NAP_US)
     k.wait(ctl, 0, pause, 1)
 
 
@@ -246,10 +255,10 @@ def prepare(pieces):
         try:
             for w, jobs, piece in posts:
                 ctl = w.ctl
-                # blocked: not worth waiting for; held: inside a kernel section
+                # napping or asleep: not worth waiting for; held: inside a kernel section
                 # (a task of parallel.run_tasks), whose end alone lets it go
-                if ctl[MODE] == 0 or ctl[HOLD]:
-                    if not ctl[HOLD]:
+                if ctl[MODE] == 0 or ctl[MODE] == 3 or ctl[HOLD]:
+                    if ctl[MODE] == 3:
                         w.poke()    # (for the next product)
                     np.matmul(piece[0], piece[1], out=piece[2])
                     continue

@@ -5,32 +5,38 @@ A worker's control word array `ctl` (int64):
   POSTED  sequence number of the last batch of products posted by the caller
   DONE    sequence number of the last batch the worker finished
   WANTED  1 while the caller is inside a pass (the worker keeps spinning)
-  MODE    1 spinning: the caller may post; 0 idle and 2 held: blocked reading the worker's
+  MODE    1 spinning: the caller may post; 0 napping: it may not (a pass's start gets the
+          worker spinning within a nap); 2 held and 3 asleep: blocked reading the worker's
           pipe until the caller writes a byte to it
   STOP    1: leave for good
-  SPIN    idle polls spent spinning (after the last batch, outside a pass) before blocking
+  SPIN    idle polls spent spinning (after the last batch, outside a pass) before napping
   COUNT   number of products in the posted batch
   HOLD    1 while the caller's Python workers run a split kernel: the worker leaves the
           core to them (MODE 2) until the caller ends the hold with a byte
+  NAPS    naps (of `nap_us`) before falling asleep (MODE 3)
 The products of a batch are rows of `jobs`: (transA, transB, M, N, K, A, lda, B, ldb, C, ldc),
 pointers as integers, for cblas_sgemm in row-major order with alpha 1 and beta 0.
 
 `pause` (sched_yield) is called on every poll: being opaque to the compiler, it makes each
 poll read the control words again, and it hands the core to any other runnable thread.
-Blocking in `read` costs nothing while idle and needs no interpreter lock to wake from."""
+Blocking in `read` costs nothing while idle and needs no interpreter lock to wake from, but a
+thread woken by another may be queued on the waker's busy core for milliseconds (the
+scheduler's wake-affine placement); a nap ends on the worker's own core, so an idle worker
+naps before it sleeps."""
 import numpy as np
 from numba import njit
 
-POSTED, DONE, WANTED, MODE, STOP, SPIN, COUNT, HOLD = range(8)
+POSTED, DONE, WANTED, MODE, STOP, SPIN, COUNT, HOLD, NAPS = range(9)
 CONTROL_WORDS = 16
 ROW_MAJOR = 101
 
 
 @njit(nogil=True, cache=True)
-def serve(ctl, jobs, sgemm, pause, read, fd, byte):
+def serve(ctl, jobs, sgemm, pause, read, fd, byte, nap, nap_us):
     """Run posted batches until STOP."""
     one, zero = np.float32(1), np.float32(0)
     idle = 0
+    naps = 0
     while ctl[STOP] == 0:
         posted = ctl[POSTED]
         if posted != ctl[DONE]:
@@ -41,6 +47,7 @@ def serve(ctl, jobs, sgemm, pause, read, fd, byte):
                       zero, q[9], q[10])
             ctl[DONE] = posted
             idle = 0
+            naps = 0
             ctl[MODE] = 1
             continue
         if ctl[HOLD] != 0:
@@ -51,17 +58,25 @@ def serve(ctl, jobs, sgemm, pause, read, fd, byte):
             continue
         if ctl[WANTED] != 0:
             idle = 0
+            naps = 0
         if idle < ctl[SPIN]:
             idle += 1
             ctl[MODE] = 1
             pause()
             continue
-        ctl[MODE] = 0
+        if naps < ctl[NAPS]:
+            # (a caller that saw MODE 1 just before may still post: naps poll)
+            naps += 1
+            ctl[MODE] = 0
+            nap(nap_us)
+            continue
+        ctl[MODE] = 3
         pause()
-        # (a caller that saw MODE 1 just before may have posted; one that set WANTED writes)
+        # (one that set WANTED after this writes a byte)
         if ctl[POSTED] == ctl[DONE] and ctl[WANTED] == 0 and ctl[STOP] == 0:
             read(fd, byte, 1)
         idle = 0
+        naps = 0
 
 
 @njit(nogil=True, cache=True)
