@@ -30,12 +30,14 @@ from . import jit
 
 # After the last piece, outside a pass, a worker polls about 100 us (back-to-back passes find
 # it spinning), naps NAP_US at a time for about half a second (a pass's start finds it within
-# a nap: about 2 % of a core; 200 us naps cost 13 %), then blocks in a pipe read until a pass
-# wakes it.  A longer tail of polling took its core from whatever ran next (the PyTorch and
-# OpenCV runs the benchmarks alternate with caffe-lite's).
+# a nap; the naps cost about 13 % of a core, as OpenMP runtimes spin for 0.2 s at 100 %), then
+# blocks in a pipe read until a pass wakes it.  A longer tail of polling took its core from
+# whatever ran next (the PyTorch and OpenCV runs the benchmarks alternate with caffe-lite's);
+# 1 ms naps left the first products of a pass after a pause on one thread for longer (the
+# OpenCV ratios of MobileNet v2, SqueezeNet, GoogLeNet 0.05-0.2 higher).
 SPIN_POLLS = 250
-NAP_US = 1000
-NAPS = 500
+NAP_US = 200
+NAPS = 2500
 MAX_JOBS = 64             # products (2-D pieces of a batched product) per posted batch
 WAIT_POLLS = 1 << 12      # polls per native wait before the caller pokes the worker
 

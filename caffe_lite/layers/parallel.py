@@ -9,7 +9,10 @@ process holds a core for a moment, a 2-thread OpenBLAS product ran 5-30x slower 
 product split here (see docs/performance.md); split this way, work simply waits for a core.
 Without threadpoolctl, products run unsplit on BLAS's threads.
 
-Nothing here spins: idle workers block on a lock."""
+The pieces go to the spinning product pool (gemm_pool.py: native threads, a 2 us hand-over)
+where it can run, else to the Python workers here, which block on a lock (40-50 us a hand-over
+on a virtual machine); compiled kernels always go to the Python workers, and hold the pool's
+threads off the cores while they run."""
 import os
 import threading
 
