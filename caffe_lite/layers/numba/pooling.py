@@ -19,6 +19,12 @@ def _pool_buffer_shape(h, w, oh_n, ow_n, kh, kw, sh, sw, ph, pw):
     return hq, wq
 
 
+@njit(inline="always")
+def _above(m, v):
+    """v if v > m else m: Caffe's strict '>' (NaN never wins), the vector max instruction."""
+    return v if v > m else m
+
+
 @njit(nogil=True, cache=True, boundscheck=False)
 def _max_pool_2x2(x, y, choice, none, r0, r1):
     """max_pool_forward for 2x2 windows at stride 2 tiling the plane exactly (LeNet's, VGG's):
@@ -254,48 +260,26 @@ def _max_values_separable(x, y, g, r0, r1):
             if i1 - i0 == 3:
                 a, b, c = plane[hs + i0], plane[hs + i0 + 1], plane[hs + i0 + 2]
                 for j in range(w):
-                    m = lowest
-                    v = a[j]
-                    m = v if v > m else m
-                    v = b[j]
-                    m = v if v > m else m
-                    v = c[j]
-                    col[j] = v if v > m else m
+                    col[j] = _above(_above(_above(lowest, a[j]), b[j]), c[j])
             elif i1 - i0 == 2:
                 a, b = plane[hs + i0], plane[hs + i0 + 1]
                 for j in range(w):
-                    m = lowest
-                    v = a[j]
-                    m = v if v > m else m
-                    v = b[j]
-                    col[j] = v if v > m else m
+                    col[j] = _above(_above(lowest, a[j]), b[j])
             else:
                 for j in range(w):
                     col[j] = lowest
                 for i in range(i0, i1):
                     src = plane[hs + i]
                     for j in range(w):
-                        v = src[j]
-                        col[j] = v if v > col[j] else col[j]
+                        col[j] = _above(col[j], src[j])
             yr = y[r, oh]
             if kw == 3 and sw == 2:
                 for ow in range(ow_n):
-                    m = lowest
-                    v = vm[2 * ow]
-                    m = v if v > m else m
-                    v = vm[2 * ow + 1]
-                    m = v if v > m else m
-                    v = vm[2 * ow + 2]
-                    yr[ow] = v if v > m else m
+                    m = _above(lowest, vm[2 * ow])
+                    yr[ow] = _above(_above(m, vm[2 * ow + 1]), vm[2 * ow + 2])
             elif kw == 3 and sw == 1:
                 for ow in range(ow_n):
-                    m = lowest
-                    v = vm[ow]
-                    m = v if v > m else m
-                    v = vm[ow + 1]
-                    m = v if v > m else m
-                    v = vm[ow + 2]
-                    yr[ow] = v if v > m else m
+                    yr[ow] = _above(_above(_above(lowest, vm[ow]), vm[ow + 1]), vm[ow + 2])
             else:
                 for ow in range(ow_n):
                     m = lowest
@@ -323,15 +307,8 @@ def max_pool_values(x, y, g, r0, r1):
                 b = x[r, 2 * oh + 1]
                 yr = y[r, oh]
                 for ow in range(ow_n):
-                    m = lowest
-                    v = a[2 * ow]
-                    m = v if v > m else m
-                    v = a[2 * ow + 1]
-                    m = v if v > m else m
-                    v = b[2 * ow]
-                    m = v if v > m else m
-                    v = b[2 * ow + 1]
-                    yr[ow] = v if v > m else m
+                    m = _above(_above(lowest, a[2 * ow]), a[2 * ow + 1])
+                    yr[ow] = _above(_above(m, b[2 * ow]), b[2 * ow + 1])
         return
     lowest = -np.finfo(np.float32).max
     if ow_n < 8:  # tiny planes: window by window, no buffers to allocate
@@ -366,25 +343,9 @@ def max_pool_values(x, y, g, r0, r1):
             b3, b4, b5 = bflat[bases[3]:], bflat[bases[4]:], bflat[bases[5]:]
             b6, b7, b8 = bflat[bases[6]:], bflat[bases[7]:], bflat[bases[8]:]
             for k in range(n):
-                m = lowest
-                v = b0[k]
-                m = v if v > m else m
-                v = b1[k]
-                m = v if v > m else m
-                v = b2[k]
-                m = v if v > m else m
-                v = b3[k]
-                m = v if v > m else m
-                v = b4[k]
-                m = v if v > m else m
-                v = b5[k]
-                m = v if v > m else m
-                v = b6[k]
-                m = v if v > m else m
-                v = b7[k]
-                m = v if v > m else m
-                v = b8[k]
-                best[k] = v if v > m else m
+                m = _above(_above(_above(lowest, b0[k]), b1[k]), b2[k])
+                m = _above(_above(_above(m, b3[k]), b4[k]), b5[k])
+                best[k] = _above(_above(_above(m, b6[k]), b7[k]), b8[k])
         else:
             for k in range(n):
                 best[k] = lowest
