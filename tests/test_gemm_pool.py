@@ -216,3 +216,29 @@ def test_idle_workers_nap_then_sleep_and_use_little_cpu(spin_only):
     finally:
         for w in gemm_pool._workers:
             w.ctl[w.k.NAPS] = gemm_pool.NAPS
+
+
+def _child_runs_the_parents_product(conn, run, out):
+    run()
+    conn.send(out.copy())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_product_prepared_before_a_fork_runs_in_the_child(spin_only):
+    """The child has none of the parent's threads: a product prepared (and run, its worker
+    spinning) in the parent runs on the child's own thread instead of waiting for a worker
+    that is not there."""
+    _spinning(2)
+    a = np.arange(64 * 30, dtype=np.float32).reshape(64, 30) / 100
+    b = np.ones((30, 50), np.float32)
+    out = np.full((64, 50), np.nan, np.float32)
+    with parallel.cpu_pass():
+        run = parallel.prepare_matmul(a, b, out)
+        run()
+        ctx = multiprocessing.get_context("fork")
+        here, there = ctx.Pipe()
+        p = ctx.Process(target=_child_runs_the_parents_product, args=(there, run, out))
+        p.start()
+    assert here.poll(60), "the forked child waited for the parent's worker"
+    np.testing.assert_allclose(here.recv(), a @ b, rtol=1e-6)
+    p.join(10)

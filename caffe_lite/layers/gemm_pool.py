@@ -168,6 +168,17 @@ def hold(on):
             w.release()
 
 
+def _after_fork_in_child():
+    """A forked child has none of the parent's threads: products prepared before the fork,
+    which hold the parent's workers, run on the caller (MODE -1); new ones start new workers."""
+    for w in _workers:
+        w.ctl[w.k.MODE] = -1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 @atexit.register
 def _stop():
     for w in _workers:
@@ -257,9 +268,9 @@ def prepare(pieces):
         try:
             for w, jobs, piece in posts:
                 ctl = w.ctl
-                # napping or asleep: not worth waiting for; held: inside a kernel section
-                # (a task of parallel.run_tasks), whose end alone lets it go
-                if ctl[MODE] == 0 or ctl[MODE] == 3 or ctl[HOLD]:
+                # napping, asleep or gone (in a forked child): not worth waiting for; held:
+                # inside a kernel section (a task of run_tasks), whose end alone lets it go
+                if ctl[MODE] != 1 and (ctl[MODE] != 2 or ctl[HOLD]):
                     if ctl[MODE] == 3:
                         w.poke()    # (for the next product)
                     np.matmul(piece[0], piece[1], out=piece[2])
