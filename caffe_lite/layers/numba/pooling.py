@@ -19,6 +19,16 @@ def _pool_buffer_shape(h, w, oh_n, ow_n, kh, kw, sh, sw, ph, pw):
     return hq, wq
 
 
+@njit(nogil=True, cache=True, boundscheck=False)
+def _flat_form(h, w, oh_n, ow_n, g, border):
+    """The flat form's buffers: the phase-split plane (bordered with `border`), its flat view,
+    each tap's offset in it, the row pitch wq and the run length n = oh_n * wq."""
+    kh, kw, sh, sw, ph, pw = g
+    hq, wq = _pool_buffer_shape(h, w, oh_n, ow_n, kh, kw, sh, sw, ph, pw)
+    buf = np.full((sh, sw, hq, wq), border, np.float32)
+    return buf, buf.reshape(-1), _tap_bases(kh, kw, sh, sw, 1, 1, hq, wq), wq, oh_n * wq
+
+
 @njit(inline="always")
 def _above(m, v):
     """v if v > m else m: Caffe's strict '>' (NaN never wins), the vector max instruction."""
@@ -90,11 +100,7 @@ def max_pool_forward(x, y, choice, g, none, r0, r1):
                     yr[ow] = best
                     cr[ow] = t_best
         return
-    hq, wq = _pool_buffer_shape(h, w, oh_n, ow_n, kh, kw, sh, sw, ph, pw)
-    buf = np.full((sh, sw, hq, wq), -np.inf, np.float32)
-    bflat = buf.reshape(-1)
-    bases = _tap_bases(kh, kw, sh, sw, 1, 1, hq, wq)
-    n = oh_n * wq
+    buf, bflat, bases, wq, n = _flat_form(h, w, oh_n, ow_n, g, -np.inf)
     best = np.empty(n, np.float32)
     tap = np.empty(n, np.int32)
     lowest = -np.finfo(np.float32).max
@@ -144,11 +150,7 @@ def ave_pool_forward(x, y, pool_size, g, r0, r1):
     kh, kw, sh, sw, ph, pw = g
     h, w = x.shape[1], x.shape[2]
     oh_n, ow_n = y.shape[1], y.shape[2]
-    hq, wq = _pool_buffer_shape(h, w, oh_n, ow_n, kh, kw, sh, sw, ph, pw)
-    buf = np.zeros((sh, sw, hq, wq), np.float32)
-    bflat = buf.reshape(-1)
-    bases = _tap_bases(kh, kw, sh, sw, 1, 1, hq, wq)
-    n = oh_n * wq
+    buf, bflat, bases, wq, n = _flat_form(h, w, oh_n, ow_n, g, 0.0)
     acc = np.empty(n, np.float32)
     for r in range(r0, r1):
         _fill_split(buf, x[r], ph, pw)
@@ -330,11 +332,7 @@ def max_pool_values(x, y, g, r0, r1):
     if sw > 1:
         _max_values_separable(x, y, g, r0, r1)
         return
-    hq, wq = _pool_buffer_shape(h, w, oh_n, ow_n, kh, kw, sh, sw, ph, pw)
-    buf = np.full((sh, sw, hq, wq), -np.inf, np.float32)
-    bflat = buf.reshape(-1)
-    bases = _tap_bases(kh, kw, sh, sw, 1, 1, hq, wq)
-    n = oh_n * wq
+    buf, bflat, bases, wq, n = _flat_form(h, w, oh_n, ow_n, g, -np.inf)
     best = np.empty(n, np.float32)
     for r in range(r0, r1):
         _fill_split(buf, x[r], ph, pw)
