@@ -47,6 +47,20 @@ def _cases(rng):
     yield rng.standard_normal((2, 6, 7), dtype=f), rng.standard_normal((5, 2, 7, 11), dtype=f)
     yield rng.standard_normal((1, 300), dtype=f), rng.standard_normal((300, 64), dtype=f)
     yield rng.standard_normal((64, 1), dtype=f), rng.standard_normal((1, 8), dtype=f)
+    yield from _rows(rng)
+
+
+def _rows(rng):
+    """Single-row products (an InnerProduct at batch 1), which the workers run as sgemv: the
+    weight stored (N, K) as InnerProduct keeps it, or (K, N) (transpose: true), with padded
+    rows; the row contiguous or strided (a column of a larger array)."""
+    f = np.float32
+    w = rng.standard_normal((70, 90), dtype=f)
+    x = rng.standard_normal((1, 90), dtype=f)
+    yield x, w.T                                        # (N, K) storage: sgemv NoTrans
+    yield x[:, :33], w[:33, :64]                        # (K, N) storage, ldb > N: Trans
+    yield x[:, :80], w[:, :80].T                        # (N, K) storage, ldb > K
+    yield w[:30, 5:6].T, w[40:, :50]                    # a strided row (lda 90)
 
 
 def test_layouts_of_views():
@@ -76,6 +90,44 @@ def test_split_products_equal_numpy_and_run_on_the_workers(spin_only, monkeypatc
         done = sum(int(w.ctl[w.k.DONE]) for w in gemm_pool._workers) - before
     assert len(gemm_pool._workers) >= int(threads) - 1
     assert done > 0, "no piece ran on a spinning worker"
+
+
+def test_single_rows_run_on_the_workers_as_matrix_vector_products(spin_only):
+    rng = np.random.default_rng(11)
+    _spinning(2)
+    with parallel.cpu_pass():
+        for a, b in _rows(rng):
+            expect = np.matmul(a, b)
+            out = np.full(expect.shape, np.nan, np.float32)
+            run = parallel.prepare_matmul(a, b, out)
+            w = gemm_pool._workers[0]
+            for _ in range(20):
+                done = int(w.ctl[w.k.DONE])
+                out[...] = np.nan
+                run()
+                if int(w.ctl[w.k.DONE]) != done:
+                    break
+            else:
+                pytest.fail(f"{a.shape} x {b.shape}: the worker never ran its piece")
+            np.testing.assert_allclose(out, expect, rtol=1e-5, atol=1e-5)
+
+
+def test_single_rows_split_from_their_weight_count(monkeypatch):
+    """A batch-1 InnerProduct is bound by reading its weights, so it splits by their number
+    (MIN_SPIN_ROW_WEIGHTS), far below MIN_SPIN_MACS; a few rows do not."""
+    monkeypatch.setenv("CAFFE_LITE_NUM_THREADS", "2")
+    posted = []
+    monkeypatch.setattr(gemm_pool, "prepare", lambda pieces: posted.append(len(pieces)))
+    n = parallel.MIN_SPIN_ROW_WEIGHTS // 256 + 1
+    assert 256 * n < parallel.MIN_SPIN_MACS
+    w = np.zeros((n, 256), np.float32)
+    with parallel.cpu_pass():
+        parallel.prepare_matmul(np.zeros((1, 256), np.float32), w.T, np.zeros((1, n), np.float32))
+        assert posted == [2]
+        parallel.prepare_matmul(np.zeros((4, 256), np.float32), w.T, np.zeros((4, n), np.float32))
+        parallel.prepare_matmul(np.zeros((1, 256), np.float32), w[:n // 2].T,
+                                np.zeros((1, n // 2), np.float32))
+    assert posted == [2]
 
 
 def test_an_output_not_in_row_order_falls_back(spin_only):

@@ -50,8 +50,9 @@ _busy = threading.Lock()  # one split product at a time; a concurrent one runs u
 
 
 def _functions(libraries=()):
-    """(cblas_sgemm, sched_yield, read, usleep) as ctypes functions, or False; looked up once, in
-    the first of `libraries` (threadpoolctl's BLAS controllers) that is an OpenBLAS."""
+    """(cblas_sgemm, sched_yield, read, usleep, cblas_sgemv) as ctypes functions, or False;
+    looked up once, in the first of `libraries` (threadpoolctl's BLAS controllers) that is an
+    OpenBLAS."""
     global _state
     if _state is not None:
         return _state
@@ -70,6 +71,7 @@ def _functions(libraries=()):
         suffix = getattr(lib, "_symbol_suffix", "") or ""
         try:
             sgemm = getattr(lib.dynlib, f"{prefix}cblas_sgemm{suffix}")
+            sgemv = getattr(lib.dynlib, f"{prefix}cblas_sgemv{suffix}")
             libc = ctypes.CDLL(None)
             pause, read, nap = libc.sched_yield, libc.read, libc.usleep
         except (AttributeError, OSError):
@@ -79,10 +81,13 @@ def _functions(libraries=()):
         sgemm.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, idx, idx, idx,
                           ctypes.c_float, ptr, idx, ptr, idx, ctypes.c_float, ptr, idx]
         sgemm.restype = None
+        sgemv.argtypes = [ctypes.c_int, ctypes.c_int, idx, idx, ctypes.c_float, ptr, idx, ptr,
+                          idx, ctypes.c_float, ptr, idx]
+        sgemv.restype = None
         pause.argtypes, pause.restype = [], ctypes.c_int
         read.argtypes, read.restype = [ctypes.c_int, ptr, ctypes.c_size_t], ctypes.c_ssize_t
         nap.argtypes, nap.restype = [ctypes.c_uint], ctypes.c_int
-        _state = (sgemm, pause, read, nap)
+        _state = (sgemm, pause, read, nap, sgemv)
         return _state
     _state = False
     return _state
@@ -113,8 +118,8 @@ class _Worker:
                          daemon=True).start()
 
     def _loop(self):
-        sgemm, pause, read, nap = _functions()
-        self.k.serve(self.ctl, self.jobs, sgemm, pause, read, self.pipe_r,
+        sgemm, pause, read, nap, sgemv = _functions()
+        self.k.serve(self.ctl, self.jobs, sgemm, sgemv, pause, read, self.pipe_r,
                      self.byte.ctypes.data, nap, NAP_US)
 
     def poke(self):
@@ -191,10 +196,10 @@ def warm_up(libraries):
     if not available(libraries):
         return
     k = jit.kernels("spin")
-    sgemm, pause, read, nap = _functions()
+    sgemm, pause, read, nap, sgemv = _functions()
     ctl = np.zeros(k.CONTROL_WORDS, np.int64)
     ctl[k.STOP] = 1
-    k.serve(ctl, np.zeros((1, 11), np.int64), sgemm, pause, read, -1, 0, nap, NAP_US)
+    k.serve(ctl, np.zeros((1, 11), np.int64), sgemm, sgemv, pause, read, -1, 0, nap, NAP_US)
     k.wait(ctl, 0, pause, 1)
 
 

@@ -15,7 +15,9 @@ A worker's control word array `ctl` (int64):
           core to them (MODE 2) until the caller ends the hold with a byte
   NAPS    naps (of `nap_us`) before falling asleep (MODE 3)
 The products of a batch are rows of `jobs`: (transA, transB, M, N, K, A, lda, B, ldb, C, ldc),
-pointers as integers, for cblas_sgemm in row-major order with alpha 1 and beta 0.
+pointers as integers, for cblas_sgemm in row-major order with alpha 1 and beta 0.  A row with
+M = 1 (one image through an InnerProduct) runs as cblas_sgemv instead: OpenBLAS's sgemm takes
+2-5x longer than its sgemv on a single row (numpy's matmul makes the same switch).
 
 `pause` (sched_yield) is called on every poll: being opaque to the compiler, it makes each
 poll read the control words again, and it hands the core to any other runnable thread.
@@ -29,10 +31,11 @@ from numba import njit
 POSTED, DONE, WANTED, MODE, STOP, SPIN, COUNT, HOLD, NAPS = range(9)
 CONTROL_WORDS = 16
 ROW_MAJOR = 101
+NOTRANS, TRANS = 111, 112
 
 
 @njit(nogil=True, cache=True)
-def serve(ctl, jobs, sgemm, pause, read, fd, byte, nap, nap_us):
+def serve(ctl, jobs, sgemm, sgemv, pause, read, fd, byte, nap, nap_us):
     """Run posted batches until STOP."""
     one, zero = np.float32(1), np.float32(0)
     idle = 0
@@ -43,8 +46,11 @@ def serve(ctl, jobs, sgemm, pause, read, fd, byte, nap, nap_us):
             pause()
             for j in range(ctl[COUNT]):
                 q = jobs[j]
-                sgemm(ROW_MAJOR, q[0], q[1], q[2], q[3], q[4], one, q[5], q[6], q[7], q[8],
-                      zero, q[9], q[10])
+                if q[2] == 1:
+                    _row(sgemv, q, one, zero)
+                else:
+                    sgemm(ROW_MAJOR, q[0], q[1], q[2], q[3], q[4], one, q[5], q[6], q[7],
+                          q[8], zero, q[9], q[10])
             ctl[DONE] = posted
             idle = 0
             naps = 0
@@ -77,6 +83,17 @@ def serve(ctl, jobs, sgemm, pause, read, fd, byte, nap, nap_us):
             read(fd, byte, 1)
         idle = 0
         naps = 0
+
+
+@njit(nogil=True, cache=True)
+def _row(sgemv, q, one, zero):
+    """C (1, N) = A (1, K) x B (K, N) as a matrix-vector product.  A's elements lie lda apart
+    when it is transposed (a column of its storage), else next to each other; C's always do."""
+    inc_a = q[6] if q[0] == TRANS else 1
+    if q[1] == TRANS:   # B's storage is (N, K): C = storage x A
+        sgemv(ROW_MAJOR, NOTRANS, q[3], q[4], one, q[7], q[8], q[5], inc_a, zero, q[9], 1)
+    else:               # B's storage is (K, N): C = storage^T x A
+        sgemv(ROW_MAJOR, TRANS, q[4], q[3], one, q[7], q[8], q[5], inc_a, zero, q[9], 1)
 
 
 @njit(nogil=True, cache=True)
