@@ -3,9 +3,11 @@ import collections
 import itertools
 import logging
 import os
+import weakref
 
 import numpy as np
 
+from . import blob as _blob
 from .blob import Blob
 from .errors import (ArgumentTypeError, CaffeLiteError, LayerSetupError, NameNotFoundError,
                      NetError, OutOfMemoryError, ShapeMismatchError)
@@ -236,8 +238,10 @@ class Net:
                     self.blob_need_backward[bid] = self.blob_need_backward[bid] or nb
                 for pid in range(len(layer.blobs)):
                     layer.param_propagate_down[pid] = True
-        for layer, need in zip(self.layers, self.layer_need_backward):
+        for i, (layer, need) in enumerate(zip(self.layers, self.layer_need_backward)):
             layer.backward_needed = need
+            layer.bottom_kept = _BottomKept(self, i)
+        self._kept = None
 
         # Caffe collects the remaining blobs in a std::set, so outputs come sorted by name.
         self._output_ids = [name_to_idx[n] for n in sorted(available)]
@@ -247,6 +251,25 @@ class Net:
         self._plan_ = None
         self._hooks = {"before_forward": [], "after_forward": [], "before_backward": [],
                        "after_backward": []}
+
+    def _bottoms_kept(self):
+        """Per layer, per bottom: whether no later layer writes the bottom's memory (as a
+        top: in place, or a blob sharing it) and no later Python layer reads it (its code may
+        write anything).  Worked out again when blobs changed shape or memory."""
+        epoch = _blob.shape_epoch
+        if self._kept is not None and self._kept[0] == epoch:
+            return self._kept[1]
+        written = set()
+        kept = [()] * len(self.layers)
+        for i in range(len(self.layers) - 1, -1, -1):
+            tops = {id(t._data.mem) for t in self.top_vecs[i]}
+            kept[i] = tuple(id(b._data.mem) not in written and id(b._data.mem) not in tops
+                            for b in self.bottom_vecs[i])
+            written |= tops
+            if self.layers[i].type == "Python":
+                written |= {id(b._data.mem) for b in self.bottom_vecs[i]}
+        self._kept = (epoch, kept)
+        return kept
 
     def _prune_backward(self):
         """Caffe's second pass: a layer needs backward only if it contributes to a loss and
@@ -802,3 +825,17 @@ class Net:
     def __repr__(self):
         return f"<Net '{self.name}' phase={caffe_pb2.Phase.Name(self.phase)} " \
                f"layers={len(self.layers)}>"
+
+
+class _BottomKept:
+    """A layer's bottom_kept (Layer.bottom_kept): Net._bottoms_kept of its index, through a
+    weak reference (a layer does not keep its net alive)."""
+    __slots__ = ("net", "index")
+
+    def __init__(self, net, index):
+        self.net = weakref.ref(net)
+        self.index = index
+
+    def __call__(self, j):
+        net = self.net()
+        return net is not None and net._bottoms_kept()[self.index][j]

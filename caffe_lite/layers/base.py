@@ -196,6 +196,10 @@ class Layer:
     # may then skip what only backward reads (a pooling's argmax, an in-place input copy).  A
     # backward called anyway recomputes or refuses, never reads stale state.
     backward_needed = True
+    # Set by a Net: bottom_kept(j) is True while the rest of a forward pass leaves bottom j's
+    # data as this layer read it (no later layer writes its memory), so what forward derived
+    # from it may serve the backward (a convolution's columns).  None: not known.
+    bottom_kept = None
     _reshape_key = None
 
     def forward(self, bottom, top):

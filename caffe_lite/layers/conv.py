@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from .. import blob as _blob
 from . import sparse
 from .base import Layer
 from .im2col import ConvGeometry, GemmEngine
@@ -158,8 +159,9 @@ class BaseConvolution(Layer):
 
     def prepare_cpu(self, bottom, top, post=None):
         runs = [self._prepare_one(b.cpu_data.reshape(self.bottom_shape),
-                                  t.data.reshape(self.top_shape), post)
-                for b, t in zip(bottom, top)]
+                                  t.data.reshape(self.top_shape), post,
+                                  lambda b=b, j=j: self._columns_token(b, j))
+                for j, (b, t) in enumerate(zip(bottom, top))]
         if len(runs) == 1:
             return runs[0]
 
@@ -183,10 +185,10 @@ class BaseConvolution(Layer):
         else:
             engine.forward(x, w, bias, y)
 
-    def backward_one(self, engine, ops, x, dy, w, dx, dw, db):
+    def backward_one(self, engine, ops, x, dy, w, dx, dw, db, token=None):
         """The gradients of one bottom / top pair: db += bias gradient, dw += weight
         gradient, dx (overwritten) the input gradient; each None when not wanted.  x is
-        read only for the weight gradient."""
+        read only for the weight gradient; token: x's (_columns_token), on the CPU."""
         if db is not None:
             ops.bias_gradient(self, dy, db)
         if self.empty:
@@ -200,6 +202,8 @@ class BaseConvolution(Layer):
         if dw is not None:
             if self.reverse_dimensions:
                 engine.backward_weight(dy, x, dw)
+            elif token is not None:
+                engine.backward_weight(x, dy, dw, token)
             else:
                 engine.backward_weight(x, dy, dw)
         if dx is not None:
@@ -208,9 +212,19 @@ class BaseConvolution(Layer):
             else:
                 engine.backward_data(dy, w, dx)
 
-    def _prepare_one(self, x, y, post):
+    def _columns_token(self, blob, j):
+        """What identifies bottom j's data from a forward to the backward after it: its
+        memory, the memory's version (a user's write through Blob.data changes it) and the
+        shape epoch; None when a later layer of the net may write it (Layer.bottom_kept)."""
+        kept = self.bottom_kept
+        if kept is None or not kept(j):
+            return None
+        mem = blob._data.mem
+        return mem, mem.version, _blob.shape_epoch
+
+    def _prepare_one(self, x, y, post, token=None):
         """A callable computing y from x (one bottom): the sparse path's choice each time,
-        then the products and the bias (or the epilogue)."""
+        then the products and the bias (or the epilogue).  token(): see _columns_token."""
         w = self.blobs[0].cpu_data
         bias = self._bias() if post is None else None
         tail = None if post is None else post.prepare(y.reshape(self.num, self.num_output, -1))
@@ -222,16 +236,18 @@ class BaseConvolution(Layer):
         elif isinstance(self.engine, GemmEngine):
             blob = self.blobs[0]
             dense = self.engine.prepare_forward(x, w, bias, y, exact=self.backward_needed,
-                                                w_version=lambda: blob.data_version)
+                                                w_version=lambda: blob.data_version,
+                                                token=token)
         else:
             dense = self.engine.prepare_forward(x, w, bias, y)
-        path, columns, empty = self.sparse, self.columns, self.empty
+        path, columns, empty, engine = self.sparse, self.columns, self.empty, self.engine
 
         def run():
             csr = None if empty else path.choose(columns)
             if csr is None:
                 dense()
             else:
+                engine.cols_token = None    # (the sparse product may use the buffer)
                 sparse.convolution(path, csr, x, bias, y)
             if tail is not None:
                 tail()
@@ -256,7 +272,8 @@ class BaseConvolution(Layer):
                 t.cpu_diff.reshape(self.top_shape), w,
                 b.diff.reshape(self.bottom_shape) if propagate_down[i] else None,
                 self.blobs[0].diff if want_w else None,
-                self.blobs[1].diff if want_b else None)
+                self.blobs[1].diff if want_b else None,
+                self._columns_token(b, i) if want_w else None)
 
 
 def select_engine(layer, device):

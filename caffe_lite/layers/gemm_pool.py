@@ -47,6 +47,7 @@ _workers = []
 _workers_pid = None
 _lock = threading.Lock()
 _busy = threading.Lock()  # one split product at a time; a concurrent one runs unsplit
+_wanted = 0               # inside a pass (want(True)): what a new worker's WANTED starts at
 
 
 def _functions(libraries=()):
@@ -110,6 +111,7 @@ class _Worker:
         self.k = k
         self.ctl = np.zeros(k.CONTROL_WORDS, np.int64)
         self.ctl[k.SPIN], self.ctl[k.NAPS] = SPIN_POLLS, NAPS
+        self.ctl[k.WANTED] = _wanted   # (started inside a pass: spin through it)
         self.jobs = np.zeros((MAX_JOBS, 11), np.int64)
         self.pipe_r, self.pipe_w = os.pipe()
         os.set_blocking(self.pipe_w, False)
@@ -151,11 +153,13 @@ def workers(n):
 
 def want(on):
     """Called as a pass starts (True) and ends (False): workers spin through a pass."""
+    global _wanted
+    on = on and enabled()
+    _wanted = 1 if on else 0
     if _workers_pid != os.getpid() or not _workers:
         return
-    on = on and enabled()
     for w in _workers:
-        w.ctl[w.k.WANTED] = 1 if on else 0
+        w.ctl[w.k.WANTED] = _wanted
         if on and w.ctl[w.k.MODE] == 3:
             w.poke()
 

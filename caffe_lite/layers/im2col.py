@@ -217,12 +217,17 @@ class GemmEngine:
         self.padded = PaddedRows()
         self.scratch = Scratch()
         self.in_spatial = self.out_spatial = None
+        # What the column buffer holds: the token (BaseConvolution._columns_token) of the
+        # input whose columns the last forward left there, for the weight gradient to reuse;
+        # None once anything else may have written the buffer.
+        self.cols_token = None
 
     def reshape(self, num, in_spatial, out_spatial):
         key = (num, tuple(in_spatial), tuple(out_spatial), jit.kernels("im2col") is not None)
         if key == getattr(self, "_key", None):
             return  # called before every forward; nothing changed
         self._key = key
+        self.cols_token = None
         g = self.geom
         self.num = num
         self.winograd = None
@@ -321,11 +326,12 @@ class GemmEngine:
     def forward(self, x, w, b, y):
         self.prepare_forward(x, w, b, y)()
 
-    def prepare_forward(self, x, w, b, y, exact=True, w_version=None):
+    def prepare_forward(self, x, w, b, y, exact=True, w_version=None, token=None):
         """A callable computing forward(x, w, b, y) for these arrays (Layer.prepare_cpu).
         exact=False (a layer whose backward never runs) allows the Winograd products, whose
         float32 rounding differs from im2col's; w_version() then gives the weight's data
-        version."""
+        version.  token(): what identifies x's current data (None when it cannot be known),
+        noted with columns that cover the whole batch for backward_weight."""
         wg = self._wg(w)
         steps = []
         if not exact and w_version is not None and self.winograd_ok:
@@ -343,6 +349,11 @@ class GemmEngine:
                 fill, col = self._prepare_im2col(x, n0, n1)
                 steps += [fill, prepare_matmul(wg, col, self._groups(y[n0:n1], self.conv_out,
                                                                      self.out_count))]
+            fill = steps[0]
+            if token is not None and self.chunk >= self.num:
+                steps[0] = lambda: (fill(), setattr(self, "cols_token", token()))
+            else:
+                steps[0] = lambda: (setattr(self, "cols_token", None), fill())
         if b is not None:
             y3 = y.reshape(self.num, self.conv_out, self.out_count)
             b2 = b.reshape(-1, 1)
@@ -359,6 +370,7 @@ class GemmEngine:
         return run
 
     def backward_data(self, dy, w, dx):
+        self.cols_token = None
         if self.direct is not None and self.direct_data:
             k, geo = self.direct, self.jit_geometry
             dy4 = self._direct_rows(dy, self.conv_out, self.out_spatial)
@@ -393,7 +405,9 @@ class GemmEngine:
                 col2im_rows(col[a:b], g, self.clipped, dx_rows[base + a:base + b])
             run_blocks(n * cin, g.kernel_count * self.out_count, block)
 
-    def backward_weight(self, x, dy, dw):
+    def backward_weight(self, x, dy, dw, token=None):
+        """dw += the weight gradient; `token`: x's (as prepare_forward's), whose columns the
+        last forward may have left in the buffer."""
         if self.direct is not None:
             k, geo = self.direct, self.jit_geometry
             x4 = self._direct_rows(x, self.conv_in, self.in_spatial)
@@ -412,6 +426,9 @@ class GemmEngine:
                              self._groups(x, self.conv_in, self.in_count), dwg, self.scratch)
             return
         for n0, n1 in self._chunks():
-            col = self._im2col(x, n0, n1)
+            if token is not None and token == self.cols_token:
+                col = self._prepare_im2col(x, n0, n1)[1]     # (as the forward filled it)
+            else:
+                col = self._im2col(x, n0, n1)
             _weight_gradient(self._groups(dy[n0:n1], self.conv_out, self.out_count), col, dwg,
                              self.scratch)
