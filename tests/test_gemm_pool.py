@@ -294,3 +294,14 @@ def test_a_product_prepared_before_a_fork_runs_in_the_child(spin_only):
     assert here.poll(60), "the forked child waited for the parent's worker"
     np.testing.assert_allclose(here.recv(), a @ b, rtol=1e-6)
     p.join(10)
+
+
+def test_a_worker_started_inside_a_pass_spins_through_it(monkeypatch):
+    """(A first pass starts the workers while preparing its products: they must know the pass
+    is on, or they nap through it and its products run on one thread.)"""
+    monkeypatch.setenv("CAFFE_LITE_NUM_THREADS", "2")
+    n = len(gemm_pool._workers) if gemm_pool._workers_pid == os.getpid() else 0
+    with parallel.cpu_pass():
+        new = gemm_pool.workers(n + 1)[-1]
+        assert new.ctl[new.k.WANTED] == 1
+    assert new.ctl[new.k.WANTED] == 0
