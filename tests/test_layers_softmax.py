@@ -283,3 +283,49 @@ def test_swl_no_backprop_to_labels():
 def test_swl_first_dimension_mismatch():
     with pytest.raises(LayerSetupError, match="first dimension"):
         swl("", np.zeros((2, 3)), np.zeros((3,)))
+
+
+def _swl_pass(text, x, labels):
+    layer = layer_from_text('type: "SoftmaxWithLoss" ' + text)
+    bottom = [blob(np.asarray(x, np.float32)), blob(np.asarray(labels, np.float32))]
+    top = [Blob()]
+    layer.setup(bottom, top)
+    loss = layer.forward(bottom, top)
+    layer.backward(top, [True, False], bottom)
+    return loss, layer.prob.data.copy(), bottom[0].diff.copy()
+
+
+@pytest.mark.parametrize("text", ["", "loss_param { ignore_label: 2 normalization: VALID }",
+                                  "loss_param { ignore_label: -3 normalization: FULL }"])
+def test_swl_compiled_and_numpy_paths_agree(monkeypatch, text):
+    """The one-pass kernel (numba) gives the numpy path's loss, probabilities and gradient,
+    labels read as Caffe's static_cast<int> (1.7 -> 1, -0.5 -> 0, -3.2 -> -3)."""
+    from caffe_lite.layers import jit
+    if jit.kernels("softmax") is None:
+        pytest.skip("numba kernels off (CAFFE_LITE_JIT=0 or numba absent)")
+    g = np.random.default_rng(31)
+    x = g.normal(size=(3, 4, 2, 5)).astype(np.float32) * 3
+    labels = g.integers(0, 4, size=(3, 1, 2, 5)).astype(np.float32)
+    labels[0, 0, 0, :3] = [1.7, -0.5, 3.9]
+    labels[2, 0, 1, :2] = [-3.2, 2.0]
+    if "-3" not in text:
+        labels[2, 0, 1, 0] = 0
+    compiled = _swl_pass(text, x, labels)
+    monkeypatch.setattr(jit, "kernels", lambda family: None)
+    plain = _swl_pass(text, x, labels)
+    assert compiled[0] == pytest.approx(plain[0], rel=1e-6)
+    np.testing.assert_allclose(compiled[1], plain[1], rtol=1e-6)
+    np.testing.assert_allclose(compiled[2], plain[2], rtol=1e-6, atol=1e-9)
+    assert np.abs(compiled[2]).max() > 0.01
+
+
+@pytest.mark.parametrize("bad", [np.nan, 4.0, -1.0])
+def test_swl_invalid_label_before_backward_is_reported(bad):
+    """A label made invalid after the forward is reported by the backward, not read out of
+    bounds."""
+    layer, (top,) = swl("", X2, [2, 0])
+    bottom = [blob(np.array(X2, np.float32)), blob(np.array([2, bad], np.float32))]
+    with pytest.raises(LayerSetupError, match="outside"):
+        layer.backward([top], [True, False], bottom)
+    with pytest.raises(LayerSetupError, match="outside"):
+        layer.forward(bottom, [top])

@@ -45,7 +45,8 @@ def labels_as_int(layer, labels, num_classes, has_ignore_label, ignore_label):
     index), valid a bool mask of non-ignored positions (None without ignore_label), count the
     number of non-ignored positions.  A label outside [0, num_classes) that is not the ignore
     label is an error (Caffe only DCHECKs it and reads out of bounds)."""
-    lab = labels.astype(np.int64)
+    with np.errstate(invalid="ignore"):     # (a NaN label: reported below as outside)
+        lab = labels.astype(np.int64)
     valid = None
     if has_ignore_label:
         valid = lab != ignore_label
