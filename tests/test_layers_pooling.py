@@ -122,6 +122,8 @@ def distinct(shape, seed):
 
 
 @pytest.mark.parametrize("params", ["pool: MAX kernel_size: 3 stride: 2 pad: 1",
+                                    "pool: MAX kernel_size: 2 stride: 2",
+                                    "pool: MAX kernel_size: 2 stride: 3 pad: 1",
                                     "pool: MAX kernel_h: 2 kernel_w: 3 stride: 1",
                                     "pool: MAX kernel_size: 3 stride: 2",
                                     "pool: AVE kernel_size: 3 stride: 2 pad: 1",

@@ -132,16 +132,31 @@ def max_pool_backward(dy, choice, dx, g, none, r0, r1):
     by output: cheaper than the flat form for the small planes pooling sees)."""
     kh, kw, sh, sw, ph, pw = g
     oh_n, ow_n = dy.shape[1], dy.shape[2]
+    # (tap -> row and column offsets from tables: a division by kw per output was most of
+    # the time)
+    ti = np.empty(kh * kw, np.int64)
+    tj = np.empty(kh * kw, np.int64)
+    for t in range(kh * kw):
+        ti[t], tj[t] = t // kw, t % kw
+    # windows that do not overlap send at most one gradient to an input: a store, not an add
+    tiles = sh >= kh and sw >= kw
     for r in range(r0, r1):
         out = dx[r]
         out[:, :] = 0
         for oh in range(oh_n):
             dr = dy[r, oh]
             cr = choice[r, oh]
-            for ow in range(ow_n):
-                t = cr[ow]
-                if t != none:
-                    out[oh * sh - ph + t // kw, ow * sw - pw + t % kw] += dr[ow]
+            top = oh * sh - ph
+            if tiles:
+                for ow in range(ow_n):
+                    t = cr[ow]
+                    if t != none:
+                        out[top + ti[t], ow * sw - pw + tj[t]] = dr[ow]
+            else:
+                for ow in range(ow_n):
+                    t = cr[ow]
+                    if t != none:
+                        out[top + ti[t], ow * sw - pw + tj[t]] += dr[ow]
 
 
 @njit(nogil=True, cache=True, boundscheck=False)
