@@ -9,8 +9,8 @@ never per row.
 
 `depthwise_forward` / `depthwise_backward` dispatch to one function per strategy:
   * `_*_half3`: 3x3, pad 1, stride 2 on planes of even width (even / odd column phases);
-  * `_*_same3`: 3x3, pad 1, stride 1 (or 2 on odd widths), planes up to _SAME3_WIDTH wide,
-    the margined flat form;
+  * `_*_same3`: 3x3, pad 1, stride 1 (or 2 on odd widths up to _SAME3_WIDTH / 2), the
+    margined flat form;
   * `_*_general`: any kernel, stride, pad and dilation (phase-split rows; a flat form for the
     weight sums of narrow planes; polyphase input gradient)."""
 import numpy as np
@@ -32,7 +32,13 @@ from ._planes import (_ELEMENTWISE, _REDUCTION, _F, _correlate, _fill_phased, _f
 # --------------------------------------------------------------------------------------------
 
 _NARROW = 24  # planes narrower than this use the flat form for the weight sums
-_SAME3_WIDTH = 128  # planes up to this wide (half at stride 2) use the margined form
+# At stride 2, odd widths up to this wide (as the stride-1 grid they compute) use the margined
+# form.  Stride 1 and even widths at stride 2 use it at any width: single-threaded on a Zen 5
+# VM (2 MiB L2), 2026-12-05, 16-32 channels, general / margined in us, forward | backward:
+# stride 1 120x160 113 / 94 | 205 / 143, 480x640 1392 / 1363 | 2909 / 2369; stride 2
+# (half grid) 120x160 184 / 103 | 439 / 155, 240x320 250 / 217 | 780 / 336, 480x640
+# 551 / 633 | 3054 / 1235.  (128 had been the limit for all, from before the half grid.)
+_SAME3_WIDTH = 128
 
 
 @njit(nogil=True, cache=True, boundscheck=False, fastmath=_ELEMENTWISE)
@@ -229,7 +235,7 @@ def _is_same3(g, wd):
     stride-1 output (2 oh, 2 ow)): four times the multiply-adds, but all vectorised."""
     c_n, m_n, kh, kw, sh, sw, ph, pw, dh, dw = g
     full = sh == 2 and wd % 2 == 1  # computes the whole stride-1 grid
-    return ((2 * wd if full else wd) <= _SAME3_WIDTH and kh == 3 and kw == 3 and sh == sw
+    return ((2 * wd <= _SAME3_WIDTH if full else True) and kh == 3 and kw == 3 and sh == sw
             and sh <= 2 and ph == 1 and pw == 1 and dh == 1 and dw == 1)
 
 
