@@ -439,3 +439,21 @@ def test_propagate_down_false_leaves_bottom_diff():
 def test_neuron_blob_counts():
     with pytest.raises(LayerSetupError, match="exactly 1 bottom"):
         forward(layer_from_text('type: "ReLU"'), [blob((2,), seed=0), blob((2,), seed=1)])
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_relu_keeps_nan_and_splits_large_inputs(monkeypatch, split):
+    """Caffe's std::max(x, 0): NaN stays NaN; the same values whether the pass is split over
+    the thread pool or not (the compiled kernel splits only large inputs)."""
+    from caffe_lite.layers import neuron, parallel
+    if split:
+        monkeypatch.setenv("CAFFE_LITE_NUM_THREADS", "2")
+        monkeypatch.setattr(neuron, "MIN_PARALLEL_STREAM_ELEMENTS", 64)
+        monkeypatch.setattr(neuron, "MIN_PARALLEL_ELEMENTS", 64)
+        monkeypatch.setattr(parallel, "MIN_PARALLEL_ELEMENTS", 64)
+    x = np.random.default_rng(3).standard_normal(1000).astype(np.float32)
+    x[[0, 500, 999]] = [np.nan, -np.inf, np.inf]
+    y, _, _ = run('type: "ReLU"', x)
+    expect = np.where(x < 0, np.float32(0), x)
+    np.testing.assert_array_equal(y, expect)
+    assert np.isnan(y[0]) and y[500] == 0 and y[999] == np.inf

@@ -43,7 +43,7 @@ from .conv import BaseConvolution
 from .inner_product import InnerProductLayer
 from .neuron import DropoutLayer, PReLULayer, ReLULayer
 from .normalization import BatchNormLayer, same_memory
-from .parallel import prepare_blocks, run_blocks
+from .parallel import MIN_PARALLEL_STREAM_ELEMENTS, prepare_blocks, run_blocks
 from .scale_bias import _NO_BIAS, ScaleLayer
 
 _F = np.float32
@@ -165,9 +165,11 @@ class Epilogue:
             if s == 1:  # InnerProduct: per row of the batch, vectorised over the channels
                 y2, k2 = y3.reshape(n, c), keep.reshape(n, c)
                 return prepare_blocks(n, c, lambda a, b, slot: k.affine_act_rows(
-                    y2, scale, shift, kind, slope, k2, has_keep, a, b))
+                    y2, scale, shift, kind, slope, k2, has_keep, a, b),
+                    min_elements=MIN_PARALLEL_STREAM_ELEMENTS)
             return prepare_blocks(n * c, s, lambda a, b, slot: k.affine_act(
-                y3, scale, shift, kind, slope, keep, has_keep, a, b))
+                y3, scale, shift, kind, slope, keep, has_keep, a, b),
+                min_elements=MIN_PARALLEL_STREAM_ELEMENTS)
         a, b, sl = scale.reshape(-1, 1), shift.reshape(-1, 1), slope.reshape(-1, 1)
         neg = np.empty(y3.shape, _F) if kind == self.SLOPE else None
 

@@ -27,8 +27,13 @@ from . import gemm_pool
 MIN_PARALLEL_ELEMENTS = 1 << 17
 # matrix products of at least this many multiply-adds,
 MIN_PARALLEL_MACS = 1 << 22
-# and compiled kernels (run_blocks with block_elements=None) on at least this many elements.
+# and compiled kernels (run_blocks with block_elements=None) on at least this many elements,
 MIN_PARALLEL_KERNEL_ELEMENTS = 1 << 18
+# but compiled one-pass elementwise kernels (the activation / affine epilogue) on this many: they
+# take about 40 ps an element on one core, so a split only pays beyond a few million (measured
+# 2026-12-05, the fused ReLU epilogue in place: 614k elements 28 us whole / 80 split, 1.6M
+# 60 / 97, 3.2M 159 / 174).
+MIN_PARALLEL_STREAM_ELEMENTS = 1 << 22
 # Products handed to the spinning workers of gemm_pool (a round trip of about 2 us) pay from
 # about this many multiply-adds (measured 2026-12-05: 2.4M 41 -> 37 us, 1M 19 -> 23 us).
 MIN_SPIN_MACS = 1 << 21
@@ -173,24 +178,30 @@ def run_tasks(tasks):
         _busy.release()
 
 
-def run_blocks(rows, row_elements, fn, block_elements=1 << 17):
-    """Call fn(start, stop, slot) over consecutive row blocks covering range(rows).
-
-    Blocks are dealt round-robin to `num_threads()` workers (the caller is worker 0); `slot`
-    is the worker's index, for per-worker scratch buffers.  Blocks must touch disjoint rows.
-    block_elements=None: one block per worker (for compiled kernels, which need no blocking
-    for the cache and cost a few microseconds per call)."""
-    if rows <= 0:
-        return
+def _blocks(rows, row_elements, block_elements, min_elements):
+    """(row blocks, threads) of run_blocks / prepare_blocks."""
     threads = num_threads()
     if block_elements is None:
-        if rows * row_elements < MIN_PARALLEL_KERNEL_ELEMENTS:
+        if rows * row_elements < (min_elements or MIN_PARALLEL_KERNEL_ELEMENTS):
             threads = 1
         per_block = -(-rows // threads)
     else:
         per_block = max(1, min(-(-rows // threads), block_elements // max(1, row_elements)))
     blocks = [(r, min(r + per_block, rows)) for r in range(0, rows, per_block)]
-    threads = min(threads, len(blocks))
+    return blocks, min(threads, len(blocks))
+
+
+def run_blocks(rows, row_elements, fn, block_elements=1 << 17, min_elements=None):
+    """Call fn(start, stop, slot) over consecutive row blocks covering range(rows).
+
+    Blocks are dealt round-robin to `num_threads()` workers (the caller is worker 0); `slot`
+    is the worker's index, for per-worker scratch buffers.  Blocks must touch disjoint rows.
+    block_elements=None: one block per worker (for compiled kernels, which need no blocking
+    for the cache and cost a few microseconds per call), split from `min_elements` elements
+    (default MIN_PARALLEL_KERNEL_ELEMENTS)."""
+    if rows <= 0:
+        return
+    blocks, threads = _blocks(rows, row_elements, block_elements, min_elements)
     if threads == 1:
         for a, b in blocks:
             fn(a, b, 0)
@@ -202,20 +213,12 @@ def run_blocks(rows, row_elements, fn, block_elements=1 << 17):
     run_tasks([lambda s=s: work(s) for s in range(threads)])
 
 
-def prepare_blocks(rows, row_elements, fn, block_elements=None):
-    """A callable doing what run_blocks(rows, row_elements, fn, block_elements) does, with
-    the split worked out now (for a prepared step, Layer.prepare_cpu)."""
+def prepare_blocks(rows, row_elements, fn, block_elements=None, min_elements=None):
+    """A callable doing what run_blocks(rows, row_elements, fn, block_elements, min_elements)
+    does, with the split worked out now (for a prepared step, Layer.prepare_cpu)."""
     if rows <= 0:
         return _nothing
-    threads = num_threads()
-    if block_elements is None:
-        if rows * row_elements < MIN_PARALLEL_KERNEL_ELEMENTS:
-            threads = 1
-        per_block = -(-rows // threads)
-    else:
-        per_block = max(1, min(-(-rows // threads), block_elements // max(1, row_elements)))
-    blocks = [(r, min(r + per_block, rows)) for r in range(0, rows, per_block)]
-    threads = min(threads, len(blocks))
+    blocks, threads = _blocks(rows, row_elements, block_elements, min_elements)
     if threads == 1:
         if len(blocks) == 1:
             return lambda: fn(0, rows, 0)

@@ -6,6 +6,18 @@ from ._planes import _ELEMENTWISE, _F
 
 
 @njit(nogil=True, cache=True, boundscheck=False, fastmath=_ELEMENTWISE)
+def relu_forward(x, y, i0, i1):
+    """y = 0 where x < 0, else x (Caffe's std::max(x, 0): NaN and -0 stay), over [i0, i1)
+    of flat arrays (x may be y)."""
+    z = _F(0)
+    xs = x[i0:i1]
+    out = y[i0:i1]
+    for i in range(out.shape[0]):
+        v = xs[i]
+        out[i] = z if v < z else v
+
+
+@njit(nogil=True, cache=True, boundscheck=False, fastmath=_ELEMENTWISE)
 def relu_backward(dy, x, dx, in_place, i0, i1):
     """(dy * 0 where x <= 0 keeps numpy's -0 and NaN.)"""
     z = _F(0)
