@@ -29,11 +29,13 @@ MIN_PARALLEL_ELEMENTS = 1 << 17
 MIN_PARALLEL_MACS = 1 << 22
 # and compiled kernels (run_blocks with block_elements=None) on at least this many elements,
 MIN_PARALLEL_KERNEL_ELEMENTS = 1 << 18
-# but compiled one-pass elementwise kernels (the activation / affine epilogue) on this many: they
-# take about 40 ps an element on one core, so a split only pays beyond a few million (measured
-# 2026-12-05, the fused ReLU epilogue in place: 614k elements 28 us whole / 80 split, 1.6M
-# 60 / 97, 3.2M 159 / 174).
-MIN_PARALLEL_STREAM_ELEMENTS = 1 << 22
+# but compiled one-pass elementwise kernels (the activation / affine epilogue, ReLU) on this
+# many: they take about 40 ps an element on one core (measured 2026-12-05 on data in cache, the
+# fused ReLU epilogue: 614k elements 28 us whole / 80 split, 1.6M 60 / 97, 3.2M 159 / 174).
+# In whole nets, where a split keeps each core on the output of its own piece of the product,
+# 1M came out best of 256k (before), 1M and 4M: face detector b1 2.56 -> 2.42 ms, MobileNet
+# v1 / v2 at batch 8 within 2 %.
+MIN_PARALLEL_STREAM_ELEMENTS = 1 << 20
 # Products handed to the spinning workers of gemm_pool (a round trip of about 2 us) pay from
 # about this many multiply-adds (measured 2026-12-05: 2.4M 41 -> 37 us, 1M 19 -> 23 us).
 MIN_SPIN_MACS = 1 << 21
