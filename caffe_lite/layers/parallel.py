@@ -37,8 +37,10 @@ MIN_PARALLEL_KERNEL_ELEMENTS = 1 << 18
 # v1 / v2 at batch 8 within 2 %.
 MIN_PARALLEL_STREAM_ELEMENTS = 1 << 20
 # Products handed to the spinning workers of gemm_pool (a round trip of about 2 us) pay from
-# about this many multiply-adds (measured 2026-12-05: 2.4M 41 -> 37 us, 1M 19 -> 23 us).
-MIN_SPIN_MACS = 1 << 21
+# about this many multiply-adds (measured 2026-12-05 on a Zen 5 VM, whole nets at batch 1, 2^20
+# against 2^21: LeNet 8-10 %, P-Net and O-Net 3-5 % faster, MobileNet v1 and SqueezeNet 1-3 %
+# slower, near the noise; single products: 8 x 784 x 300 64 -> 37 us, 979k 20 -> 18 us).
+MIN_SPIN_MACS = 1 << 20
 # A single row (an InnerProduct at batch 1) reads its weights once: it is bound by memory, not
 # arithmetic, and two cores read twice as fast (each half stays in its core's L2 from call to
 # call).  Split from this many weights (measured 2026-12-05, one row: 180k weights 7.5 -> 7.9 us,
