@@ -158,9 +158,11 @@ class BaseConvolution(Layer):
         self.prepare_cpu(bottom, top, post)()
 
     def prepare_cpu(self, bottom, top, post=None):
+        # (a net that never runs this backward has no use for the columns' token)
+        keep = self.backward_needed and self.param_propagate_down[0]
         runs = [self._prepare_one(b.cpu_data.reshape(self.bottom_shape),
                                   t.data.reshape(self.top_shape), post,
-                                  lambda b=b, j=j: self._columns_token(b, j))
+                                  (lambda b=b, j=j: self._columns_token(b, j)) if keep else None)
                 for j, (b, t) in enumerate(zip(bottom, top))]
         if len(runs) == 1:
             return runs[0]

@@ -350,7 +350,9 @@ class GemmEngine:
                 steps += [fill, prepare_matmul(wg, col, self._groups(y[n0:n1], self.conv_out,
                                                                      self.out_count))]
             fill = steps[0]
-            if token is not None and self.chunk >= self.num:
+            if token is None:
+                self.cols_token = None   # (no fill of this forward notes a token)
+            elif self.chunk >= self.num:
                 steps[0] = lambda: (fill(), setattr(self, "cols_token", token()))
             else:
                 steps[0] = lambda: (setattr(self, "cols_token", None), fill())
