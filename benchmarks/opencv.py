@@ -14,6 +14,10 @@ user writes: `net.forward(data=x)` against `cv_net.setInput(x); cv_net.forward(n
 Medians; ratio = caffe-lite / OpenCV (below 1: caffe-lite is faster).  Both on --threads
 threads (cv2.setNumThreads, CAFFE_LITE_NUM_THREADS).
 
+For a net that is a chain of InnerProduct / ReLU / Softmax layers (LeNet-300-100) the same
+output is also computed by bare numpy calls on preallocated arrays ("numpy_floor_ms"): what
+any Python runtime pays at least.
+
 The "overhead" case times an empty forward: a net of layers that do almost no arithmetic
 (1-element blobs), giving caffe-lite's fixed cost per layer in microseconds.
 
@@ -62,6 +66,39 @@ def compare(net, cv_net, x):
     return worst
 
 
+def numpy_floor(net, x):
+    """For a net that is a chain of InnerProduct, ReLU and Softmax layers (LeNet-300-100):
+    a callable computing its output with bare numpy calls on preallocated arrays, no
+    framework at all (the least a Python runtime can spend on it), and that output; else
+    None.  BLAS is held at one thread inside, as in caffe-lite's pass; only products of
+    single-threaded BLAS calls are compared."""
+    steps, h = [], x.reshape(x.shape[0], -1)
+    f32 = np.float32
+    for layer in net.layers[1:]:
+        if layer.type == "InnerProduct" and not layer.transpose:
+            w, b = layer.blobs[0].data.T, layer.blobs[1].data
+            out = np.empty((h.shape[0], w.shape[1]), f32)
+            steps.append(lambda h=h, w=w, b=b, out=out: (np.matmul(h, w, out=out),
+                                                         np.add(out, b, out=out)))
+            h = out
+        elif layer.type == "ReLU" and layer.negative_slope == 0:
+            steps.append(lambda h=h: np.maximum(h, f32(0), out=h))
+        elif layer.type == "Softmax":
+            m = np.empty((h.shape[0], 1), f32)
+            steps.append(lambda h=h, m=m: (np.max(h, axis=1, keepdims=True, out=m),
+                                           np.subtract(h, m, out=h), np.exp(h, out=h),
+                                           np.sum(h, axis=1, keepdims=True, out=m),
+                                           np.divide(h, m, out=h)))
+        else:
+            return None, None
+
+    def run():
+        for step in steps:
+            step()
+    run()
+    return run, h
+
+
 def net_case(name, batch, cfg, folder):
     import cv2
     from .cases import interleaved
@@ -85,10 +122,25 @@ def net_case(name, batch, cfg, folder):
     ours()
     quick = time.perf_counter() - t0 < 0.02
     repeats = cfg.repeats * (3 if quick else 1)
-    (m1, lo1), (m2, lo2) = interleaved([ours, theirs], repeats, cfg.warmup)
-    return {"name": name, "batch": batch, "caffe_lite_ms": 1e3 * m1, "opencv_ms": 1e3 * m2,
-            "caffe_lite_min_ms": 1e3 * lo1, "opencv_min_ms": 1e3 * lo2, "ratio": m1 / m2,
-            "max_rel_error": error, "layers": len(net.layers), "repeats": repeats}
+    from caffe_lite.layers.parallel import single_threaded_blas
+    floor, floor_out = numpy_floor(net, x)
+    fns = [ours, theirs]
+    if floor is not None:
+        ref = net.blobs[net.outputs[0]].data
+        assert np.abs(floor_out - ref.reshape(floor_out.shape)).max() <= 1e-5 * np.abs(ref).max()
+
+        def bare():
+            with single_threaded_blas():
+                floor()
+        fns.append(bare)
+    times = interleaved(fns, repeats, cfg.warmup)
+    (m1, lo1), (m2, lo2) = times[:2]
+    r = {"name": name, "batch": batch, "caffe_lite_ms": 1e3 * m1, "opencv_ms": 1e3 * m2,
+         "caffe_lite_min_ms": 1e3 * lo1, "opencv_min_ms": 1e3 * lo2, "ratio": m1 / m2,
+         "max_rel_error": error, "layers": len(net.layers), "repeats": repeats}
+    if floor is not None:
+        r["numpy_floor_ms"] = 1e3 * times[2][0]
+    return r
 
 
 EMPTY_TYPES = ("ReLU", "Scale", "Convolution", "Pooling", "InnerProduct", "Eltwise")
@@ -205,7 +257,9 @@ def main(argv=None):
                 r = net_case(name, batch, cfg, folder)
                 results.append(r)
                 print(f"  {name} b{batch}: {r['caffe_lite_ms']:.3f} ms vs {r['opencv_ms']:.3f} ms"
-                      f" ({r['ratio']:.2f}; diff {r['max_rel_error']:.1e})", flush=True)
+                      f" ({r['ratio']:.2f}; diff {r['max_rel_error']:.1e})"
+                      + (f"; bare numpy calls {r['numpy_floor_ms']:.3f} ms"
+                         if "numpy_floor_ms" in r else ""), flush=True)
     info["load_average_end"] = os.getloadavg()
     print()
     print(table(results))

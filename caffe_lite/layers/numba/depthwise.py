@@ -34,7 +34,7 @@ from ._planes import (_ELEMENTWISE, _REDUCTION, _F, _correlate, _fill_phased, _f
 _NARROW = 24  # planes narrower than this use the flat form for the weight sums
 # At stride 2, odd widths up to this wide (as the stride-1 grid they compute) use the margined
 # form.  Stride 1 and even widths at stride 2 use it at any width: single-threaded on a Zen 5
-# VM (2 MiB L2), 2026-12-05, 16-32 channels, general / margined in us, forward | backward:
+# VM (1 MiB L2 per core), 2026-12-05, 16-32 channels, general / margined in us, forward | backward:
 # stride 1 120x160 113 / 94 | 205 / 143, 480x640 1392 / 1363 | 2909 / 2369; stride 2
 # (half grid) 120x160 184 / 103 | 439 / 155, 240x320 250 / 217 | 780 / 336, 480x640
 # 551 / 633 | 3054 / 1235.  (128 had been the limit for all, from before the half grid.)
