@@ -1,7 +1,10 @@
 """A matrix product split over two threads, four ways side by side (alternating, medians):
 on one thread; split over the spinning product pool (layers/gemm_pool.py); split over the
 Python workers (layers/parallel.py, CAFFE_LITE_SPIN=0's path); on OpenBLAS's own two threads.
-Plus the pool's round trip (a 1x1x1 product handed to a worker and back).
+Plus the pool's round trip (a 1x1x1 product handed to a worker and back), and MobileNet v1's
+forward at batch 1 while another process keeps a core busy: the caller claiming a piece its
+worker has not started (as shipped) against waiting for the worker (median and 90th
+percentile).
 
     python -m benchmarks.gemm_pool [--repeats 201] [--out FILE.json]
 
@@ -32,6 +35,51 @@ def _timed(fns, repeats):
     after a pause do), which blocks of two would make most of the sample."""
     from .cases import interleaved
     return [m for m, _ in interleaved(fns, repeats, warmup=5, rounds=max(3, repeats // 40))]
+
+
+def _busy(seconds):
+    t = time.monotonic()
+    while time.monotonic() - t < seconds:
+        pass
+
+
+def _under_load(repeats):
+    """MobileNet v1's forward at batch 1 (benchmarks/deploy_nets.py, random weights) while
+    another process keeps a core busy: the caller claiming a piece its worker has not started
+    after CLAIM_POLLS polls (as shipped) against waiting for the worker however long (what
+    the pool did before), alternating blocks of ten passes."""
+    import multiprocessing
+    import tempfile
+    from caffe_lite.layers import gemm_pool
+    from .opencv import build
+    name = "mobilenet_v1 b1 forward"
+    saved_polls = gemm_pool.CLAIM_POLLS
+    with tempfile.TemporaryDirectory() as folder:
+        net = build("mobilenet_v1", 1, folder)[0]
+        x = np.random.default_rng(1).standard_normal(net.blobs["data"].shape, dtype=np.float32)
+        net.forward(data=x)
+        hog = multiprocessing.get_context("spawn").Process(target=_busy, args=(600,),
+                                                           daemon=True)
+        hog.start()
+        times = {"steal": [], "wait": []}
+        try:
+            for r in range(max(4, repeats // 25)):
+                for key, polls in (("steal", saved_polls), ("wait", 1 << 40)):
+                    gemm_pool.CLAIM_POLLS = polls
+                    net.forward(data=x)
+                    for _ in range(10):
+                        t = time.perf_counter()
+                        net.forward(data=x)
+                        times[key].append(time.perf_counter() - t)
+        finally:
+            hog.terminate()
+            hog.join()
+            gemm_pool.CLAIM_POLLS = saved_polls
+    res = {"case": name}
+    for key, v in times.items():
+        res[f"{key}_median_us"] = float(np.median(v)) * 1e6
+        res[f"{key}_p90_us"] = float(np.percentile(v, 90)) * 1e6
+    return res
 
 
 def main(argv=None):
@@ -90,11 +138,13 @@ def main(argv=None):
     w = gemm_pool.workers(1)[0]
     one_job = np.ones((1, 1), np.float32)
     job = gemm_pool._jobs(one_job, one_job, np.empty((1, 1), np.float32))
-    pause = gemm_pool._functions()[1]
+    f = gemm_pool._functions()
+    pause = f.pause
 
     def round_trip():
         w.jobs[:1] = job
         w.ctl[k.COUNT] = 1
+        f.reset(w.lock_at)      # (the worker claims the batch, as prepare's posts have it)
         seq = w.ctl[k.POSTED] + 1
         w.ctl[k.POSTED] = seq
         while not k.wait(w.ctl, seq, pause, 1 << 12):
@@ -104,7 +154,9 @@ def main(argv=None):
         while w.ctl[k.MODE] != 1 and time.monotonic() < deadline:
             time.sleep(0.001)
         (t_rt,) = _timed([round_trip], args.repeats * 10)
-    result = {"machine": describe(), "products": rows, "round_trip_us": t_rt * 1e6}
+    loaded = _under_load(args.repeats)
+    result = {"machine": describe(), "products": rows, "round_trip_us": t_rt * 1e6,
+              "under_load": loaded}
     print(f"{'product':46s} {'MACs':>9s} {'1 thread':>9s} {'pool':>9s} {'Python':>9s} "
           f"{'OpenBLAS':>9s}  (us, medians)")
     for r in rows:
@@ -112,6 +164,10 @@ def main(argv=None):
               f"{r['spinning_pool_us']:9.1f} {r['python_workers_us']:9.1f} "
               f"{r['openblas_2_threads_us']:9.1f}")
     print(f"round trip to a spinning worker: {t_rt * 1e6:.2f} us")
+    print(f"with another process busy on a core, {loaded['case']}: median / 90th percentile, "
+          f"caller claims a piece its worker has not started "
+          f"{loaded['steal_median_us']:.0f} / {loaded['steal_p90_us']:.0f} us, waits for it "
+          f"{loaded['wait_median_us']:.0f} / {loaded['wait_p90_us']:.0f} us")
     out = pathlib.Path(args.out or pathlib.Path(__file__).parent / "results" /
                        f"gemm-pool-{result['machine']['date']}-{result['machine']['host']}.json")
     out.write_text(json.dumps(result, indent=1))

@@ -55,12 +55,13 @@ def _rows(rng):
     weight stored (N, K) as InnerProduct keeps it, or (K, N) (transpose: true), with padded
     rows; the row contiguous or strided (a column of a larger array)."""
     f = np.float32
-    w = rng.standard_normal((70, 90), dtype=f)
-    x = rng.standard_normal((1, 90), dtype=f)
-    yield x, w.T                                        # (N, K) storage: sgemv NoTrans
-    yield x[:, :33], w[:33, :64]                        # (K, N) storage, ldb > N: Trans
-    yield x[:, :80], w[:, :80].T                        # (N, K) storage, ldb > K
-    yield w[:30, 5:6].T, w[40:, :50]                    # a strided row (lda 90)
+    w = rng.standard_normal((700, 900), dtype=f)        # (large enough for the worker to
+    x = rng.standard_normal((1, 900), dtype=f)          # start its piece before the caller
+    yield x, w.T                                        # is done with its own);
+    #                                                     (N, K) storage: sgemv NoTrans
+    yield x[:, :600], w[:600, :640]                     # (K, N) storage, ldb > N: Trans
+    yield x[:, :800], w[:, :800].T                      # (N, K) storage, ldb > K
+    yield w[:300, 5:6].T, w[400:, :500]                 # a strided row (lda 900)
 
 
 def test_layouts_of_views():
@@ -80,35 +81,53 @@ def test_split_products_equal_numpy_and_run_on_the_workers(spin_only, monkeypatc
     rng = np.random.default_rng(7)
     _spinning(int(threads))
     with parallel.cpu_pass():
-        before = sum(int(w.ctl[w.k.DONE]) for w in gemm_pool._workers)
         for a, b in _cases(rng):
             expect = np.matmul(a, b)
             for _ in range(20):
                 out = np.full(expect.shape, np.nan, np.float32)
                 parallel.prepare_matmul(a, b, out)()
                 np.testing.assert_allclose(out, expect, rtol=1e-5, atol=1e-5)
-        done = sum(int(w.ctl[w.k.DONE]) for w in gemm_pool._workers) - before
+        # (pieces this small are often claimed back by the caller; every layout also runs
+        # whole on each worker)
+        for w in gemm_pool._workers[:int(threads) - 1]:
+            for a, b in _cases(rng):
+                expect = np.matmul(a, b)
+                out = np.full(expect.shape, np.nan, np.float32)
+                assert _on_worker(w, a, b, out), "the worker did not run the product"
+                np.testing.assert_allclose(out, expect, rtol=1e-5, atol=1e-5)
     assert len(gemm_pool._workers) >= int(threads) - 1
-    assert done > 0, "no piece ran on a spinning worker"
+
+
+def _on_worker(w, a, b, out):
+    """np.matmul(a, b, out=out) posted whole to worker w, which must claim it (the caller
+    never does here); True when the worker ran it."""
+    k = w.k
+    f = gemm_pool._functions()
+    jobs = gemm_pool._jobs(a, b, out)
+    ran = int(w.ctl[k.RAN])
+    w.jobs[:len(jobs)] = jobs
+    w.ctl[k.COUNT] = len(jobs)
+    f.reset(w.lock_at)
+    seq = w.ctl[k.POSTED] + 1
+    w.ctl[k.POSTED] = seq
+    while not k.wait(w.ctl, seq, f.pause, 1 << 12):
+        w.poke()
+    return int(w.ctl[k.RAN]) == ran + 1
 
 
 def test_single_rows_run_on_the_workers_as_matrix_vector_products(spin_only):
     rng = np.random.default_rng(11)
     _spinning(2)
+    w = gemm_pool._workers[0]
     with parallel.cpu_pass():
         for a, b in _rows(rng):
             expect = np.matmul(a, b)
             out = np.full(expect.shape, np.nan, np.float32)
-            run = parallel.prepare_matmul(a, b, out)
-            w = gemm_pool._workers[0]
-            for _ in range(20):
-                done = int(w.ctl[w.k.DONE])
-                out[...] = np.nan
-                run()
-                if int(w.ctl[w.k.DONE]) != done:
-                    break
-            else:
-                pytest.fail(f"{a.shape} x {b.shape}: the worker never ran its piece")
+            assert _on_worker(w, a, b, out)
+            np.testing.assert_allclose(out, expect, rtol=1e-5, atol=1e-5)
+            # split by prepare_matmul: each piece on the worker or claimed back by the caller
+            out[...] = np.nan
+            parallel.prepare_matmul(a, b, out)()
             np.testing.assert_allclose(out, expect, rtol=1e-5, atol=1e-5)
 
 
@@ -305,3 +324,45 @@ def test_a_worker_started_inside_a_pass_spins_through_it(monkeypatch):
         new = gemm_pool.workers(n + 1)[-1]
         assert new.ctl[new.k.WANTED] == 1
     assert new.ctl[new.k.WANTED] == 0
+
+
+def test_a_piece_its_worker_has_not_started_runs_on_the_caller(spin_only):
+    """Work stealing: a worker kept off its core (here blocked in its pipe read while the
+    caller takes it for spinning) delays nothing: once its own piece is done the caller claims
+    the posted piece and runs it; the worker, when it gets to the batch, skips it."""
+    _spinning(2)
+    w = gemm_pool._workers[0]
+    k = w.k
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((48, 30), dtype=np.float32)
+    b = rng.standard_normal((30, 40), dtype=np.float32)
+    with parallel.cpu_pass():
+        run = parallel.prepare_matmul(a, b, np.empty((48, 40), np.float32))
+        out = np.full((48, 40), np.nan, np.float32)
+        run = parallel.prepare_matmul(a, b, out)
+        gemm_pool.hold(True)
+        deadline = time.monotonic() + 10
+        while w.ctl[k.MODE] != 2:
+            assert time.monotonic() < deadline, "the worker never blocked"
+            time.sleep(0.001)
+        w.ctl[k.HOLD] = 0                       # (released, but not woken: it stays blocked)
+        run()
+        np.testing.assert_allclose(out, a @ b, rtol=1e-5, atol=1e-5)
+        assert w.ctl[k.DONE] != w.ctl[k.POSTED], "the caller waited for the blocked worker"
+        w.poke()
+        while w.ctl[k.DONE] != w.ctl[k.POSTED]:
+            assert time.monotonic() < deadline, "the worker never caught up"
+            time.sleep(0.001)
+        for _ in range(5):                      # and the pool works on as before
+            out[...] = np.nan
+            run()
+            np.testing.assert_allclose(out, a @ b, rtol=1e-5, atol=1e-5)
+
+
+def test_warm_up_compiles_the_native_loops():
+    """caffe_lite.warm_up compiles (or loads) every native function the pool calls."""
+    from caffe_lite.warmup import warm_up
+    assert warm_up() is True
+    k = jit.kernels("spin")
+    for fn in (k.serve, k.run_jobs, k.wait, k.taken):
+        assert fn.signatures, f"{fn.__name__} was not compiled"

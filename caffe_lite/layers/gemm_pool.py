@@ -18,6 +18,7 @@ Used when numba is available (CAFFE_LITE_JIT not 0), on x86-64 (whose ordering o
 stores and loads the control words rely on), with an OpenBLAS whose cblas_sgemm threadpoolctl
 can name; else parallel.py splits products over its Python workers as before."""
 import atexit
+import collections
 import ctypes
 import os
 import platform
@@ -40,6 +41,10 @@ NAP_US = 200
 NAPS = 2500
 MAX_JOBS = 64             # products (2-D pieces of a batched product) per posted batch
 WAIT_POLLS = 1 << 12      # polls per native wait before the caller pokes the worker
+# Polls the caller gives a worker to claim its piece, once the caller's own is done, before it
+# claims the piece itself: a spinning worker picks a batch up in a few microseconds (a poll
+# yields the core, about 1 us here), one whose core another process holds takes a time slice.
+CLAIM_POLLS = 64
 
 _NOTRANS, _TRANS = 111, 112
 _state = None             # _functions(): the ctypes functions, or False where the pool cannot run
@@ -50,10 +55,14 @@ _busy = threading.Lock()  # one split product at a time; a concurrent one runs u
 _wanted = 0               # inside a pass (want(True)): what a new worker's WANTED starts at
 
 
+_Functions = collections.namedtuple(
+    "_Functions", "sgemm pause read nap sgemv claim reset init")
+
+
 def _functions(libraries=()):
-    """(cblas_sgemm, sched_yield, read, usleep, cblas_sgemv) as ctypes functions, or False;
-    looked up once, in the first of `libraries` (threadpoolctl's BLAS controllers) that is an
-    OpenBLAS."""
+    """_Functions: cblas_sgemm, sched_yield, read, usleep, cblas_sgemv, and the lock word's
+    pthread_spin_trylock / _unlock / _init, as ctypes functions; or False.  Looked up once,
+    BLAS in the first of `libraries` (threadpoolctl's BLAS controllers) that is an OpenBLAS."""
     global _state
     if _state is not None:
         return _state
@@ -75,6 +84,8 @@ def _functions(libraries=()):
             sgemv = getattr(lib.dynlib, f"{prefix}cblas_sgemv{suffix}")
             libc = ctypes.CDLL(None)
             pause, read, nap = libc.sched_yield, libc.read, libc.usleep
+            claim, reset = libc.pthread_spin_trylock, libc.pthread_spin_unlock
+            init = libc.pthread_spin_init
         except (AttributeError, OSError):
             continue
         idx = ctypes.c_int64 if "64" in suffix else ctypes.c_int
@@ -88,7 +99,10 @@ def _functions(libraries=()):
         pause.argtypes, pause.restype = [], ctypes.c_int
         read.argtypes, read.restype = [ctypes.c_int, ptr, ctypes.c_size_t], ctypes.c_ssize_t
         nap.argtypes, nap.restype = [ctypes.c_uint], ctypes.c_int
-        _state = (sgemm, pause, read, nap, sgemv)
+        for f in (claim, reset):
+            f.argtypes, f.restype = [ptr], ctypes.c_int
+        init.argtypes, init.restype = [ptr, ctypes.c_int], ctypes.c_int
+        _state = _Functions(sgemm, pause, read, nap, sgemv, claim, reset, init)
         return _state
     _state = False
     return _state
@@ -113,6 +127,10 @@ class _Worker:
         self.ctl[k.SPIN], self.ctl[k.NAPS] = SPIN_POLLS, NAPS
         self.ctl[k.WANTED] = _wanted   # (started inside a pass: spin through it)
         self.jobs = np.zeros((MAX_JOBS, 11), np.int64)
+        # the batch's lock word (pthread_spinlock_t, an int; a cache line of its own)
+        self.lock = np.zeros(16, np.int32)
+        self.lock_at = self.lock.ctypes.data
+        _functions().init(self.lock_at, 0)
         self.pipe_r, self.pipe_w = os.pipe()
         os.set_blocking(self.pipe_w, False)
         self.byte = np.zeros(8, np.uint8)
@@ -120,9 +138,9 @@ class _Worker:
                          daemon=True).start()
 
     def _loop(self):
-        sgemm, pause, read, nap, sgemv = _functions()
-        self.k.serve(self.ctl, self.jobs, sgemm, sgemv, pause, read, self.pipe_r,
-                     self.byte.ctypes.data, nap, NAP_US)
+        f = _functions()
+        self.k.serve(self.ctl, self.jobs, f.sgemm, f.sgemv, f.pause, f.read, self.pipe_r,
+                     self.byte.ctypes.data, f.nap, NAP_US, f.claim, self.lock_at)
 
     def poke(self):
         """Wake the worker from its pipe read (a full pipe means it has wake-ups pending)."""
@@ -200,11 +218,15 @@ def warm_up(libraries):
     if not available(libraries):
         return
     k = jit.kernels("spin")
-    sgemm, pause, read, nap, sgemv = _functions()
+    f = _functions()
     ctl = np.zeros(k.CONTROL_WORDS, np.int64)
     ctl[k.STOP] = 1
-    k.serve(ctl, np.zeros((1, 11), np.int64), sgemm, sgemv, pause, read, -1, 0, nap, NAP_US)
-    k.wait(ctl, 0, pause, 1)
+    lock = np.zeros(16, np.int32)
+    k.serve(ctl, np.zeros((1, 11), np.int64), f.sgemm, f.sgemv, f.pause, f.read, -1, 0, f.nap,
+            NAP_US, f.claim, lock.ctypes.data)
+    k.run_jobs(np.zeros((1, 11), np.int64), 0, f.sgemm, f.sgemv)
+    k.wait(ctl, 0, f.pause, 1)
+    k.taken(ctl, 0, f.pause, 1)
 
 
 def _layout(x):
@@ -254,8 +276,9 @@ def _jobs(a, b, out):
 def prepare(pieces):
     """A callable computing np.matmul(a, b, out=out) for every (a, b, out) of `pieces`: the
     first on the caller's thread, each other one on a spinning worker (on the caller's thread
-    when that worker is not spinning); None when a piece cannot be posted.  It expects BLAS
-    on one thread (a cpu_pass)."""
+    when that worker is not spinning, or has not started the piece by the time the caller's
+    own is done); None when a piece cannot be posted.  It expects BLAS on one thread (a
+    cpu_pass)."""
     if len(pieces) < 2 or not _functions() or jit.kernels("spin") is None:
         return None
     batches = [_jobs(*p) for p in pieces[1:]]
@@ -263,10 +286,10 @@ def prepare(pieces):
         return None
     ws = workers(len(batches))
     k = ws[0].k
-    pause = _functions()[1]
+    f = _functions()
     a0, b0, out0 = pieces[0]
     posts = list(zip(ws, batches, pieces[1:]))
-    MODE, POSTED, COUNT, HOLD = k.MODE, k.POSTED, k.COUNT, k.HOLD
+    MODE, POSTED, DONE, COUNT, HOLD = k.MODE, k.POSTED, k.DONE, k.COUNT, k.HOLD
 
     def run():
         if not _busy.acquire(blocking=False):
@@ -278,8 +301,10 @@ def prepare(pieces):
             for w, jobs, piece in posts:
                 ctl = w.ctl
                 # napping, asleep or gone (in a forked child): not worth waiting for; held:
-                # inside a kernel section (a task of run_tasks), whose end alone lets it go
-                if ctl[MODE] != 1 and (ctl[MODE] != 2 or ctl[HOLD]):
+                # inside a kernel section (a task of run_tasks), whose end alone lets it go;
+                # not yet past a batch the caller took over: its core is still elsewhere
+                if ctl[MODE] != 1 and (ctl[MODE] != 2 or ctl[HOLD]) or \
+                        ctl[DONE] != ctl[POSTED]:
                     if ctl[MODE] == 3:
                         w.poke()    # (for the next product)
                     np.matmul(piece[0], piece[1], out=piece[2])
@@ -287,14 +312,20 @@ def prepare(pieces):
                 n = len(jobs)
                 w.jobs[:n] = jobs
                 ctl[COUNT] = n
+                f.reset(w.lock_at)
                 seq = ctl[POSTED] + 1
                 ctl[POSTED] = seq
-                posted.append((w, seq))
+                posted.append((w, seq, n))
             np.matmul(a0, b0, out=out0)
         finally:
-            # (the posted pieces write into the outputs: wait for them even on an error)
-            for w, seq in posted:
-                while not k.wait(w.ctl, seq, pause, WAIT_POLLS):
+            # (the posted pieces write into the outputs: finish them even on an error)
+            for w, seq, n in posted:
+                if not k.taken(w.ctl, seq, f.pause, CLAIM_POLLS) and f.claim(w.lock_at) == 0:
+                    # the worker has not started it (another process holds its core): run
+                    # it here instead of waiting for it
+                    k.run_jobs(w.jobs, n, f.sgemm, f.sgemv)
+                    continue
+                while not k.wait(w.ctl, seq, f.pause, WAIT_POLLS):
                     w.poke()   # (a worker that blocked just as this posted)
             _busy.release()
     return run

@@ -14,8 +14,15 @@ A worker's control word array `ctl` (int64):
   HOLD    1 while the caller's Python workers run a split kernel: the worker leaves the
           core to them (MODE 2) until the caller ends the hold with a byte
   NAPS    naps (of `nap_us`) before falling asleep (MODE 3)
-The products of a batch are rows of `jobs`: (transA, transB, M, N, K, A, lda, B, ldb, C, ldc),
-pointers as integers, for cblas_sgemm in row-major order with alpha 1 and beta 0.  A row with
+  RAN     batches the worker ran itself (not claimed by the caller first)
+  TAKEN   sequence number of the last batch the worker claimed
+A batch is claimed with pthread_spin_trylock on a lock word that the caller resets before
+posting: the worker runs it if it claims it first, else the caller, which tries once its own
+piece is done and the worker has not claimed the batch within a few polls (work stealing: a
+worker whose core another process holds delays a product by those polls, not by the
+scheduler's time slice).  The products of a batch are rows of `jobs`: (transA, transB, M, N, K, A, lda, B,
+ldb, C, ldc), pointers as integers, for cblas_sgemm in row-major order with alpha 1 and
+beta 0.  A row with
 M = 1 (one image through an InnerProduct) runs as cblas_sgemv instead: OpenBLAS's sgemm takes
 2-5x longer than its sgemv on a single row (numpy's matmul makes the same switch).
 
@@ -28,29 +35,39 @@ naps before it sleeps."""
 import numpy as np
 from numba import njit
 
-POSTED, DONE, WANTED, MODE, STOP, SPIN, COUNT, HOLD, NAPS = range(9)
+POSTED, DONE, WANTED, MODE, STOP, SPIN, COUNT, HOLD, NAPS, RAN, TAKEN = range(11)
 CONTROL_WORDS = 16
 ROW_MAJOR = 101
 NOTRANS, TRANS = 111, 112
 
 
 @njit(nogil=True, cache=True)
-def serve(ctl, jobs, sgemm, sgemv, pause, read, fd, byte, nap, nap_us):
-    """Run posted batches until STOP."""
+def run_jobs(jobs, count, sgemm, sgemv):
+    """The products of rows 0..count-1 of `jobs`."""
     one, zero = np.float32(1), np.float32(0)
+    for j in range(count):
+        q = jobs[j]
+        if q[2] == 1:
+            _row(sgemv, q, one, zero)
+        else:
+            sgemm(ROW_MAJOR, q[0], q[1], q[2], q[3], q[4], one, q[5], q[6], q[7], q[8], zero,
+                  q[9], q[10])
+
+
+@njit(nogil=True, cache=True)
+def serve(ctl, jobs, sgemm, sgemv, pause, read, fd, byte, nap, nap_us, claim, lock):
+    """Run posted batches until STOP.  A batch runs only if claim(lock) (pthread_spin_trylock
+    on the worker's lock word) succeeds: a caller that finished its own piece before this
+    worker started (its core taken by another process) claims the batch and runs it itself."""
     idle = 0
     naps = 0
     while ctl[STOP] == 0:
         posted = ctl[POSTED]
         if posted != ctl[DONE]:
-            pause()
-            for j in range(ctl[COUNT]):
-                q = jobs[j]
-                if q[2] == 1:
-                    _row(sgemv, q, one, zero)
-                else:
-                    sgemm(ROW_MAJOR, q[0], q[1], q[2], q[3], q[4], one, q[5], q[6], q[7],
-                          q[8], zero, q[9], q[10])
+            if claim(lock) == 0:
+                ctl[TAKEN] = posted
+                run_jobs(jobs, ctl[COUNT], sgemm, sgemv)
+                ctl[RAN] += 1
             ctl[DONE] = posted
             idle = 0
             naps = 0
@@ -94,6 +111,17 @@ def _row(sgemv, q, one, zero):
         sgemv(ROW_MAJOR, NOTRANS, q[3], q[4], one, q[7], q[8], q[5], inc_a, zero, q[9], 1)
     else:               # B's storage is (K, N): C = storage^T x A
         sgemv(ROW_MAJOR, TRANS, q[4], q[3], one, q[7], q[8], q[5], inc_a, zero, q[9], 1)
+
+
+@njit(nogil=True, cache=True)
+def taken(ctl, seq, pause, polls):
+    """Poll until the worker claimed (or finished) batch `seq` (True), at most `polls`
+    times (False)."""
+    for _ in range(polls):
+        if ctl[TAKEN] == seq or ctl[DONE] == seq:
+            return True
+        pause()
+    return ctl[TAKEN] == seq or ctl[DONE] == seq
 
 
 @njit(nogil=True, cache=True)
