@@ -6,13 +6,17 @@ work over in microseconds because they spin.  This pool does that for the produc
 parallel.prepare_matmul: each worker is a thread that, while the caller is inside a pass
 (parallel.cpu_pass) and for about 100 us after, polls two control words without the
 interpreter lock (layers/numba/spin.py) and runs the pieces posted to it by calling
-cblas_sgemm of numpy's own BLAS directly, never needing the interpreter.  The caller runs its
-own piece with np.matmul and polls for the workers' pieces: a round trip costs about 2 us.
+cblas_sgemm (cblas_sgemv for one row) of numpy's own BLAS directly, never needing the
+interpreter.  The caller runs its own piece with np.matmul and polls for the workers' pieces:
+a round trip costs 2-7 us.
 
 Unlike OpenBLAS's threads, a worker gets one static piece per product (a busy core delays
 that piece once, not every synchronisation inside the product), yields its core on every
 poll, and after the spin window naps, then blocks in a pipe read until a pass starts.
-A caller only posts to a worker seen spinning; others' pieces run on the caller's thread.
+A caller only posts to a worker seen spinning (and done with its last piece); others' pieces
+run on the caller's thread, and so does a posted piece its worker has not claimed within
+CLAIM_POLLS polls after the caller's own is done (work stealing: a worker whose core another
+process holds costs a few polls, not a scheduler time slice).
 
 Used when numba is available (CAFFE_LITE_JIT not 0), on x86-64 (whose ordering of plain
 stores and loads the control words rely on), with an OpenBLAS whose cblas_sgemm threadpoolctl

@@ -36,7 +36,7 @@ MIN_PARALLEL_KERNEL_ELEMENTS = 1 << 18
 # 1M came out best of 256k (before), 1M and 4M: face detector b1 2.56 -> 2.42 ms, MobileNet
 # v1 / v2 at batch 8 within 2 %.
 MIN_PARALLEL_STREAM_ELEMENTS = 1 << 20
-# Products handed to the spinning workers of gemm_pool (a round trip of about 2 us) pay from
+# Products handed to the spinning workers of gemm_pool (a round trip of 2-7 us) pay from
 # about this many multiply-adds (measured 2026-12-05 on a Zen 5 VM, whole nets at batch 1, 2^20
 # against 2^21: LeNet 8-10 %, P-Net and O-Net 3-5 % faster, MobileNet v1 and SqueezeNet 1-3 %
 # slower, near the noise; single products: 8 x 784 x 300 64 -> 37 us, 979k 20 -> 18 us).
