@@ -72,7 +72,9 @@ def warm_up():
     for m in (mask, mask[:0]):
         sgd.sgd_update(np.ones(4, f32), np.ones(4, f32), np.zeros(4, f32), m, f32(0.1), False,
                        f32(0.01), f32(0.9), 0, 4)
-    # the native loops of the spinning product pool, where it can run
+    # the native loops of the spinning product pool, where it can run, and the kernels' tasks
     from .layers import gemm_pool, parallel
-    gemm_pool.warm_up(parallel._blas_libraries())
+    gemm_pool.warm_up(parallel._blas_libraries(),
+                      [jit.kernels(f) for f in ("depthwise", "im2col", "neuron", "pooling",
+                                                "winograd")])
     return True

@@ -500,14 +500,14 @@ def test_fused_sgd_update_is_bit_identical(monkeypatch, reg):
 @needs_jit
 def test_families_drop_their_cache_when_the_shared_helpers_change():
     """numba keys a kernel's cache on its own file: a family whose cached code was built with
-    another version of layers/numba/_planes.py gets its index emptied (STYLE.md A1)."""
-    import hashlib
+    another version of layers/numba/_planes.py or _native.py gets its index emptied (STYLE.md
+    A1)."""
     import pathlib
     k = jit.kernels("scale")
     caches = [d._cache for d in jit._dispatchers(k)]
     assert {d.__name__ for d in jit._dispatchers(k)} == {"scale_forward", "scale_backward"}
     stamp = pathlib.Path(caches[0]._cache_path) / "scale.planes-sha256"
-    digest = hashlib.sha256(jit._SHARED.read_bytes()).hexdigest()
+    digest = jit.shared_digest()
     x = np.ones((2, 3), np.float32)
     k.scale_forward(x, np.ones(2, np.float32), np.zeros(2, np.float32), x.copy(), x, True,
                     False, 0, 2)   # compiled (or loaded) and in the index

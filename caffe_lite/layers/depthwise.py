@@ -81,7 +81,8 @@ class DepthwiseEngine:
         y4 = y.reshape(self.rows, m, *self.out_spatial)
         bias = _NO_BIAS if b is None else b
         return prepare_blocks(self.rows, m * self.out_count, lambda a, c, slot:
-                              k.depthwise_forward(x3, w2, bias, y4, geo, a, c))
+                              k.depthwise_forward(x3, w2, bias, y4, geo, a, c),
+                              native=(k.depthwise_forward_task, (x3, w2, bias, y4, geo)))
 
     def backward(self, x, dy, w, dx, dw):
         """Both gradients in one pass over x and dy: dx (overwritten) unless None, and
@@ -108,7 +109,9 @@ class DepthwiseEngine:
 
         def block(a, c, slot):
             k.depthwise_backward(x3, dy4, w2, dx3, per_row, want_dx, want_dw, geo, a, c)
-        run_blocks(self.rows, m * self.out_count, block, block_elements=None)
+        run_blocks(self.rows, m * self.out_count, block, block_elements=None,
+                   native=(k.depthwise_backward_task,
+                           (x3, dy4, w2, dx3, per_row, want_dx, want_dw, geo)))
         if want_dw:
             dw3 = dw.reshape(self.channels, m, kc)
             np.add(dw3, per_row.reshape(self.num, self.channels, m, kc).sum(axis=0), out=dw3)

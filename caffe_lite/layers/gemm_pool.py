@@ -1,14 +1,15 @@
-"""Matrix products split over native threads that spin between products.
+"""Matrix products and compiled kernels split over native threads that spin between pieces.
 
 Handing a piece of work to a Python thread that waits on a lock costs 40-50 us on the 2-vCPU
 VM (an OS wake-up each way), as much as a whole small convolution; OpenBLAS's own threads hand
 work over in microseconds because they spin.  This pool does that for the products of
-parallel.prepare_matmul: each worker is a thread that, while the caller is inside a pass
-(parallel.cpu_pass) and for about 100 us after, polls two control words without the
-interpreter lock (layers/numba/spin.py) and runs the pieces posted to it by calling
-cblas_sgemm (cblas_sgemv for one row) of numpy's own BLAS directly, never needing the
-interpreter.  The caller runs its own piece with np.matmul and polls for the workers' pieces:
-a round trip costs 2-7 us.
+parallel.prepare_matmul and the compiled kernels of parallel.prepare_blocks / run_blocks: each
+worker is a thread that, while the caller is inside a pass (parallel.cpu_pass) and for about
+100 us after, polls two control words without the interpreter lock (layers/numba/spin.py) and
+runs the pieces posted to it by calling cblas_sgemm (cblas_sgemv for one row) of numpy's own
+BLAS, or a kernel's native task (a C callback, layers/numba/_native.py), directly, never
+needing the interpreter.  The caller runs its own piece (np.matmul, or the kernel as Python
+calls it) and polls for the workers' pieces: a round trip costs 2-7 us.
 
 Unlike OpenBLAS's threads, a worker gets one static piece per product (a busy core delays
 that piece once, not every synchronisation inside the product), yields its core on every
@@ -217,10 +218,19 @@ def _stop():
         w.poke()
 
 
-def warm_up(libraries):
-    """Compile (or load) the native loops, as caffe_lite.warmup does the kernels."""
+def tasks(module):
+    """The native tasks of a kernel family (layers/numba/_native.py)."""
+    return [v for v in vars(module).values() if getattr(v, "native_task", False)]
+
+
+def warm_up(libraries, families=()):
+    """Compile (or load) the native loops and the native tasks of `families` (kernel
+    modules), as caffe_lite.warmup does the kernels."""
     if not available(libraries):
         return
+    for module in families:
+        for t in tasks(module):
+            callback(t)
     k = jit.kernels("spin")
     f = _functions()
     ctl = np.zeros(k.CONTROL_WORDS, np.int64)
@@ -288,21 +298,92 @@ def prepare(pieces):
     batches = [_jobs(*p) for p in pieces[1:]]
     if any(j is None for j in batches):
         return None
+    a0, b0, out0 = pieces[0]
+    here = [lambda p=p: np.matmul(p[0], p[1], out=p[2]) for p in pieces[1:]]
+    return _prepared(lambda: np.matmul(a0, b0, out=out0), batches, here)
+
+
+def pack(arguments):
+    """A native task's arguments as int64 words (layers/numba/_native.py): an array as its
+    address and shape, an integer (or bool) as itself; None when an array is not C-contiguous
+    or the words do not fit."""
+    words = []
+    for a in arguments:
+        if isinstance(a, np.ndarray):
+            if not a.flags.c_contiguous:
+                return None
+            words.append(a.ctypes.data)
+            words.extend(a.shape)
+        else:
+            words.append(int(a))
+    if len(words) > _native_words():
+        return None
+    packed = np.zeros(_native_words(), np.int64)
+    packed[:len(words)] = words
+    return packed
+
+
+def _native_words():
+    from .numba._native import MAX_WORDS
+    return MAX_WORDS
+
+
+_callbacks = {}
+
+
+def callback(task):
+    """The address of native task `task`'s C callback, compiled (or loaded from numba's
+    cache) on first use."""
+    c = _callbacks.get(task)
+    if c is None:
+        from numba import cfunc
+        from .numba._native import TASK_SIGNATURE
+        c = _callbacks[task] = cfunc(TASK_SIGNATURE, nopython=True, cache=True)(task)
+    return c.address
+
+
+def prepare_tasks(fn, blocks, task, arguments):
+    """A callable running fn(r0, r1, slot) for each block (r0, r1) of `blocks`, slot being the
+    block's index: the first on the caller's thread, each other one on a spinning worker as
+    native task `task` of fn's kernel (layers/numba/_native.py) with `arguments` (a tuple, or
+    a callable giving the tuple of a slot), on the caller's thread where prepare() would run
+    a product there; None when the pool cannot take them (an argument pack() refuses)."""
+    if len(blocks) < 2 or not _functions() or jit.kernels("spin") is None:
+        return None
+    packed = [pack(arguments(slot) if callable(arguments) else arguments)
+              for slot in range(1, len(blocks))]
+    if any(p is None for p in packed):
+        return None
+    address = callback(task)
+    k = jit.kernels("spin")
+    batches = [np.array([[k.TASK, address, p.ctypes.data, a, b, slot] + [0] * 5], np.int64)
+               for slot, ((a, b), p) in enumerate(zip(blocks[1:], packed), 1)]
+    here = [lambda a=a, b=b, slot=slot: fn(a, b, slot)
+            for slot, (a, b) in enumerate(blocks[1:], 1)]
+    a0, b0 = blocks[0]
+    run = _prepared(lambda: fn(a0, b0, 0), batches, here)
+    run.packed = packed     # (the workers read them: kept as long as the callable)
+    return run
+
+
+def _prepared(own, batches, here):
+    """The callable of prepare() / prepare_tasks(): posts batches[i] to worker i (or runs
+    here[i] on the caller), runs own(), then waits for (or takes over) the posted batches."""
     ws = workers(len(batches))
     k = ws[0].k
     f = _functions()
-    a0, b0, out0 = pieces[0]
-    posts = list(zip(ws, batches, pieces[1:]))
+    posts = list(zip(ws, batches, here))
     MODE, POSTED, DONE, COUNT, HOLD = k.MODE, k.POSTED, k.DONE, k.COUNT, k.HOLD
 
     def run():
         if not _busy.acquire(blocking=False):
-            for a, b, out in pieces:
-                np.matmul(a, b, out=out)
+            own()
+            for h in here:
+                h()
             return
         posted = []
         try:
-            for w, jobs, piece in posts:
+            for w, jobs, h in posts:
                 ctl = w.ctl
                 # napping, asleep or gone (in a forked child): not worth waiting for; held:
                 # inside a kernel section (a task of run_tasks), whose end alone lets it go;
@@ -311,7 +392,7 @@ def prepare(pieces):
                         ctl[DONE] != ctl[POSTED]:
                     if ctl[MODE] == 3:
                         w.poke()    # (for the next product)
-                    np.matmul(piece[0], piece[1], out=piece[2])
+                    h()
                     continue
                 n = len(jobs)
                 w.jobs[:n] = jobs
@@ -320,7 +401,7 @@ def prepare(pieces):
                 seq = ctl[POSTED] + 1
                 ctl[POSTED] = seq
                 posted.append((w, seq, n))
-            np.matmul(a0, b0, out=out0)
+            own()
         finally:
             # (the posted pieces write into the outputs: finish them even on an error)
             for w, seq, n in posted:

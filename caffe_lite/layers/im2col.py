@@ -313,7 +313,8 @@ class GemmEngine:
             x3 = x_rows[base:base + n * cin]
             col4 = col.reshape(n * cin, g.kernel_count, *self.out_spatial)
             return prepare_blocks(n * cin, g.kernel_count * self.out_count,
-                                  lambda a, b, slot: k.im2col(x3, col4, geo, a, b)), cols
+                                  lambda a, b, slot: k.im2col(x3, col4, geo, a, b),
+                                  native=(k.im2col_task, (x3, col4, geo))), cols
 
         def block(a, b, slot):
             xp = self.padded.fill(x_rows, base + a, base + b)
@@ -400,7 +401,8 @@ class GemmEngine:
                 k, geo = self.jit, self.jit_geometry
                 dx3 = dx_rows[base:base + n * cin]
                 run_blocks(n * cin, g.kernel_count * self.out_count,
-                           lambda a, b, slot: k.col2im(col, dx3, geo, a, b), block_elements=None)
+                           lambda a, b, slot: k.col2im(col, dx3, geo, a, b), block_elements=None,
+                           native=(k.col2im_task, (col, dx3, geo)))
                 continue
 
             def block(a, b, slot):

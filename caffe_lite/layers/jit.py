@@ -12,9 +12,9 @@ same results within float32 rounding.  CAFFE_LITE_JIT=0 turns the kernels off.
 The kernels are compiled on first use and cached on disk (numba's cache=True), so only the
 first run on a machine pays the compile time; `caffe_lite.warmup.warm_up()` compiles them
 ahead of time.  numba keys a kernel's cached code on its own file only, while the families
-call the shared helpers of `layers/numba/_planes.py`: when that file's contents change, the
-families' cached code is dropped here (`_check_shared_cache`), or it would keep running the
-old helpers."""
+call the shared helpers of `layers/numba/_planes.py` (and their native tasks those of
+`_native.py`): when those files' contents change, the families' cached code is dropped here
+(`_check_shared_cache`), or it would keep running the old helpers."""
 import hashlib
 import importlib
 import pathlib
@@ -23,7 +23,7 @@ from ..util import env
 
 # family -> module (relative to this package unless absolute)
 _LOCATIONS = {"sgd": "caffe_lite.solvers.numba_sgd"}
-_SHARED = pathlib.Path(__file__).with_name("numba") / "_planes.py"
+_SHARED = [pathlib.Path(__file__).with_name("numba") / f for f in ("_planes.py", "_native.py")]
 _families = {}
 _numba = None
 
@@ -70,13 +70,27 @@ def _dispatchers(module):
             if isinstance(v, CPUDispatcher) and v.__module__ == module.__name__]
 
 
+def _task_caches(module):
+    """The on-disk caches of `module`'s native tasks (numba/_native.py), compiled later."""
+    from numba.core.caching import FunctionCache
+    return [FunctionCache(v) for v in vars(module).values()
+            if getattr(v, "native_task", False) and v.__module__ == module.__name__]
+
+
+def shared_digest():
+    """The digest of the shared helper files a family's cached code depends on."""
+    return hashlib.sha256(b"".join(p.read_bytes() for p in _SHARED)).hexdigest()
+
+
 def _check_shared_cache(module):
-    """Drop `module`'s cached kernels when _planes.py changed since they were cached."""
+    """Drop `module`'s cached kernels when _planes.py or _native.py changed since they were
+    cached."""
     try:
-        digest = hashlib.sha256(_SHARED.read_bytes()).hexdigest()
+        digest = shared_digest()
     except OSError:
         return
     caches = [d._cache for d in _dispatchers(module) if hasattr(d._cache, "_cache_path")]
+    caches += _task_caches(module)
     if not caches:
         return
     stamp = pathlib.Path(caches[0]._cache_path) / (module.__name__.rsplit(".", 1)[-1]

@@ -10,7 +10,7 @@ import numpy as np
 from ..backend.state import rng
 from ..fillers import filler_param
 from ..proto import caffe_pb2
-from . import jit
+from . import jit, parallel
 from .base import NeuronLayer
 from .parallel import (MIN_PARALLEL_ELEMENTS, MIN_PARALLEL_STREAM_ELEMENTS, prepare_blocks,
                        prepare_flat, run_flat)
@@ -219,7 +219,9 @@ class PReLULayer(_KeepsInput):
         blob = self.blobs[0]
         act = prepare_blocks(shape3[0] * c, shape3[2], lambda a, b, slot: k.affine_act(
             y3, ones, zeros, 2, slope, keep, has_keep, a, b),
-            min_elements=MIN_PARALLEL_STREAM_ELEMENTS)
+            min_elements=MIN_PARALLEL_STREAM_ELEMENTS,
+            spin_elements=parallel.MIN_SPIN_STREAM_ELEMENTS,
+            native=(k.affine_act_task, (y3, ones, zeros, 2, slope, keep, has_keep)))
 
         def run():
             slope[...] = blob.cpu_data.reshape(-1)   # one value (shared) or one per channel

@@ -46,6 +46,11 @@ MIN_SPIN_MACS = 1 << 20
 # call).  Split from this many weights (measured 2026-12-05, one row: 180k weights 7.5 -> 7.9 us,
 # 235k 10.9 -> 8.8, 295k 14.5 -> 8.6, 8M 94 -> 49).
 MIN_SPIN_ROW_WEIGHTS = 200_000
+# Compiled kernels handed to the spinning workers as native tasks split from this many
+# elements (rows x row_elements of prepare_blocks), elementwise ones (the epilogue) from
+# MIN_SPIN_STREAM_ELEMENTS.
+MIN_SPIN_KERNEL_ELEMENTS = 1 << 15
+MIN_SPIN_STREAM_ELEMENTS = 1 << 17
 
 
 def num_threads():
@@ -195,16 +200,22 @@ def _blocks(rows, row_elements, block_elements, min_elements):
     return blocks, min(threads, len(blocks))
 
 
-def run_blocks(rows, row_elements, fn, block_elements=1 << 17, min_elements=None):
+def run_blocks(rows, row_elements, fn, block_elements=1 << 17, min_elements=None,
+               native=None, spin_elements=None):
     """Call fn(start, stop, slot) over consecutive row blocks covering range(rows).
 
     Blocks are dealt round-robin to `num_threads()` workers (the caller is worker 0); `slot`
     is the worker's index, for per-worker scratch buffers.  Blocks must touch disjoint rows.
     block_elements=None: one block per worker (for compiled kernels, which need no blocking
     for the cache and cost a few microseconds per call), split from `min_elements` elements
-    (default MIN_PARALLEL_KERNEL_ELEMENTS)."""
+    (default MIN_PARALLEL_KERNEL_ELEMENTS); native, spin_elements: as prepare_blocks."""
     if rows <= 0:
         return
+    if native is not None and block_elements is None:
+        run = _prepare_native(rows, row_elements, fn, native, spin_elements)
+        if run is not None:
+            run()
+            return
     blocks, threads = _blocks(rows, row_elements, block_elements, min_elements)
     if threads == 1:
         for a, b in blocks:
@@ -217,11 +228,21 @@ def run_blocks(rows, row_elements, fn, block_elements=1 << 17, min_elements=None
     run_tasks([lambda s=s: work(s) for s in range(threads)])
 
 
-def prepare_blocks(rows, row_elements, fn, block_elements=None, min_elements=None):
+def prepare_blocks(rows, row_elements, fn, block_elements=None, min_elements=None,
+                   native=None, spin_elements=None):
     """A callable doing what run_blocks(rows, row_elements, fn, block_elements, min_elements)
-    does, with the split worked out now (for a prepared step, Layer.prepare_cpu)."""
+    does, with the split worked out now (for a prepared step, Layer.prepare_cpu).
+
+    native: (task, arguments) of fn's compiled kernel (layers/numba/_native.py): the blocks
+    then go to the spinning workers of gemm_pool where they can run, one per thread, from
+    `spin_elements` elements (default MIN_SPIN_KERNEL_ELEMENTS), a round trip of microseconds
+    instead of a Python worker's tens."""
     if rows <= 0:
         return _nothing
+    if native is not None and block_elements is None:
+        run = _prepare_native(rows, row_elements, fn, native, spin_elements)
+        if run is not None:
+            return run
     blocks, threads = _blocks(rows, row_elements, block_elements, min_elements)
     if threads == 1:
         if len(blocks) == 1:
@@ -237,6 +258,17 @@ def prepare_blocks(rows, row_elements, fn, block_elements=None, min_elements=Non
             fn(a, b, slot)
     tasks = [lambda s=s: work(s) for s in range(threads)]
     return lambda: run_tasks(tasks)
+
+
+def _prepare_native(rows, row_elements, fn, native, spin_elements):
+    threads = min(num_threads(), rows)
+    if threads < 2 or rows * row_elements < (spin_elements or MIN_SPIN_KERNEL_ELEMENTS) or \
+            not gemm_pool.available(_blas_libraries()):
+        return None
+    step = -(-rows // threads)
+    blocks = [(a, min(a + step, rows)) for a in range(0, rows, step)]
+    task, arguments = native
+    return gemm_pool.prepare_tasks(fn, blocks, task, arguments)
 
 
 def prepare_flat(count, fn):

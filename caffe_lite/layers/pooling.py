@@ -237,7 +237,8 @@ class PoolingLayer(Layer):
         if self.pool != _P.MAX:
             pool_size = self._pool_size
             return prepare_blocks(rows, per_row, lambda a, b, slot: k.ave_pool_forward(
-                x, y, pool_size, geo, a, b))
+                x, y, pool_size, geo, a, b),
+                native=(k.ave_pool_forward_task, (x, y, pool_size, geo)))
         none = self._none
         n, c, h, w = bottom[0].shape
         values_only = self._values_only(top)
@@ -250,7 +251,9 @@ class PoolingLayer(Layer):
                         for _ in range(num_threads())]
                 return prepare_blocks(n, c * (h * w + oh * ow), lambda a, b, slot:
                                       k.max_pool_values_channels_last(x4, y4, geo, *bufs[slot],
-                                                                      a, b))
+                                                                      a, b),
+                                      native=(k.max_pool_values_channels_last_task,
+                                              lambda slot: (x4, y4, geo) + bufs[slot]))
             bufs = [(np.empty((h, w, cw), np.float32), np.empty((oh, ow, cw), np.float32),
                      np.empty((oh, ow, cw), np.int32)) for _ in range(num_threads())]
             fill = prepare_blocks(n, c * (h * w + 2 * oh * ow), lambda a, b, slot:
@@ -258,7 +261,7 @@ class PoolingLayer(Layer):
                                                            *bufs[slot], a, b))
         elif values_only:
             return prepare_blocks(rows, per_row, lambda a, b, slot: k.max_pool_values(
-                x, y, geo, a, b))
+                x, y, geo, a, b), native=(k.max_pool_values_task, (x, y, geo)))
         else:
             choice = self._rows(self._choice)
             fill = prepare_blocks(rows, per_row, lambda a, b, slot: k.max_pool_forward(
@@ -399,10 +402,13 @@ class PoolingLayer(Layer):
             if self.pool == _P.MAX:
                 choice = self._rows(self._choice)
                 run_blocks(dy3.shape[0], dx3[0].size, lambda a, b, slot: k.max_pool_backward(
-                    dy3, choice, dx3, geo, self._none, a, b), block_elements=None)
+                    dy3, choice, dx3, geo, self._none, a, b), block_elements=None,
+                    native=(k.max_pool_backward_task, (dy3, choice, dx3, geo, self._none))
+                    if choice.dtype == np.int16 else None)
             else:
                 run_blocks(dy3.shape[0], dx3[0].size, lambda a, b, slot: k.ave_pool_backward(
-                    dy3, dx3, self._pool_size, geo, a, b), block_elements=None)
+                    dy3, dx3, self._pool_size, geo, a, b), block_elements=None,
+                    native=(k.ave_pool_backward_task, (dy3, dx3, self._pool_size, geo)))
             return
         if self._whole and self.pool != _P.STOCHASTIC:
             self._backward_whole(dy, dx)

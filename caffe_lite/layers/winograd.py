@@ -78,12 +78,14 @@ class Winograd:
         transform_in = prepare_blocks(
             self.num * self.conv_in, 36 * th * tw,
             lambda a, b, s: k.input_transform(x, v, ph, pw, th, tw, in_bufs[s][0],
-                                              in_bufs[s][1], a, b))
+                                              in_bufs[s][1], a, b),
+            native=(k.input_transform_task, lambda s: (x, v, ph, pw, th, tw) + in_bufs[s]))
         product = prepare_matmul(self.u, v, m)
         transform_out = prepare_blocks(
             self.num * self.conv_out, 36 * th * tw,
             lambda a, b, s: k.output_transform(m, y, th, tw, out_bufs[s][0], out_bufs[s][1],
-                                               a, b))
+                                               a, b),
+            native=(k.output_transform_task, lambda s: (m, y, th, tw) + out_bufs[s]))
 
         def run():
             key = (w_blob_version(), id(w))

@@ -16,6 +16,7 @@ never per row.
 import numpy as np
 from numba import njit
 
+from ._native import arguments, f32_1, f32_2, f32_3, f32_4, i64_1, task
 from ._planes import (_ELEMENTWISE, _REDUCTION, _F, _correlate, _fill_phased, _fill_split,
                       _flat_weight_sums, _tap_bases, _weight_sums)
 
@@ -333,6 +334,17 @@ def depthwise_forward(x, w, bias, y, g, r0, r1):
         _dw_fwd_general(x, w, bias, y, g, r0, r1)
 
 
+@task
+def depthwise_forward_task(args, r0, r1, slot):
+    p = arguments(args)
+    x, i = f32_3(p, 0)
+    w, i = f32_2(p, i)
+    bias, i = f32_1(p, i)
+    y, i = f32_4(p, i)
+    g, i = i64_1(p, i)
+    depthwise_forward(x, w, bias, y, g, r0, r1)
+
+
 @njit(nogil=True, cache=True, boundscheck=False, fastmath=_ELEMENTWISE)
 def _dw_bwd_half3(x, dy, w, dx, gw, want_dx, want_dw, g, r0, r1):
     """3x3, pad 1, stride 2 on an even width (as _dw_fwd_half3)."""
@@ -538,3 +550,16 @@ def depthwise_backward(x, dy, w, dx, gw, want_dx, want_dw, g, r0, r1):
             _dw_bwd_same3(x, dy, w, dx, gw, want_dx, want_dw, g, r0, r1)
     else:
         _dw_bwd_general(x, dy, w, dx, gw, want_dx, want_dw, g, r0, r1)
+
+
+@task
+def depthwise_backward_task(args, r0, r1, slot):
+    p = arguments(args)
+    x, i = f32_3(p, 0)
+    dy, i = f32_4(p, i)
+    w, i = f32_2(p, i)
+    dx, i = f32_3(p, i)
+    gw, i = f32_3(p, i)
+    want_dx, want_dw = p[i] != 0, p[i + 1] != 0
+    g, i = i64_1(p, i + 2)
+    depthwise_backward(x, dy, w, dx, gw, want_dx, want_dw, g, r0, r1)

@@ -6,6 +6,7 @@ g = (kh, kw, sh, sw, ph, pw, dh, dw); rows [r0, r1) per call."""
 import numpy as np
 from numba import njit
 
+from ._native import arguments, f32_3, f32_4, i64_1, task
 from ._planes import _ELEMENTWISE, _F, _fill_phased, _unfill_phased
 
 
@@ -29,6 +30,15 @@ def im2col(x, col, g, r0, r1):
                         out[ow] = src[ow]
 
 
+@task
+def im2col_task(args, r0, r1, slot):
+    p = arguments(args)
+    x, i = f32_3(p, 0)
+    col, i = f32_4(p, i)
+    g, i = i64_1(p, i)
+    im2col(x, col, g, r0, r1)
+
+
 @njit(nogil=True, cache=True, boundscheck=False, fastmath=_ELEMENTWISE)
 def col2im(col, dx, g, r0, r1):
     """dx[r] = the sum of every column entry at the input position it was taken from."""
@@ -50,3 +60,12 @@ def col2im(col, dx, g, r0, r1):
                     for ow in range(ow_n):
                         dst[ow] += s_row[ow]
         _unfill_phased(acc, dx[r], ph, pw)
+
+
+@task
+def col2im_task(args, r0, r1, slot):
+    p = arguments(args)
+    col, i = f32_4(p, 0)
+    dx, i = f32_3(p, i)
+    g, i = i64_1(p, i)
+    col2im(col, dx, g, r0, r1)

@@ -2,6 +2,7 @@
 Convolution (layers/fusion.py).  Importing this module needs numba."""
 from numba import njit
 
+from ._native import arguments, f32_1, f32_2, f32_3, task
 from ._planes import _ELEMENTWISE, _F
 
 
@@ -93,3 +94,27 @@ def affine_act_rows(y, scale, shift, kind, slope, keep, has_keep, r0, r1):
             for c in range(c_n):
                 v = row[c]
                 row[c] = v * slope[c] if v < z else v
+
+
+@task
+def affine_act_task(args, r0, r1, slot):
+    p = arguments(args)
+    y, i = f32_3(p, 0)
+    scale, i = f32_1(p, i)
+    shift, i = f32_1(p, i)
+    kind = p[i]
+    slope, i = f32_1(p, i + 1)
+    keep, i = f32_3(p, i)
+    affine_act(y, scale, shift, kind, slope, keep, p[i] != 0, r0, r1)
+
+
+@task
+def affine_act_rows_task(args, r0, r1, slot):
+    p = arguments(args)
+    y, i = f32_2(p, 0)
+    scale, i = f32_1(p, i)
+    shift, i = f32_1(p, i)
+    kind = p[i]
+    slope, i = f32_1(p, i + 1)
+    keep, i = f32_2(p, i)
+    affine_act_rows(y, scale, shift, kind, slope, keep, p[i] != 0, r0, r1)

@@ -9,6 +9,7 @@ sum."""
 import numpy as np
 from numba import njit
 
+from ._native import arguments, f32_2, f32_3, f32_4, i16_3, i64_1, task
 from ._planes import _fill_split, _tap_bases
 
 
@@ -406,3 +407,55 @@ def max_pool_values_channels_last(x, y, g, xt, yt, n0, n1):
             for oh in range(oh_n):
                 for ow in range(ow_n):
                     yp[oh, ow] = yt[oh, ow, c]
+
+
+# Native tasks (_native.py) of the forward kernels
+@task
+def max_pool_values_task(args, r0, r1, slot):
+    p = arguments(args)
+    x, i = f32_3(p, 0)
+    y, i = f32_3(p, i)
+    g, i = i64_1(p, i)
+    max_pool_values(x, y, g, r0, r1)
+
+
+@task
+def ave_pool_forward_task(args, r0, r1, slot):
+    p = arguments(args)
+    x, i = f32_3(p, 0)
+    y, i = f32_3(p, i)
+    pool_size, i = f32_2(p, i)
+    g, i = i64_1(p, i)
+    ave_pool_forward(x, y, pool_size, g, r0, r1)
+
+
+@task
+def max_pool_values_channels_last_task(args, r0, r1, slot):
+    p = arguments(args)
+    x, i = f32_4(p, 0)
+    y, i = f32_4(p, i)
+    g, i = i64_1(p, i)
+    xt, i = f32_3(p, i)
+    yt, i = f32_3(p, i)
+    max_pool_values_channels_last(x, y, g, xt, yt, r0, r1)
+
+
+@task
+def max_pool_backward_task(args, r0, r1, slot):
+    """(choice as int16, what Pooling keeps unless a plane has 32767 taps or more)"""
+    p = arguments(args)
+    dy, i = f32_3(p, 0)
+    choice, i = i16_3(p, i)
+    dx, i = f32_3(p, i)
+    g, i = i64_1(p, i)
+    max_pool_backward(dy, choice, dx, g, p[i], r0, r1)
+
+
+@task
+def ave_pool_backward_task(args, r0, r1, slot):
+    p = arguments(args)
+    dy, i = f32_3(p, 0)
+    dx, i = f32_3(p, i)
+    pool_size, i = f32_2(p, i)
+    g, i = i64_1(p, i)
+    ave_pool_backward(dy, dx, pool_size, g, r0, r1)

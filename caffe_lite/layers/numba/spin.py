@@ -20,11 +20,13 @@ A batch is claimed with pthread_spin_trylock on a lock word that the caller rese
 posting: the worker runs it if it claims it first, else the caller, which tries once its own
 piece is done and the worker has not claimed the batch within a few polls (work stealing: a
 worker whose core another process holds delays a product by those polls, not by the
-scheduler's time slice).  The products of a batch are rows of `jobs`: (transA, transB, M, N, K, A, lda, B,
-ldb, C, ldc), pointers as integers, for cblas_sgemm in row-major order with alpha 1 and
-beta 0.  A row with
-M = 1 (one image through an InnerProduct) runs as cblas_sgemv instead: OpenBLAS's sgemm takes
-2-5x longer than its sgemv on a single row (numpy's matmul makes the same switch).
+scheduler's time slice).  The work of a batch is rows of `jobs`, each a product or a task:
+  (transA, transB, M, N, K, A, lda, B, ldb, C, ldc), pointers as integers: cblas_sgemm in
+      row-major order with alpha 1 and beta 0; a row with M = 1 (one image through an
+      InnerProduct) runs as cblas_sgemv instead: OpenBLAS's sgemm takes 2-5x longer than its
+      sgemv on a single row (numpy's matmul makes the same switch);
+  (TASK, callback, args, r0, r1, slot, ...): rows r0..r1-1 of a compiled kernel, through the
+      C callback of its task (_native.py), with its packed arguments at address `args`.
 
 `pause` (sched_yield) is called on every poll: being opaque to the compiler, it makes each
 poll read the control words again, and it hands the core to any other runnable thread.
@@ -35,19 +37,24 @@ naps before it sleeps."""
 import numpy as np
 from numba import njit
 
+from ._native import call_task
+
 POSTED, DONE, WANTED, MODE, STOP, SPIN, COUNT, HOLD, NAPS, RAN, TAKEN = range(11)
 CONTROL_WORDS = 16
 ROW_MAJOR = 101
 NOTRANS, TRANS = 111, 112
+TASK = 1
 
 
 @njit(nogil=True, cache=True)
 def run_jobs(jobs, count, sgemm, sgemv):
-    """The products of rows 0..count-1 of `jobs`."""
+    """The work of rows 0..count-1 of `jobs`."""
     one, zero = np.float32(1), np.float32(0)
     for j in range(count):
         q = jobs[j]
-        if q[2] == 1:
+        if q[0] == TASK:
+            call_task(q[1], q[2], q[3], q[4], q[5])
+        elif q[2] == 1:
             _row(sgemv, q, one, zero)
         else:
             sgemm(ROW_MAJOR, q[0], q[1], q[2], q[3], q[4], one, q[5], q[6], q[7], q[8], zero,

@@ -18,6 +18,8 @@ Each transform is written out, one loop over a row of tiles, so that it vectoris
 import numpy as np
 from numba import njit
 
+from ._native import arguments, f32_2, f32_3, f32_4, task
+
 _ELEMENTWISE = {"contract"}
 _F = np.float32
 
@@ -112,3 +114,26 @@ def output_transform(m, y, th_n, tw_n, buf, out, r0, r1):
         for i in range(h):
             for j in range(w):
                 y[n, o, i, j] = out[i, j]
+
+
+# Native tasks (_native.py)
+@task
+def input_transform_task(args, r0, r1, slot):
+    p = arguments(args)
+    x, i = f32_4(p, 0)
+    v, i = f32_3(p, i)
+    ph, pw, th_n, tw_n = p[i], p[i + 1], p[i + 2], p[i + 3]
+    buf, i = f32_2(p, i + 4)
+    rows, i = f32_2(p, i)
+    input_transform(x, v, ph, pw, th_n, tw_n, buf, rows, r0, r1)
+
+
+@task
+def output_transform_task(args, r0, r1, slot):
+    p = arguments(args)
+    m, i = f32_3(p, 0)
+    y, i = f32_4(p, i)
+    th_n, tw_n = p[i], p[i + 1]
+    buf, i = f32_2(p, i + 2)
+    out, i = f32_2(p, i)
+    output_transform(m, y, th_n, tw_n, buf, out, r0, r1)
