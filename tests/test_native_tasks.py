@@ -331,3 +331,54 @@ def test_cached_tasks_are_dropped_when_the_shared_helpers_change():
     gemm_pool._callbacks.pop(k.affine_act_task, None)
     gemm_pool.callback(k.affine_act_task)          # compiled again and cached
     assert cache._cache_file._load_index()
+
+
+TRAIN_NET = """
+name: "tasks_train" force_backward: true
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 2 dim: 8 dim: 40 dim: 48 } } }
+layer { name: "dw" type: "Convolution" bottom: "data" top: "dw"
+        convolution_param { num_output: 8 group: 8 kernel_size: 3 pad: 1 stride: 2 } }
+layer { name: "conv" type: "Convolution" bottom: "dw" top: "conv"
+        convolution_param { num_output: 16 kernel_size: 3 pad: 1 } }
+layer { name: "max" type: "Pooling" bottom: "conv" top: "max"
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "ave" type: "Pooling" bottom: "max" top: "ave"
+        pooling_param { pool: AVE kernel_size: 3 stride: 1 pad: 1 } }
+"""
+
+
+def _gradients(monkeypatch, on):
+    import caffe_lite as caffe
+    monkeypatch.setattr(parallel, "MIN_SPIN_KERNEL_ELEMENTS", 1 if on else 1 << 62)
+    net = caffe.Net(TRAIN_NET, caffe.TRAIN)
+    rng = np.random.default_rng(9)
+    for layer in net.layers:
+        for b in layer.blobs:
+            b.data[...] = rng.standard_normal(b.shape)
+    net.blobs["data"].data[...] = rng.standard_normal(net.blobs["data"].shape)
+    calls = []
+    real = gemm_pool.prepare_tasks
+    monkeypatch.setattr(gemm_pool, "prepare_tasks",
+                        lambda fn, blocks, task, args: calls.append(task.__name__)
+                        or real(fn, blocks, task, args))
+    net.forward()
+    net.blobs["ave"].diff[...] = rng.standard_normal(net.blobs["ave"].shape)
+    net.backward()
+    monkeypatch.setattr(gemm_pool, "prepare_tasks", real)
+    grads = {k: b.diff.copy() for k, b in net.blobs.items()}
+    grads.update({f"{n}/{i}": b.diff.copy() for n, layer in zip(net.layer_names, net.layers)
+                  for i, b in enumerate(layer.blobs)})
+    return grads, calls
+
+
+def test_backward_passes_give_the_same_gradients_with_and_without_tasks(monkeypatch):
+    monkeypatch.setenv("CAFFE_LITE_NUM_THREADS", "2")
+    _spinning()
+    with_tasks, calls = _gradients(monkeypatch, True)
+    without, none = _gradients(monkeypatch, False)
+    assert not none
+    assert {"depthwise_backward_task", "col2im_task", "max_pool_backward_task",
+            "ave_pool_backward_task"} <= set(calls)
+    for name, a in with_tasks.items():
+        np.testing.assert_array_equal(a, without[name], err_msg=name)
