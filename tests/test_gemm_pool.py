@@ -101,18 +101,7 @@ def test_split_products_equal_numpy_and_run_on_the_workers(spin_only, monkeypatc
 def _on_worker(w, a, b, out):
     """np.matmul(a, b, out=out) posted whole to worker w, which must claim it (the caller
     never does here); True when the worker ran it."""
-    k = w.k
-    f = gemm_pool._functions()
-    jobs = gemm_pool._jobs(a, b, out)
-    ran = int(w.ctl[k.RAN])
-    w.jobs[:len(jobs)] = jobs
-    w.ctl[k.COUNT] = len(jobs)
-    f.reset(w.lock_at)
-    seq = w.ctl[k.POSTED] + 1
-    w.ctl[k.POSTED] = seq
-    while not k.wait(w.ctl, seq, f.pause, 1 << 12):
-        w.poke()
-    return int(w.ctl[k.RAN]) == ran + 1
+    return gemm_pool.run_on(w, gemm_pool._jobs(a, b, out))
 
 
 def test_single_rows_run_on_the_workers_as_matrix_vector_products(spin_only):

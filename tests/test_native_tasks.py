@@ -4,6 +4,7 @@ computes exactly what the kernel computes when Python calls it; split kernels eq
 and really run on the workers; arguments that cannot be packed fall back to the Python
 workers; a worker kept off its core delays nothing; whole nets give the same numbers with and
 without the tasks."""
+import contextlib
 import time
 
 import numpy as np
@@ -31,20 +32,10 @@ def _spinning():
 def _task_on_worker(w, task, arguments, r0, r1, slot=1):
     """Rows r0..r1-1 of `task` posted to worker w, which must run them (the caller never
     claims them here); True when the worker ran them."""
-    k = w.k
-    f = gemm_pool._functions()
     packed = gemm_pool.pack(arguments)
     assert packed is not None
-    ran = int(w.ctl[k.RAN])
-    w.jobs[0] = [k.TASK, gemm_pool.callback(task), packed.ctypes.data, r0, r1, slot,
-                 0, 0, 0, 0, 0]
-    w.ctl[k.COUNT] = 1
-    f.reset(w.lock_at)
-    seq = w.ctl[k.POSTED] + 1
-    w.ctl[k.POSTED] = seq
-    while not k.wait(w.ctl, seq, f.pause, 1 << 12):
-        w.poke()
-    return int(w.ctl[k.RAN]) == ran + 1
+    return gemm_pool.run_on(w, np.array([[w.k.TASK, gemm_pool.callback(task),
+                                          packed.ctypes.data, r0, r1, slot, 0, 0, 0, 0, 0]]))
 
 
 def _depthwise(rng):
@@ -274,6 +265,20 @@ layer { name: "wino" type: "Convolution" bottom: "ave" top: "wino"
 """
 
 
+@contextlib.contextmanager
+def _recording(monkeypatch):
+    """The names of the tasks prepared inside, in a list."""
+    calls = []
+    real = gemm_pool.prepare_tasks
+    monkeypatch.setattr(gemm_pool, "prepare_tasks",
+                        lambda fn, blocks, task, args: calls.append(task.__name__)
+                        or real(fn, blocks, task, args))
+    try:
+        yield calls
+    finally:
+        monkeypatch.setattr(gemm_pool, "prepare_tasks", real)
+
+
 def _net_outputs(monkeypatch, on):
     import caffe_lite as caffe
     monkeypatch.setattr(parallel, "MIN_SPIN_KERNEL_ELEMENTS", 1 if on else 1 << 62)
@@ -285,14 +290,9 @@ def _net_outputs(monkeypatch, on):
             b.data[...] = rng.uniform(0.5, 1.5, b.shape) if layer.type == "BatchNorm" \
                 else rng.standard_normal(b.shape)
     net.blobs["data"].data[...] = rng.standard_normal(net.blobs["data"].shape)
-    calls = []
-    real = gemm_pool.prepare_tasks
-    monkeypatch.setattr(gemm_pool, "prepare_tasks",
-                        lambda fn, blocks, task, args: calls.append(task.__name__)
-                        or real(fn, blocks, task, args))
-    net.forward()
-    net.forward()
-    monkeypatch.setattr(gemm_pool, "prepare_tasks", real)
+    with _recording(monkeypatch) as calls:
+        net.forward()
+        net.forward()
     return {k: net.blobs[k].data.copy() for k in ("dw", "conv", "max", "ave", "wino")}, calls
 
 
@@ -357,15 +357,10 @@ def _gradients(monkeypatch, on):
         for b in layer.blobs:
             b.data[...] = rng.standard_normal(b.shape)
     net.blobs["data"].data[...] = rng.standard_normal(net.blobs["data"].shape)
-    calls = []
-    real = gemm_pool.prepare_tasks
-    monkeypatch.setattr(gemm_pool, "prepare_tasks",
-                        lambda fn, blocks, task, args: calls.append(task.__name__)
-                        or real(fn, blocks, task, args))
-    net.forward()
-    net.blobs["ave"].diff[...] = rng.standard_normal(net.blobs["ave"].shape)
-    net.backward()
-    monkeypatch.setattr(gemm_pool, "prepare_tasks", real)
+    with _recording(monkeypatch) as calls:
+        net.forward()
+        net.blobs["ave"].diff[...] = rng.standard_normal(net.blobs["ave"].shape)
+        net.backward()
     grads = {k: b.diff.copy() for k, b in net.blobs.items()}
     grads.update({f"{n}/{i}": b.diff.copy() for n, layer in zip(net.layer_names, net.layers)
                   for i, b in enumerate(layer.blobs)})

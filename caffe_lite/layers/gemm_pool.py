@@ -366,6 +366,23 @@ def prepare_tasks(fn, blocks, task, arguments):
     return run
 
 
+def run_on(w, jobs):
+    """Post the rows of `jobs` to worker w alone and wait until it is done with them (it must
+    claim them: the caller never does here); True when the worker ran them itself.  For
+    tests and benchmarks."""
+    k = w.k
+    f = _functions()
+    ran = int(w.ctl[k.RAN])
+    w.jobs[:len(jobs)] = jobs
+    w.ctl[k.COUNT] = len(jobs)
+    f.reset(w.lock_at)
+    seq = w.ctl[k.POSTED] + 1
+    w.ctl[k.POSTED] = seq
+    while not k.wait(w.ctl, seq, f.pause, WAIT_POLLS):
+        w.poke()
+    return int(w.ctl[k.RAN]) == ran + 1
+
+
 def _prepared(own, batches, here):
     """The callable of prepare() / prepare_tasks(): posts batches[i] to worker i (or runs
     here[i] on the caller), runs own(), then waits for (or takes over) the posted batches."""
