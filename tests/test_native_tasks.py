@@ -146,12 +146,15 @@ def test_a_task_run_by_a_worker_computes_what_the_kernel_computes(family):
 
 def test_pack_takes_c_order_arrays_and_integers_only():
     a = np.arange(12, dtype=F).reshape(3, 4)
-    p = gemm_pool.pack((a, 7, True, np.zeros(0, F)))
-    assert list(p[:7]) == [a.ctypes.data, 3, 4, 7, 1, np.zeros(0, F).ctypes.data or p[5], 0]
+    empty = np.zeros(0, F)
+    p = gemm_pool.pack((a, 7, True, empty, np.int64(-3)))
+    assert list(p[:9]) == [a.ctypes.data, 3, 4, 7, 1, empty.ctypes.data, 0, -3, 0]
     assert p.dtype == np.int64 and p.size == gemm_pool._native_words()
     assert gemm_pool.pack((a[:, ::2],)) is None
     assert gemm_pool.pack((a.T,)) is None
     assert gemm_pool.pack((np.zeros((1,) * 40, F),) * 2) is None     # too many words
+    with pytest.raises(TypeError, match="float"):
+        gemm_pool.pack((a, 0.5))
 
 
 def _depthwise_split(rng, rows=40):

@@ -306,7 +306,7 @@ def prepare(pieces):
 def pack(arguments):
     """A native task's arguments as int64 words (layers/numba/_native.py): an array as its
     address and shape, an integer (or bool) as itself; None when an array is not C-contiguous
-    or the words do not fit."""
+    or the words do not fit.  (A float has no word: pass it in an array.)"""
     words = []
     for a in arguments:
         if isinstance(a, np.ndarray):
@@ -314,8 +314,11 @@ def pack(arguments):
                 return None
             words.append(a.ctypes.data)
             words.extend(a.shape)
-        else:
+        elif isinstance(a, (int, np.integer, np.bool_)):
             words.append(int(a))
+        else:
+            raise TypeError(f"a native task's argument must be an array or an integer, "
+                            f"not {type(a).__name__}")
     if len(words) > _native_words():
         return None
     packed = np.zeros(_native_words(), np.int64)
@@ -362,7 +365,10 @@ def prepare_tasks(fn, blocks, task, arguments):
             for slot, (a, b) in enumerate(blocks[1:], 1)]
     a0, b0 = blocks[0]
     run = _prepared(lambda: fn(a0, b0, 0), batches, here)
-    run.packed = packed     # (the workers read them: kept as long as the callable)
+    # (the workers read these addresses: the words and the arrays they point to live as long
+    # as the callable)
+    run.packed = packed
+    run.arguments = arguments
     return run
 
 
