@@ -203,6 +203,17 @@ def test_small_kernels_and_unpackable_arguments_stay_off_the_workers(monkeypatch
         parallel.prepare_blocks(40, 1200, fn, native=(k.depthwise_forward_task, ()),
                                 spin_elements=40 * 1200)
         assert len(prepared) == 1
+        # split on every call (run_blocks), a kernel pays for packing and posting too: it
+        # takes the tasks from MIN_SPIN_CALL_ELEMENTS, prepared ones from
+        # MIN_SPIN_KERNEL_ELEMENTS
+        rows = parallel.MIN_SPIN_CALL_ELEMENTS // 1200
+        assert rows * 1200 >= parallel.MIN_SPIN_KERNEL_ELEMENTS
+        parallel.run_blocks(rows, 1200, lambda a, b, slot: None, block_elements=None,
+                            native=(k.depthwise_forward_task, ()))
+        assert len(prepared) == 1
+        parallel.run_blocks(rows + 1, 1200, lambda a, b, slot: None, block_elements=None,
+                            native=(k.depthwise_forward_task, ()))
+        assert len(prepared) == 2
     monkeypatch.undo()
     monkeypatch.setenv("CAFFE_LITE_NUM_THREADS", "2")
     column_order = np.asfortranarray(wt)
@@ -354,6 +365,7 @@ layer { name: "ave" type: "Pooling" bottom: "max" top: "ave"
 def _gradients(monkeypatch, on):
     import caffe_lite as caffe
     monkeypatch.setattr(parallel, "MIN_SPIN_KERNEL_ELEMENTS", 1 if on else 1 << 62)
+    monkeypatch.setattr(parallel, "MIN_SPIN_CALL_ELEMENTS", 1 if on else 1 << 62)
     net = caffe.Net(TRAIN_NET, caffe.TRAIN)
     rng = np.random.default_rng(9)
     for layer in net.layers:

@@ -51,6 +51,9 @@ MIN_SPIN_ROW_WEIGHTS = 200_000
 # MIN_SPIN_STREAM_ELEMENTS.
 MIN_SPIN_KERNEL_ELEMENTS = 1 << 15
 MIN_SPIN_STREAM_ELEMENTS = 1 << 17
+# A kernel split on each call (run_blocks: the backward passes, which are not prepared) also
+# pays for packing its arguments and posting (about 14 us with five arrays): from this many.
+MIN_SPIN_CALL_ELEMENTS = 1 << 17
 
 
 def num_threads():
@@ -208,11 +211,13 @@ def run_blocks(rows, row_elements, fn, block_elements=1 << 17, min_elements=None
     is the worker's index, for per-worker scratch buffers.  Blocks must touch disjoint rows.
     block_elements=None: one block per worker (for compiled kernels, which need no blocking
     for the cache and cost a few microseconds per call), split from `min_elements` elements
-    (default MIN_PARALLEL_KERNEL_ELEMENTS); native, spin_elements: as prepare_blocks."""
+    (default MIN_PARALLEL_KERNEL_ELEMENTS); native, spin_elements: as prepare_blocks, from
+    MIN_SPIN_CALL_ELEMENTS by default (the split is worked out on every call here)."""
     if rows <= 0:
         return
     if native is not None and block_elements is None:
-        run = _prepare_native(rows, row_elements, fn, native, spin_elements)
+        run = _prepare_native(rows, row_elements, fn, native,
+                              spin_elements or MIN_SPIN_CALL_ELEMENTS)
         if run is not None:
             run()
             return
