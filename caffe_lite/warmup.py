@@ -76,5 +76,5 @@ def warm_up():
     from .layers import gemm_pool, parallel
     gemm_pool.warm_up(parallel._blas_libraries(),
                       [jit.kernels(f) for f in ("depthwise", "im2col", "neuron", "pooling",
-                                                "winograd")])
+                                                "winograd", "grouped", "softmax")])
     return True

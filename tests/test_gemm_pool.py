@@ -356,6 +356,7 @@ def test_warm_up_compiles_the_native_loops():
     for fn in (k.serve, k.run_jobs, k.wait, k.taken):
         assert fn.signatures, f"{fn.__name__} was not compiled"
     compiled = set(gemm_pool._callbacks)
-    for family in ("depthwise", "im2col", "neuron", "pooling", "winograd"):
+    for family in ("depthwise", "im2col", "neuron", "pooling", "winograd", "grouped",
+                   "softmax"):
         tasks = gemm_pool.tasks(jit.kernels(family))
         assert tasks and set(tasks) <= compiled, family

@@ -114,7 +114,29 @@ def _winograd(rng):
     yield k.output_transform, k.output_transform_task, (m, y, 3, 3) + outs, n * o, [1]
 
 
-FAMILIES = [_depthwise, _im2col, _neuron, _pooling, _winograd]
+def _grouped(rng):
+    k = jit.kernels("grouped")
+    rows, cg, og = 6, 3, 2                      # (image, group) rows; 3 -> 2 channels a group
+    geo = np.array((3, 3, 1, 1, 1, 1, 1, 1), np.int64)
+    x = rng.standard_normal((rows, cg, 9, 11), dtype=F)
+    w = rng.standard_normal((3, og, cg, 9), dtype=F)       # 3 groups, 2 images
+    yield k.grouped_forward, k.grouped_forward_task, (x, w, np.zeros((rows, og, 9, 11), F),
+                                                      geo), rows, [2]
+    dy = rng.standard_normal((rows, og, 9, 11), dtype=F)
+    yield (k.grouped_weight, k.grouped_weight_task, (x, dy, np.zeros((rows, og, cg, 9), F), geo),
+           rows, [2])
+    yield (k.grouped_backward_data, k.grouped_backward_data_task,
+           (dy, w, np.zeros_like(x), geo), rows, [2])
+
+
+def _softmax(rng):
+    k = jit.kernels("softmax")
+    for shape in ((7, 5, 1), (3, 4, 6)):
+        yield (k.softmax_forward, k.softmax_forward_task,
+               (rng.standard_normal(shape, dtype=F), np.zeros(shape, F)), shape[0], [1])
+
+
+FAMILIES = [_depthwise, _im2col, _neuron, _pooling, _winograd, _grouped, _softmax]
 
 
 def _fresh(arguments, written):
@@ -276,6 +298,9 @@ layer { name: "ave" type: "Pooling" bottom: "conv" top: "ave"
         pooling_param { pool: AVE kernel_size: 3 stride: 1 pad: 1 } }
 layer { name: "wino" type: "Convolution" bottom: "ave" top: "wino"
         convolution_param { num_output: 32 kernel_size: 3 pad: 1 } }
+layer { name: "grp" type: "Convolution" bottom: "ave" top: "grp"
+        convolution_param { num_output: 16 group: 4 kernel_size: 3 pad: 1 } }
+layer { name: "prob" type: "Softmax" bottom: "grp" top: "prob" }
 """
 
 
@@ -307,7 +332,8 @@ def _net_outputs(monkeypatch, on):
     with _recording(monkeypatch) as calls:
         net.forward()
         net.forward()
-    return {k: net.blobs[k].data.copy() for k in ("dw", "conv", "max", "ave", "wino")}, calls
+    return {k: net.blobs[k].data.copy() for k in ("dw", "conv", "max", "ave", "wino", "grp",
+                                                  "prob")}, calls
 
 
 def test_whole_nets_give_the_same_numbers_with_and_without_tasks(monkeypatch):
@@ -320,8 +346,8 @@ def test_whole_nets_give_the_same_numbers_with_and_without_tasks(monkeypatch):
     without, none = _net_outputs(monkeypatch, False)
     assert not none
     assert {"depthwise_forward_task", "affine_act_task", "im2col_task",
-            "ave_pool_forward_task", "input_transform_task",
-            "output_transform_task"} <= set(calls)
+            "ave_pool_forward_task", "input_transform_task", "output_transform_task",
+            "grouped_forward_task", "softmax_forward_task"} <= set(calls)
     assert {"max_pool_values_task", "max_pool_values_channels_last_task"} & set(calls)
     for name, a in with_tasks.items():
         np.testing.assert_array_equal(a, without[name], err_msg=name)
@@ -359,6 +385,8 @@ layer { name: "max" type: "Pooling" bottom: "conv" top: "max"
         pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
 layer { name: "ave" type: "Pooling" bottom: "max" top: "ave"
         pooling_param { pool: AVE kernel_size: 3 stride: 1 pad: 1 } }
+layer { name: "grp" type: "Convolution" bottom: "ave" top: "grp"
+        convolution_param { num_output: 16 group: 4 kernel_size: 3 pad: 1 } }
 """
 
 
@@ -374,7 +402,7 @@ def _gradients(monkeypatch, on):
     net.blobs["data"].data[...] = rng.standard_normal(net.blobs["data"].shape)
     with _recording(monkeypatch) as calls:
         net.forward()
-        net.blobs["ave"].diff[...] = rng.standard_normal(net.blobs["ave"].shape)
+        net.blobs["grp"].diff[...] = rng.standard_normal(net.blobs["grp"].shape)
         net.backward()
     grads = {k: b.diff.copy() for k, b in net.blobs.items()}
     grads.update({f"{n}/{i}": b.diff.copy() for n, layer in zip(net.layer_names, net.layers)
@@ -389,6 +417,8 @@ def test_backward_passes_give_the_same_gradients_with_and_without_tasks(monkeypa
     without, none = _gradients(monkeypatch, False)
     assert not none
     assert {"depthwise_backward_task", "col2im_task", "max_pool_backward_task",
-            "ave_pool_backward_task"} <= set(calls)
+            "ave_pool_backward_task", "grouped_weight_task",
+            "grouped_backward_data_task"} <= set(calls)
     for name, a in with_tasks.items():
         np.testing.assert_array_equal(a, without[name], err_msg=name)
+

@@ -286,7 +286,8 @@ class GemmEngine:
         y4 = self._direct_rows(y, self.conv_out, self.out_spatial)
         w4 = self._direct_weights(w)
         return prepare_blocks(*self._direct_split(
-            lambda a, b, slot: k.grouped_forward(x4, w4, y4, geo, a, b)))
+            lambda a, b, slot: k.grouped_forward(x4, w4, y4, geo, a, b)),
+            native=(k.grouped_forward_task, (x4, w4, y4, geo)))
 
     def _chunks(self):
         return [(n0, min(n0 + self.chunk, self.num)) for n0 in range(0, self.num, self.chunk)]
@@ -381,7 +382,8 @@ class GemmEngine:
             w4 = self._direct_weights(w)
             run_blocks(*self._direct_split(
                 lambda a, b, slot: k.grouped_backward_data(dy4, w4, dx4, geo, a, b)),
-                block_elements=None)
+                block_elements=None,
+                native=(k.grouped_backward_data_task, (dy4, w4, dx4, geo)))
             return
         wgt = self._wg(w).swapaxes(-1, -2)
         if self.geom.is_1x1:
@@ -420,7 +422,7 @@ class GemmEngine:
             gw = self.scratch.get("gw", (self.num * self.group,) + w4.shape[1:])
             run_blocks(*self._direct_split(
                 lambda a, b, slot: k.grouped_weight(x4, dy4, gw, geo, a, b)),
-                block_elements=None)
+                block_elements=None, native=(k.grouped_weight_task, (x4, dy4, gw, geo)))
             sums = gw.reshape(self.num, -1).sum(axis=0)
             np.add(dw, sums.reshape(dw.shape), out=dw)
             return

@@ -8,7 +8,7 @@ import numpy as np
 from ..blob import Blob
 from ..errors import CaffeLiteError
 from ..proto import caffe_pb2
-from . import jit
+from . import jit, parallel
 from .base import Layer, LossLayer
 from .parallel import prepare_blocks
 from .loss import get_normalizer, labels_as_int, normalization_mode
@@ -49,8 +49,12 @@ class SoftmaxLayer(Layer):
             return None
         x = self._view(bottom[0].cpu_data)
         y = self._view(top[0].data)      # may be the same memory as x (in place)
+        # (an exp an element: a row of a few channels costs as much as dozens of elements of
+        # the other kernels, hence the lower threshold)
         return prepare_blocks(self.outer, self.channels * self.inner,
-                              lambda a, b, slot: k.softmax_forward(x, y, a, b))
+                              lambda a, b, slot: k.softmax_forward(x, y, a, b),
+                              native=(k.softmax_forward_task, (x, y)),
+                              spin_elements=parallel.MIN_SPIN_KERNEL_ELEMENTS // 8)
 
     def forward_cpu(self, bottom, top):
         run = self.prepare_cpu(bottom, top)

@@ -18,6 +18,7 @@ weights w (G, Og, Cg, K) with K = kh * kw; g = (kh, kw, sh, sw, ph, pw, dh, dw);
 import numpy as np
 from numba import njit
 
+from ._native import arguments, f32_4, i64_1, task
 from ._planes import _ELEMENTWISE, _F, _fill_split, _flat_weight_sums, _tap_bases
 
 
@@ -152,3 +153,34 @@ def grouped_backward_data(dy, w, dx, g, r0, r1):
             for o in range(og_n):
                 _flat_taps(flat[o], bases, wg[o, c], acc, n, True, o > 0)
             _unflatten(acc, dx[r, c])
+
+
+# Native tasks (_native.py): every argument but the geometry is a 4-D float32 array
+@task
+def grouped_forward_task(args, r0, r1, slot):
+    p = arguments(args)
+    x, i = f32_4(p, 0)
+    w, i = f32_4(p, i)
+    y, i = f32_4(p, i)
+    g, i = i64_1(p, i)
+    grouped_forward(x, w, y, g, r0, r1)
+
+
+@task
+def grouped_weight_task(args, r0, r1, slot):
+    p = arguments(args)
+    x, i = f32_4(p, 0)
+    dy, i = f32_4(p, i)
+    gw, i = f32_4(p, i)
+    g, i = i64_1(p, i)
+    grouped_weight(x, dy, gw, g, r0, r1)
+
+
+@task
+def grouped_backward_data_task(args, r0, r1, slot):
+    p = arguments(args)
+    dy, i = f32_4(p, 0)
+    w, i = f32_4(p, i)
+    dx, i = f32_4(p, i)
+    g, i = i64_1(p, i)
+    grouped_backward_data(dy, w, dx, g, r0, r1)

@@ -6,6 +6,8 @@ the maximum over the channels subtracted, exp, divided by the sum (taken in chan
 import numpy as np
 from numba import njit
 
+from ._native import arguments, f32_3, task
+
 
 @njit(nogil=True, cache=True, boundscheck=False)
 def softmax_forward(x, y, r0, r1):
@@ -107,3 +109,11 @@ def softmax_loss_backward(prob, labels, dx, has_ignore, ignore_label, scale):
                 dx[o, c, i] = prob[o, c, i] * scale
             dx[o, lab, i] = (prob[o, lab, i] - np.float32(1)) * scale
     return -1
+
+
+@task
+def softmax_forward_task(args, r0, r1, slot):
+    p = arguments(args)
+    x, i = f32_3(p, 0)
+    y, i = f32_3(p, i)
+    softmax_forward(x, y, r0, r1)
