@@ -170,7 +170,8 @@ class Plan:
                 if dirty or st.gen != gen or st.always:
                     self.failed = st.index
                     st.reshape(st.bottom, st.top)
-                    st.run = st.prepare()
+                    with parallel.planned():
+                        st.run = st.prepare()
                     st.gen = gen
                 try:
                     st.run()

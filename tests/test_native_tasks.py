@@ -196,7 +196,7 @@ def test_prepare_blocks_splits_a_kernel_over_the_workers(monkeypatch):
     k, x, wt, bias, geo, expect = _depthwise_split(np.random.default_rng(4))
     y = np.full_like(expect, np.nan)
     ran = int(w.ctl[w.k.RAN])
-    with parallel.cpu_pass():
+    with parallel.cpu_pass(), parallel.planned():
         run = parallel.prepare_blocks(
             40, 1200, lambda a, b, slot: k.depthwise_forward(x, wt, bias, y, geo, a, b),
             native=(k.depthwise_forward_task, (x, wt, bias, y, geo)), spin_elements=1)
@@ -219,28 +219,30 @@ def test_small_kernels_and_unpackable_arguments_stay_off_the_workers(monkeypatch
     def fn(a, b, slot):
         k.depthwise_forward(x, wt, bias, y, geo, a, b)
     with parallel.cpu_pass():
-        parallel.prepare_blocks(40, 1200, fn, native=(k.depthwise_forward_task, ()),
-                                spin_elements=40 * 1200 + 1)
-        assert not prepared
-        parallel.prepare_blocks(40, 1200, fn, native=(k.depthwise_forward_task, ()),
-                                spin_elements=40 * 1200)
-        assert len(prepared) == 1
-        # split on every call (run_blocks), a kernel pays for packing and posting too: it
-        # takes the tasks from MIN_SPIN_CALL_ELEMENTS, prepared ones from
-        # MIN_SPIN_KERNEL_ELEMENTS
+        with parallel.planned():
+            parallel.prepare_blocks(40, 1200, fn, native=(k.depthwise_forward_task, ()),
+                                    spin_elements=40 * 1200 + 1)
+            assert not prepared
+            parallel.prepare_blocks(40, 1200, fn, native=(k.depthwise_forward_task, ()),
+                                    spin_elements=40 * 1200)
+            assert len(prepared) == 1
+        # worked out for one call (run_blocks, or prepared outside a plan), a split pays for
+        # packing and posting each time: it takes the tasks from MIN_SPIN_CALL_ELEMENTS only
         rows = parallel.MIN_SPIN_CALL_ELEMENTS // 1200
-        assert rows * 1200 >= parallel.MIN_SPIN_KERNEL_ELEMENTS
+        assert rows * 1200 >= 2 * parallel.MIN_SPIN_KERNEL_ELEMENTS
+        parallel.prepare_blocks(rows, 1200, fn, native=(k.depthwise_forward_task, ()))
         parallel.run_blocks(rows, 1200, lambda a, b, slot: None, block_elements=None,
                             native=(k.depthwise_forward_task, ()))
         assert len(prepared) == 1
+        parallel.prepare_blocks(rows + 1, 1200, fn, native=(k.depthwise_forward_task, ()))
         parallel.run_blocks(rows + 1, 1200, lambda a, b, slot: None, block_elements=None,
                             native=(k.depthwise_forward_task, ()))
-        assert len(prepared) == 2
+        assert len(prepared) == 3
     monkeypatch.undo()
     monkeypatch.setenv("CAFFE_LITE_NUM_THREADS", "2")
     column_order = np.asfortranarray(wt)
     y = np.zeros_like(expect)
-    with parallel.cpu_pass():
+    with parallel.cpu_pass(), parallel.planned():
         run = parallel.prepare_blocks(40, 1200, lambda a, b, slot: k.depthwise_forward(
             x, column_order, bias, y, geo, a, b),
             native=(k.depthwise_forward_task, (x, column_order, bias, y, geo)),
@@ -259,9 +261,10 @@ def test_a_task_its_worker_has_not_started_runs_on_the_caller(monkeypatch):
     k, x, wt, bias, geo, expect = _depthwise_split(np.random.default_rng(6))
     y = np.full_like(expect, np.nan)
     with parallel.cpu_pass():
-        run = parallel.prepare_blocks(
-            40, 1200, lambda a, b, slot: k.depthwise_forward(x, wt, bias, y, geo, a, b),
-            native=(k.depthwise_forward_task, (x, wt, bias, y, geo)), spin_elements=1)
+        with parallel.planned():
+            run = parallel.prepare_blocks(
+                40, 1200, lambda a, b, slot: k.depthwise_forward(x, wt, bias, y, geo, a, b),
+                native=(k.depthwise_forward_task, (x, wt, bias, y, geo)), spin_elements=1)
         deadline = time.monotonic() + 10
         while w.ctl[kk.MODE] != 1:              # (back from a nap: spinning through the pass)
             assert time.monotonic() < deadline, "the worker never spun"

@@ -51,8 +51,9 @@ MIN_SPIN_ROW_WEIGHTS = 200_000
 # MIN_SPIN_STREAM_ELEMENTS.
 MIN_SPIN_KERNEL_ELEMENTS = 1 << 15
 MIN_SPIN_STREAM_ELEMENTS = 1 << 17
-# A kernel split on each call (run_blocks: the backward passes, which are not prepared) also
-# pays for packing its arguments and posting (about 14 us with five arrays): from this many.
+# A kernel split for one call (run_blocks: the backward passes; a step prepared outside a
+# plan, as Layer.forward does it) also pays for packing its arguments and posting (about
+# 14 us with five arrays): from this many.
 MIN_SPIN_CALL_ELEMENTS = 1 << 17
 
 
@@ -211,13 +212,12 @@ def run_blocks(rows, row_elements, fn, block_elements=1 << 17, min_elements=None
     is the worker's index, for per-worker scratch buffers.  Blocks must touch disjoint rows.
     block_elements=None: one block per worker (for compiled kernels, which need no blocking
     for the cache and cost a few microseconds per call), split from `min_elements` elements
-    (default MIN_PARALLEL_KERNEL_ELEMENTS); native, spin_elements: as prepare_blocks, from
-    MIN_SPIN_CALL_ELEMENTS by default (the split is worked out on every call here)."""
+    (default MIN_PARALLEL_KERNEL_ELEMENTS); native, spin_elements: as prepare_blocks (the
+    split is worked out on every call here: from MIN_SPIN_CALL_ELEMENTS at least)."""
     if rows <= 0:
         return
     if native is not None and block_elements is None:
-        run = _prepare_native(rows, row_elements, fn, native,
-                              spin_elements or MIN_SPIN_CALL_ELEMENTS)
+        run = _prepare_native(rows, row_elements, fn, native, spin_elements)
         if run is not None:
             run()
             return
@@ -240,7 +240,8 @@ def prepare_blocks(rows, row_elements, fn, block_elements=None, min_elements=Non
 
     native: (task, arguments) of fn's compiled kernel (layers/numba/_native.py): the blocks
     then go to the spinning workers of gemm_pool where they can run, one per thread, from
-    `spin_elements` elements (default MIN_SPIN_KERNEL_ELEMENTS), a round trip of microseconds
+    `spin_elements` elements (default MIN_SPIN_KERNEL_ELEMENTS) when prepared for a plan
+    (`planned`), else from MIN_SPIN_CALL_ELEMENTS at least: a round trip of microseconds
     instead of a Python worker's tens."""
     if rows <= 0:
         return _nothing
@@ -265,9 +266,32 @@ def prepare_blocks(rows, row_elements, fn, block_elements=None, min_elements=Non
     return lambda: run_tasks(tasks)
 
 
+_planned = 0   # > 0 while a Net's plan prepares the steps it runs again and again
+
+
+class planned:
+    """Context around preparing steps that will run many times (plan.py): inside it,
+    prepare_blocks hands kernels to the spinning workers from MIN_SPIN_KERNEL_ELEMENTS (their
+    arguments are packed once); a split worked out for one call pays that packing each time,
+    so it starts at MIN_SPIN_CALL_ELEMENTS."""
+    __slots__ = ()
+
+    def __enter__(self):
+        global _planned
+        _planned += 1
+        return self
+
+    def __exit__(self, *exc):
+        global _planned
+        _planned -= 1
+
+
 def _prepare_native(rows, row_elements, fn, native, spin_elements):
     threads = min(num_threads(), rows)
-    if threads < 2 or rows * row_elements < (spin_elements or MIN_SPIN_KERNEL_ELEMENTS) or \
+    least = spin_elements or MIN_SPIN_KERNEL_ELEMENTS
+    if not _planned:
+        least = max(least, MIN_SPIN_CALL_ELEMENTS)
+    if threads < 2 or rows * row_elements < least or \
             not gemm_pool.available(_blas_libraries()):
         return None
     step = -(-rows // threads)
