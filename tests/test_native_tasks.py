@@ -173,6 +173,7 @@ def test_pack_takes_c_order_arrays_and_integers_only():
     assert list(p[:9]) == [a.ctypes.data, 3, 4, 7, 1, empty.ctypes.data, 0, -3, 0]
     assert p.dtype == np.int64 and p.size == gemm_pool._native_words()
     assert gemm_pool.pack((a[:, ::2],)) is None
+    assert gemm_pool.pack((a.astype(np.float64),)) is None   # no reader reads float64
     assert gemm_pool.pack((a.T,)) is None
     assert gemm_pool.pack((np.zeros((1,) * 40, F),) * 2) is None     # too many words
     with pytest.raises(TypeError, match="float"):

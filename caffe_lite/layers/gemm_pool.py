@@ -305,12 +305,15 @@ def prepare(pieces):
 
 def pack(arguments):
     """A native task's arguments as int64 words (layers/numba/_native.py): an array as its
-    address and shape, an integer (or bool) as itself; None when an array is not C-contiguous
-    or the words do not fit.  (A float has no word: pass it in an array.)"""
+    address and shape, an integer (or bool) as itself; None when an array is not C-contiguous,
+    not of a type the readers take, or the words do not fit.  (A float has no word: pass it
+    in an array.)"""
     words = []
     for a in arguments:
         if isinstance(a, np.ndarray):
-            if not a.flags.c_contiguous:
+            # (a task reads its arrays as the types it names; a float64 array from elsewhere
+            # must not be read as float32: the kernel's own call takes any type)
+            if not a.flags.c_contiguous or a.dtype not in _TASK_TYPES:
                 return None
             words.append(a.ctypes.data)
             words.extend(a.shape)
@@ -324,6 +327,10 @@ def pack(arguments):
     packed = np.zeros(_native_words(), np.int64)
     packed[:len(words)] = words
     return packed
+
+
+_TASK_TYPES = (np.dtype(np.float32), np.dtype(np.int64), np.dtype(np.int32),
+               np.dtype(np.int16))
 
 
 def _native_words():
