@@ -46,8 +46,7 @@ layer { name: "loss" type: "EuclideanLoss" bottom: "pool" bottom: "target" top: 
 def warm_up():
     """Compile (or load from the cache) the kernels the layers use; False without numba.  The
     first compile on a machine takes a few seconds per kernel and native task (about a minute
-    for all of them on a 2-vCPU VM);
-    later runs load the cache in well under a second."""
+    for all of them on a 2-vCPU VM); later runs load the cache in well under a second."""
     if not jit.available():
         return False
     from .net import Net
