@@ -12,7 +12,7 @@ reads the arguments back in the same order with the readers below and calls the 
         p = arguments(args)
         x, i = f32_1(p, 0)
         y, i = f32_1(p, i)
-        relu_forward(x, y, r0, r1)
+        relu_forward(readonly(x), y, r0, r1)   # (x is a blob's read-only cpu_data)
 
 gemm_pool compiles a task into a C callback (numba.cfunc, on first use, cached like the
 kernels); a worker calls it through its address (`call_task`).  Tasks are compiled lazily
@@ -63,6 +63,18 @@ def call_task(typingctx, fn, args, r0, r1, slot):
         builder.call(callee, llargs[1:])
         return context.get_dummy_value()
     return signature, codegen
+
+
+@intrinsic
+def readonly(typingctx, array):
+    """`array` typed as read-only: a task hands a kernel the same argument types as its
+    Python callers (who pass blobs' read-only cpu_data), so that the kernel compiled for them
+    serves the task too instead of being compiled again."""
+    result = array.copy(readonly=True)
+
+    def codegen(context, builder, signature, args):
+        return args[0]      # (the same data model: only the type differs)
+    return result(array), codegen
 
 
 @njit(inline="always")

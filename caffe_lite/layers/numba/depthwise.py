@@ -16,7 +16,7 @@ never per row.
 import numpy as np
 from numba import njit
 
-from ._native import arguments, f32_1, f32_2, f32_3, f32_4, i64_1, task
+from ._native import arguments, f32_1, f32_2, f32_3, f32_4, i64_1, readonly, task
 from ._planes import (_ELEMENTWISE, _REDUCTION, _F, _correlate, _fill_phased, _fill_split,
                       _flat_weight_sums, _tap_bases, _weight_sums)
 
@@ -342,7 +342,7 @@ def depthwise_forward_task(args, r0, r1, slot):
     bias, i = f32_1(p, i)
     y, i = f32_4(p, i)
     g, i = i64_1(p, i)
-    depthwise_forward(x, w, bias, y, g, r0, r1)
+    depthwise_forward(readonly(x), readonly(w), readonly(bias), y, g, r0, r1)
 
 
 @njit(nogil=True, cache=True, boundscheck=False, fastmath=_ELEMENTWISE)
@@ -562,4 +562,5 @@ def depthwise_backward_task(args, r0, r1, slot):
     gw, i = f32_3(p, i)
     want_dx, want_dw = p[i] != 0, p[i + 1] != 0
     g, i = i64_1(p, i + 2)
-    depthwise_backward(x, dy, w, dx, gw, want_dx, want_dw, g, r0, r1)
+    depthwise_backward(readonly(x), readonly(dy), readonly(w), dx, gw, want_dx, want_dw, g,
+                       r0, r1)

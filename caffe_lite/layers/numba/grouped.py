@@ -18,7 +18,7 @@ weights w (G, Og, Cg, K) with K = kh * kw; g = (kh, kw, sh, sw, ph, pw, dh, dw);
 import numpy as np
 from numba import njit
 
-from ._native import arguments, f32_4, i64_1, task
+from ._native import arguments, f32_4, i64_1, readonly, task
 from ._planes import _ELEMENTWISE, _F, _fill_split, _flat_weight_sums, _tap_bases
 
 
@@ -163,7 +163,7 @@ def grouped_forward_task(args, r0, r1, slot):
     w, i = f32_4(p, i)
     y, i = f32_4(p, i)
     g, i = i64_1(p, i)
-    grouped_forward(x, w, y, g, r0, r1)
+    grouped_forward(readonly(x), readonly(w), y, g, r0, r1)
 
 
 @task
@@ -173,7 +173,7 @@ def grouped_weight_task(args, r0, r1, slot):
     dy, i = f32_4(p, i)
     gw, i = f32_4(p, i)
     g, i = i64_1(p, i)
-    grouped_weight(x, dy, gw, g, r0, r1)
+    grouped_weight(readonly(x), readonly(dy), gw, g, r0, r1)
 
 
 @task
@@ -183,4 +183,4 @@ def grouped_backward_data_task(args, r0, r1, slot):
     w, i = f32_4(p, i)
     dx, i = f32_4(p, i)
     g, i = i64_1(p, i)
-    grouped_backward_data(dy, w, dx, g, r0, r1)
+    grouped_backward_data(readonly(dy), readonly(w), dx, g, r0, r1)

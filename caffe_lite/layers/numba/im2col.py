@@ -6,7 +6,7 @@ g = (kh, kw, sh, sw, ph, pw, dh, dw); rows [r0, r1) per call."""
 import numpy as np
 from numba import njit
 
-from ._native import arguments, f32_3, f32_4, i64_1, task
+from ._native import arguments, f32_3, f32_4, i64_1, readonly, task
 from ._planes import _ELEMENTWISE, _F, _fill_phased, _unfill_phased
 
 
@@ -36,7 +36,7 @@ def im2col_task(args, r0, r1, slot):
     x, i = f32_3(p, 0)
     col, i = f32_4(p, i)
     g, i = i64_1(p, i)
-    im2col(x, col, g, r0, r1)
+    im2col(readonly(x), col, g, r0, r1)
 
 
 @njit(nogil=True, cache=True, boundscheck=False, fastmath=_ELEMENTWISE)

@@ -9,7 +9,7 @@ sum."""
 import numpy as np
 from numba import njit
 
-from ._native import arguments, f32_2, f32_3, f32_4, i16_3, i64_1, task
+from ._native import arguments, f32_2, f32_3, f32_4, i16_3, i64_1, readonly, task
 from ._planes import _fill_split, _tap_bases
 
 
@@ -416,7 +416,7 @@ def max_pool_values_task(args, r0, r1, slot):
     x, i = f32_3(p, 0)
     y, i = f32_3(p, i)
     g, i = i64_1(p, i)
-    max_pool_values(x, y, g, r0, r1)
+    max_pool_values(readonly(x), y, g, r0, r1)
 
 
 @task
@@ -426,7 +426,7 @@ def ave_pool_forward_task(args, r0, r1, slot):
     y, i = f32_3(p, i)
     pool_size, i = f32_2(p, i)
     g, i = i64_1(p, i)
-    ave_pool_forward(x, y, pool_size, g, r0, r1)
+    ave_pool_forward(readonly(x), y, pool_size, g, r0, r1)
 
 
 @task
@@ -437,7 +437,7 @@ def max_pool_values_channels_last_task(args, r0, r1, slot):
     g, i = i64_1(p, i)
     xt, i = f32_3(p, i)
     yt, i = f32_3(p, i)
-    max_pool_values_channels_last(x, y, g, xt, yt, r0, r1)
+    max_pool_values_channels_last(readonly(x), y, g, xt, yt, r0, r1)
 
 
 @task
@@ -448,7 +448,7 @@ def max_pool_backward_task(args, r0, r1, slot):
     choice, i = i16_3(p, i)
     dx, i = f32_3(p, i)
     g, i = i64_1(p, i)
-    max_pool_backward(dy, choice, dx, g, p[i], r0, r1)
+    max_pool_backward(readonly(dy), choice, dx, g, p[i], r0, r1)
 
 
 @task
@@ -458,4 +458,4 @@ def ave_pool_backward_task(args, r0, r1, slot):
     dx, i = f32_3(p, i)
     pool_size, i = f32_2(p, i)
     g, i = i64_1(p, i)
-    ave_pool_backward(dy, dx, pool_size, g, r0, r1)
+    ave_pool_backward(readonly(dy), dx, pool_size, g, r0, r1)

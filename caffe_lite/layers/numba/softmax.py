@@ -6,7 +6,7 @@ the maximum over the channels subtracted, exp, divided by the sum (taken in chan
 import numpy as np
 from numba import njit
 
-from ._native import arguments, f32_3, task
+from ._native import arguments, f32_3, readonly, task
 
 
 @njit(nogil=True, cache=True, boundscheck=False)
@@ -116,4 +116,4 @@ def softmax_forward_task(args, r0, r1, slot):
     p = arguments(args)
     x, i = f32_3(p, 0)
     y, i = f32_3(p, i)
-    softmax_forward(x, y, r0, r1)
+    softmax_forward(readonly(x), y, r0, r1)

@@ -18,7 +18,7 @@ Each transform is written out, one loop over a row of tiles, so that it vectoris
 import numpy as np
 from numba import njit
 
-from ._native import arguments, f32_2, f32_3, f32_4, task
+from ._native import arguments, f32_2, f32_3, f32_4, readonly, task
 
 _ELEMENTWISE = {"contract"}
 _F = np.float32
@@ -125,7 +125,7 @@ def input_transform_task(args, r0, r1, slot):
     ph, pw, th_n, tw_n = p[i], p[i + 1], p[i + 2], p[i + 3]
     buf, i = f32_2(p, i + 4)
     rows, i = f32_2(p, i)
-    input_transform(x, v, ph, pw, th_n, tw_n, buf, rows, r0, r1)
+    input_transform(readonly(x), v, ph, pw, th_n, tw_n, buf, rows, r0, r1)
 
 
 @task
