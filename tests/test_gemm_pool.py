@@ -329,10 +329,11 @@ def test_a_piece_its_worker_has_not_started_runs_on_the_caller(spin_only):
         run = parallel.prepare_matmul(a, b, np.empty((48, 40), np.float32))
         out = np.full((48, 40), np.nan, np.float32)
         run = parallel.prepare_matmul(a, b, out)
-        gemm_pool.hold(True)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 20
         while w.ctl[k.MODE] != 2:
+            # (hold only catches a spinning worker: until it blocks, again)
             assert time.monotonic() < deadline, "the worker never blocked"
+            gemm_pool.hold(True)
             time.sleep(0.001)
         w.ctl[k.HOLD] = 0                       # (released, but not woken: it stays blocked)
         run()
