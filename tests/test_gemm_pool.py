@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from caffe_lite.layers import gemm_pool, jit, parallel
+from spin_util import hold_until_blocked, spinning
 
 pytestmark = pytest.mark.skipif(
     not (jit.available() and gemm_pool.available(parallel._blas_libraries())),
@@ -24,13 +25,7 @@ def spin_only(monkeypatch):
 
 
 def _spinning(threads):
-    """Start the workers and wait until they spin (a new one compiles or loads its loop)."""
-    gemm_pool.workers(threads - 1)
-    deadline = time.monotonic() + 60
-    with parallel.cpu_pass():
-        while any(w.ctl[w.k.MODE] != 1 for w in gemm_pool._workers[:threads - 1]):
-            assert time.monotonic() < deadline, "the workers never started spinning"
-            time.sleep(0.01)
+    spinning(threads)
 
 
 def _cases(rng):
@@ -329,12 +324,8 @@ def test_a_piece_its_worker_has_not_started_runs_on_the_caller(spin_only):
         run = parallel.prepare_matmul(a, b, np.empty((48, 40), np.float32))
         out = np.full((48, 40), np.nan, np.float32)
         run = parallel.prepare_matmul(a, b, out)
+        hold_until_blocked(w)
         deadline = time.monotonic() + 20
-        while w.ctl[k.MODE] != 2:
-            # (hold only catches a spinning worker: until it blocks, again)
-            assert time.monotonic() < deadline, "the worker never blocked"
-            gemm_pool.hold(True)
-            time.sleep(0.001)
         w.ctl[k.HOLD] = 0                       # (released, but not woken: it stays blocked)
         run()
         np.testing.assert_allclose(out, a @ b, rtol=1e-5, atol=1e-5)

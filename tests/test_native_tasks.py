@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from caffe_lite.layers import gemm_pool, jit, parallel
+from spin_util import hold_until_blocked, spinning
 
 pytestmark = pytest.mark.skipif(
     not (jit.available() and gemm_pool.available(parallel._blas_libraries())),
@@ -20,13 +21,7 @@ F = np.float32
 
 
 def _spinning():
-    gemm_pool.workers(1)
-    deadline = time.monotonic() + 60
-    with parallel.cpu_pass():
-        while gemm_pool._workers[0].ctl[gemm_pool._workers[0].k.MODE] != 1:
-            assert time.monotonic() < deadline, "the worker never started spinning"
-            time.sleep(0.01)
-    return gemm_pool._workers[0]
+    return spinning(2)
 
 
 def _task_on_worker(w, task, arguments, r0, r1, slot=1):
@@ -269,12 +264,8 @@ def test_a_task_its_worker_has_not_started_runs_on_the_caller(monkeypatch):
             run = parallel.prepare_blocks(
                 40, 1200, lambda a, b, slot: k.depthwise_forward(x, wt, bias, y, geo, a, b),
                 native=(k.depthwise_forward_task, (x, wt, bias, y, geo)), spin_elements=1)
+        hold_until_blocked(w)
         deadline = time.monotonic() + 20
-        while w.ctl[kk.MODE] != 2:
-            # (hold only catches a spinning worker: until it blocks, again)
-            assert time.monotonic() < deadline, "the worker never blocked"
-            gemm_pool.hold(True)
-            time.sleep(0.001)
         w.ctl[kk.HOLD] = 0                      # (released, but not woken: it stays blocked)
         run()
         np.testing.assert_array_equal(y, expect)
@@ -323,17 +314,26 @@ def _recording(monkeypatch):
         monkeypatch.setattr(gemm_pool, "prepare_tasks", real)
 
 
-def _net_outputs(monkeypatch, on):
+def _net(monkeypatch, text, phase, on, seed):
+    """A net of `text` with random parameters and input, every native task on (all
+    thresholds 1) or off."""
     import caffe_lite as caffe
-    monkeypatch.setattr(parallel, "MIN_SPIN_KERNEL_ELEMENTS", 1 if on else 1 << 62)
-    monkeypatch.setattr(parallel, "MIN_SPIN_STREAM_ELEMENTS", 1 if on else 1 << 62)
-    net = caffe.Net(NET, caffe.TEST)
-    rng = np.random.default_rng(8)
+    for name in ("MIN_SPIN_KERNEL_ELEMENTS", "MIN_SPIN_STREAM_ELEMENTS",
+                 "MIN_SPIN_CALL_ELEMENTS"):
+        monkeypatch.setattr(parallel, name, 1 if on else 1 << 62)
+    net = caffe.Net(text, phase)
+    rng = np.random.default_rng(seed)
     for layer in net.layers:
         for b in layer.blobs:
             b.data[...] = rng.uniform(0.5, 1.5, b.shape) if layer.type == "BatchNorm" \
                 else rng.standard_normal(b.shape)
     net.blobs["data"].data[...] = rng.standard_normal(net.blobs["data"].shape)
+    return net, rng
+
+
+def _net_outputs(monkeypatch, on):
+    import caffe_lite as caffe
+    net, _ = _net(monkeypatch, NET, caffe.TEST, on, 8)
     with _recording(monkeypatch) as calls:
         net.forward()
         net.forward()
@@ -397,14 +397,7 @@ layer { name: "grp" type: "Convolution" bottom: "ave" top: "grp"
 
 def _gradients(monkeypatch, on):
     import caffe_lite as caffe
-    monkeypatch.setattr(parallel, "MIN_SPIN_KERNEL_ELEMENTS", 1 if on else 1 << 62)
-    monkeypatch.setattr(parallel, "MIN_SPIN_CALL_ELEMENTS", 1 if on else 1 << 62)
-    net = caffe.Net(TRAIN_NET, caffe.TRAIN)
-    rng = np.random.default_rng(9)
-    for layer in net.layers:
-        for b in layer.blobs:
-            b.data[...] = rng.standard_normal(b.shape)
-    net.blobs["data"].data[...] = rng.standard_normal(net.blobs["data"].shape)
+    net, rng = _net(monkeypatch, TRAIN_NET, caffe.TRAIN, on, 9)
     with _recording(monkeypatch) as calls:
         net.forward()
         net.blobs["grp"].diff[...] = rng.standard_normal(net.blobs["grp"].shape)
