@@ -297,6 +297,9 @@ layer { name: "wino" type: "Convolution" bottom: "ave" top: "wino"
 layer { name: "grp" type: "Convolution" bottom: "ave" top: "grp"
         convolution_param { num_output: 16 group: 4 kernel_size: 3 pad: 1 } }
 layer { name: "prob" type: "Softmax" bottom: "grp" top: "prob" }
+layer { name: "bn2" type: "BatchNorm" bottom: "conv" top: "bn2" }
+layer { name: "sc2" type: "Scale" bottom: "bn2" top: "bn2" scale_param { bias_term: true } }
+layer { name: "relu2" type: "ReLU" bottom: "bn2" top: "bn2" }
 """
 
 
@@ -338,7 +341,7 @@ def _net_outputs(monkeypatch, on):
         net.forward()
         net.forward()
     return {k: net.blobs[k].data.copy() for k in ("dw", "conv", "max", "ave", "wino", "grp",
-                                                  "prob")}, calls
+                                                  "prob", "bn2")}, calls
 
 
 def test_whole_nets_give_the_same_numbers_with_and_without_tasks(monkeypatch):
@@ -352,7 +355,8 @@ def test_whole_nets_give_the_same_numbers_with_and_without_tasks(monkeypatch):
     assert not none
     assert {"depthwise_forward_task", "affine_act_task", "im2col_task",
             "ave_pool_forward_task", "input_transform_task", "output_transform_task",
-            "grouped_forward_task", "softmax_forward_task"} <= set(calls)
+            "grouped_forward_task", "softmax_forward_task",
+            "bn_scale_global_forward_task"} <= set(calls)
     assert {"max_pool_values_task", "max_pool_values_channels_last_task"} & set(calls)
     for name, a in with_tasks.items():
         np.testing.assert_array_equal(a, without[name], err_msg=name)
@@ -420,3 +424,25 @@ def test_backward_passes_give_the_same_gradients_with_and_without_tasks(monkeypa
     for name, a in with_tasks.items():
         np.testing.assert_array_equal(a, without[name], err_msg=name)
 
+
+def test_a_prepared_batchnorm_pass_follows_its_statistics(monkeypatch):
+    """BatchNorm -> Scale -> ReLU on global statistics, prepared once by the plan: a write to
+    BatchNorm's blobs between passes is seen by the next pass, as a net built with those
+    values computes it."""
+    import caffe_lite as caffe
+    monkeypatch.setenv("CAFFE_LITE_NUM_THREADS", "2")
+    _spinning()
+    net, _ = _net(monkeypatch, NET, caffe.TEST, True, 8)
+    net.forward()
+    before = net.blobs["bn2"].data.copy()
+    bn = net.params["bn2"]
+    bn[0].data[...] += 0.5                       # the mean (times the scale factor)
+    bn[1].data[...] *= 2                         # the variance
+    net.forward()
+    assert not np.array_equal(net.blobs["bn2"].data, before)
+    fresh, _ = _net(monkeypatch, NET, caffe.TEST, True, 8)
+    for name in net.params:
+        for a, b in zip(net.params[name], fresh.params[name]):
+            b.data[...] = a.data
+    fresh.forward()
+    np.testing.assert_array_equal(net.blobs["bn2"].data, fresh.blobs["bn2"].data)

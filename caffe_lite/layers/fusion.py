@@ -372,6 +372,42 @@ class BatchNormScaleGroup(Group):
             else _NO_BIAS
         return s, b
 
+    def prepare_cpu(self):
+        """Inference (global statistics) with the kernels: the pass prepared once, its
+        mean and standard deviation kept in buffers refreshed when BatchNorm's blobs change."""
+        k = jit.kernels("batchnorm")
+        bn, scale = self.bn, self.scale
+        if k is None or not bn.use_global_stats:
+            return self.forward_cpu
+        x = bn._view3(self.x_blob.cpu_data)
+        y = bn._view3(self.t_blob.data)
+        in_place = same_memory(x, y)
+        s, b = self._params()
+        has_bias, relu = scale.bias is not None, self.relu
+        mean, std = np.empty(bn.channels, _F), np.empty(bn.channels, _F)
+        mems = [blob._data.mem for blob in bn.blobs]
+        seen = [None]
+
+        def refresh():
+            m, var = bn._global_stats()
+            mean[...] = m
+            bn._std = np.sqrt(var + bn.eps)
+            std[...] = bn._std
+            seen[0] = [mem.version for mem in mems]
+        run = prepare_blocks(
+            bn.channels, x.shape[0] * x.shape[2], lambda a, e, slot: k.bn_scale_global_forward(
+                x, y, mean, std, s, b, has_bias, relu, in_place, a, e),
+            spin_elements=parallel.MIN_SPIN_STREAM_ELEMENTS,
+            native=(k.bn_scale_global_forward_task,
+                    (x, y, mean, std, s, b, has_bias, relu, in_place)))
+
+        def step():
+            scale._saved_input = None
+            if [mem.version for mem in mems] != seen[0]:
+                refresh()
+            run()
+        return step
+
     def forward_cpu(self):
         k = jit.kernels("batchnorm")
         bn = self.bn

@@ -7,6 +7,7 @@ compiler's overlap test does not fall back to scalar code)."""
 import numpy as np
 from numba import njit
 
+from ._native import arguments, f32_1, f32_3, readonly, task
 from ._planes import _ELEMENTWISE, _REDUCTION, _F, _sum, _sum_prod, _sum_sq_dev
 
 
@@ -217,3 +218,16 @@ def bn_scale_train_backward(tdiff, y, xnorm, std, scale, xdiff, sums, relu, same
                     d = g * sv
                     td[i] = d
                     out[i] = (d - xn[i] * mdyy - mdy) / sd
+
+
+@task
+def bn_scale_global_forward_task(args, r0, r1, slot):
+    p = arguments(args)
+    x, i = f32_3(p, 0)
+    y, i = f32_3(p, i)
+    mean, i = f32_1(p, i)
+    std, i = f32_1(p, i)
+    scale, i = f32_1(p, i)
+    bias, i = f32_1(p, i)
+    bn_scale_global_forward(readonly(x), y, mean, std, readonly(scale), readonly(bias),
+                            p[i] != 0, p[i + 1] != 0, p[i + 2] != 0, r0, r1)
