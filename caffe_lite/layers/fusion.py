@@ -166,12 +166,14 @@ class Epilogue:
                 y2, k2 = y3.reshape(n, c), keep.reshape(n, c)
                 return prepare_blocks(n, c, lambda a, b, slot: k.affine_act_rows(
                     y2, scale, shift, kind, slope, k2, has_keep, a, b),
-                    min_elements=MIN_PARALLEL_STREAM_ELEMENTS, spin_elements=parallel.MIN_SPIN_STREAM_ELEMENTS,
+                    min_elements=MIN_PARALLEL_STREAM_ELEMENTS,
+                    spin_elements=parallel.MIN_SPIN_STREAM_ELEMENTS,
                     native=(k.affine_act_rows_task,
                             (y2, scale, shift, kind, slope, k2, has_keep)))
             return prepare_blocks(n * c, s, lambda a, b, slot: k.affine_act(
                 y3, scale, shift, kind, slope, keep, has_keep, a, b),
-                min_elements=MIN_PARALLEL_STREAM_ELEMENTS, spin_elements=parallel.MIN_SPIN_STREAM_ELEMENTS,
+                min_elements=MIN_PARALLEL_STREAM_ELEMENTS,
+                spin_elements=parallel.MIN_SPIN_STREAM_ELEMENTS,
                 native=(k.affine_act_task, (y3, scale, shift, kind, slope, keep, has_keep)))
         a, b, sl = scale.reshape(-1, 1), shift.reshape(-1, 1), slope.reshape(-1, 1)
         neg = np.empty(y3.shape, _F) if kind == self.SLOPE else None

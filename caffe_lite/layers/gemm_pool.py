@@ -322,9 +322,10 @@ def pack(arguments):
         else:
             raise TypeError(f"a native task's argument must be an array or an integer, "
                             f"not {type(a).__name__}")
-    if len(words) > _native_words():
+    size = _native_words()
+    if len(words) > size:
         return None
-    packed = np.zeros(_native_words(), np.int64)
+    packed = np.zeros(size, np.int64)
     packed[:len(words)] = words
     return packed
 

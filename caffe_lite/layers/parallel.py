@@ -47,8 +47,8 @@ MIN_SPIN_MACS = 1 << 20
 # 235k 10.9 -> 8.8, 295k 14.5 -> 8.6, 8M 94 -> 49).
 MIN_SPIN_ROW_WEIGHTS = 200_000
 # Compiled kernels handed to the spinning workers as native tasks split from this many
-# elements (rows x row_elements of prepare_blocks), elementwise ones (the epilogue) from
-# MIN_SPIN_STREAM_ELEMENTS.
+# elements (rows x row_elements of prepare_blocks, in a plan: `planned`), elementwise ones
+# (the epilogue) from MIN_SPIN_STREAM_ELEMENTS.
 MIN_SPIN_KERNEL_ELEMENTS = 1 << 15
 MIN_SPIN_STREAM_ELEMENTS = 1 << 17
 # A kernel split for one call (run_blocks: the backward passes; a step prepared outside a
