@@ -138,17 +138,9 @@ def main(argv=None):
     w = gemm_pool.workers(1)[0]
     one_job = np.ones((1, 1), np.float32)
     job = gemm_pool._jobs(one_job, one_job, np.empty((1, 1), np.float32))
-    f = gemm_pool._functions()
-    pause = f.pause
 
     def round_trip():
-        w.jobs[:1] = job
-        w.ctl[k.COUNT] = 1
-        f.reset(w.lock_at)      # (the worker claims the batch, as prepare's posts have it)
-        seq = w.ctl[k.POSTED] + 1
-        w.ctl[k.POSTED] = seq
-        while not k.wait(w.ctl, seq, pause, 1 << 12):
-            w.poke()
+        gemm_pool.run_on(w, job)
     with parallel.cpu_pass():
         deadline = time.monotonic() + 30
         while w.ctl[k.MODE] != 1 and time.monotonic() < deadline:

@@ -17,16 +17,16 @@ def test_sets_are_parsed_typed_and_checked():
 
 
 def test_side_b_runs_with_its_values_and_they_are_put_back(monkeypatch):
-    shipped = parallel.MIN_SPIN_ROW_WEIGHTS
+    shipped = parallel.MIN_SPIN_FEW_ROWS_MACS
     seen = []
-    original = parallel.prepare_matmul
+    original = parallel.prepare_few_rows
 
-    def spying(a, b, out):
-        seen.append(parallel.MIN_SPIN_ROW_WEIGHTS)
-        return original(a, b, out)
-    monkeypatch.setattr(inner_product, "prepare_matmul", spying)
+    def spying(*args):
+        seen.append(parallel.MIN_SPIN_FEW_ROWS_MACS)
+        return original(*args)
+    monkeypatch.setattr(inner_product, "prepare_few_rows", spying)
     res = ab.compare("lenet_300_100", 1, ab._parse_sets(
-        ["caffe_lite.layers.parallel.MIN_SPIN_ROW_WEIGHTS=7"]), seconds=0.05)
-    assert parallel.MIN_SPIN_ROW_WEIGHTS == shipped
+        ["caffe_lite.layers.parallel.MIN_SPIN_FEW_ROWS_MACS=7"]), seconds=0.05)
+    assert parallel.MIN_SPIN_FEW_ROWS_MACS == shipped
     assert set(seen) == {shipped, 7}          # each side's products prepared with its value
     assert res["a_ms"] > 0 and res["b_ms"] > 0 and res["runs"] >= 20

@@ -18,9 +18,11 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 def spin_only(monkeypatch):
-    """Every product of 2 or more threads splits onto the spinning workers."""
+    """Every product of 2 or more threads splits onto the spinning workers as BLAS calls
+    (products of few rows included: test_dense_rows.py has their kernel)."""
     monkeypatch.setenv("CAFFE_LITE_NUM_THREADS", "2")
     monkeypatch.setattr(parallel, "MIN_SPIN_MACS", 0)
+    monkeypatch.setattr(parallel, "FEW_ROWS", 0)
     monkeypatch.setattr(parallel, "MIN_PARALLEL_MACS", 1 << 40)
 
 
@@ -117,8 +119,10 @@ def test_single_rows_run_on_the_workers_as_matrix_vector_products(spin_only):
 
 def test_single_rows_split_from_their_weight_count(monkeypatch):
     """A batch-1 InnerProduct is bound by reading its weights, so it splits by their number
-    (MIN_SPIN_ROW_WEIGHTS), far below MIN_SPIN_MACS; a few rows do not."""
+    (MIN_SPIN_ROW_WEIGHTS), far below MIN_SPIN_MACS; a few rows do not.  (As BLAS calls:
+    numba's kernel for few rows, test_dense_rows.py, is kept out.)"""
     monkeypatch.setenv("CAFFE_LITE_NUM_THREADS", "2")
+    monkeypatch.setattr(parallel, "FEW_ROWS", 0)
     posted = []
     monkeypatch.setattr(gemm_pool, "prepare", lambda pieces: posted.append(len(pieces)))
     n = parallel.MIN_SPIN_ROW_WEIGHTS // 256 + 1
@@ -345,10 +349,10 @@ def test_warm_up_compiles_the_native_loops():
     from caffe_lite.warmup import warm_up
     assert warm_up() is True
     k = jit.kernels("spin")
-    for fn in (k.serve, k.run_jobs, k.wait, k.taken):
+    for fn in (k.serve, k.run_jobs, k.post, k.finish, k.wait, k.taken):
         assert fn.signatures, f"{fn.__name__} was not compiled"
     compiled = set(gemm_pool._callbacks)
     for family in ("depthwise", "im2col", "neuron", "pooling", "winograd", "grouped",
-                   "softmax"):
+                   "softmax", "dense", "batchnorm"):
         tasks = gemm_pool.tasks(jit.kernels(family))
         assert tasks and set(tasks) <= compiled, family

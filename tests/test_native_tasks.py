@@ -131,7 +131,18 @@ def _softmax(rng):
                (rng.standard_normal(shape, dtype=F), np.zeros(shape, F)), shape[0], [1])
 
 
-FAMILIES = [_depthwise, _im2col, _neuron, _pooling, _winograd, _grouped, _softmax]
+def _dense(rng):
+    k = jit.kernels("dense")
+    for m, n, kind in ((1, 11, 1), (3, 9, 2)):
+        x = rng.standard_normal((m, 37), dtype=F)
+        w = rng.standard_normal((n, 37), dtype=F)
+        scale, shift, slope = (rng.standard_normal(n, dtype=F) for _ in range(3))
+        yield (k.rows_by_transposed, k.rows_by_transposed_task,
+               (x, w, np.zeros((m, n), F), scale, shift, kind, slope, np.zeros((m, n), F), True,
+                True), n, [2, 7])
+
+
+FAMILIES = [_depthwise, _im2col, _neuron, _pooling, _winograd, _grouped, _softmax, _dense]
 
 
 def _fresh(arguments, written):

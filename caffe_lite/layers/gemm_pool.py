@@ -239,8 +239,12 @@ def warm_up(libraries, families=()):
     k.serve(ctl, np.zeros((1, 11), np.int64), f.sgemm, f.sgemv, f.pause, f.read, -1, 0, f.nap,
             NAP_US, f.claim, lock.ctypes.data)
     k.run_jobs(np.zeros((1, 11), np.int64), 0, f.sgemm, f.sgemv)
-    k.wait(ctl, 0, f.pause, 1)
-    k.taken(ctl, 0, f.pause, 1)
+    jobs = np.zeros((1, 11), np.int64)
+    lock_at = lock.ctypes.data
+    k.post(ctl, jobs, jobs[:0], lock_at)
+    k.finish(ctl, 0, lock_at, 1, 1)
+    k.wait(ctl, 0, 1)
+    k.taken(ctl, 0, 1)
 
 
 def _layout(x):
@@ -392,7 +396,7 @@ def run_on(w, jobs):
     f.reset(w.lock_at)
     seq = w.ctl[k.POSTED] + 1
     w.ctl[k.POSTED] = seq
-    while not k.wait(w.ctl, seq, f.pause, WAIT_POLLS):
+    while not k.wait(w.ctl, seq, WAIT_POLLS):
         w.poke()
     return int(w.ctl[k.RAN]) == ran + 1
 
@@ -403,8 +407,8 @@ def _prepared(own, batches, here):
     ws = workers(len(batches))
     k = ws[0].k
     f = _functions()
-    posts = list(zip(ws, batches, here))
-    MODE, POSTED, DONE, COUNT, HOLD = k.MODE, k.POSTED, k.DONE, k.COUNT, k.HOLD
+    post, finish = k.post, k.finish
+    posts = [(w, w.ctl, w.jobs, w.lock_at, jobs, h) for w, jobs, h in zip(ws, batches, here)]
 
     def run():
         if not _busy.acquire(blocking=False):
@@ -414,34 +418,26 @@ def _prepared(own, batches, here):
             return
         posted = []
         try:
-            for w, jobs, h in posts:
-                ctl = w.ctl
-                # napping, asleep or gone (in a forked child): not worth waiting for; held:
-                # inside a kernel section (a task of run_tasks), whose end alone lets it go;
-                # not yet past a batch the caller took over: its core is still elsewhere
-                if ctl[MODE] != 1 and (ctl[MODE] != 2 or ctl[HOLD]) or \
-                        ctl[DONE] != ctl[POSTED]:
-                    if ctl[MODE] == 3:
-                        w.poke()    # (for the next product)
-                    h()
+            for w, ctl, jobs, lock, batch, h in posts:
+                seq = post(ctl, jobs, batch, lock)
+                if seq > 0:
+                    posted.append((w, ctl, seq, lock, len(batch)))
                     continue
-                n = len(jobs)
-                w.jobs[:n] = jobs
-                ctl[COUNT] = n
-                f.reset(w.lock_at)
-                seq = ctl[POSTED] + 1
-                ctl[POSTED] = seq
-                posted.append((w, seq, n))
+                if seq < 0:
+                    w.poke()    # (asleep: for the next product)
+                h()
             own()
         finally:
             # (the posted pieces write into the outputs: finish them even on an error)
-            for w, seq, n in posted:
-                if not k.taken(w.ctl, seq, f.pause, CLAIM_POLLS) and f.claim(w.lock_at) == 0:
+            for w, ctl, seq, lock, n in posted:
+                state = finish(ctl, seq, lock, CLAIM_POLLS, WAIT_POLLS)
+                if state == 2:
                     # the worker has not started it (another process holds its core): run
                     # it here instead of waiting for it
                     k.run_jobs(w.jobs, n, f.sgemm, f.sgemv)
                     continue
-                while not k.wait(w.ctl, seq, f.pause, WAIT_POLLS):
+                while state == 0:
                     w.poke()   # (a worker that blocked just as this posted)
+                    state = 1 if k.wait(ctl, seq, WAIT_POLLS) else 0
             _busy.release()
     return run

@@ -4,7 +4,7 @@ import numpy as np
 from ..errors import CaffeLiteError
 from .base import Layer
 from . import sparse
-from .parallel import matmul, prepare_matmul
+from .parallel import matmul, prepare_few_rows, prepare_matmul
 from .registry import register
 
 
@@ -74,7 +74,10 @@ class InnerProductLayer(Layer):
         x = bottom[0].cpu_data.reshape(self.M, self.K)
         y = top[0].data.reshape(self.M, self.num_output)
         bias = self._bias() if post is None else None
-        product = prepare_matmul(x, self._weight_as_kn(self.blobs[0].cpu_data), y)
+        w = self.blobs[0].cpu_data
+        # a batch of a few: the compiled kernel, which applies the bias and the fused tail too
+        fused = None if self.transpose else prepare_few_rows(x, w, y, self._tail(post, bias))
+        product = fused or prepare_matmul(x, self._weight_as_kn(w), y)
         tail = None if post is None else post.prepare(y.reshape(self.M, self.num_output, 1))
         path, m = self.sparse, self.M
 
@@ -84,11 +87,25 @@ class InnerProductLayer(Layer):
                 sparse.inner_product(path, csr, x, bias, y)
             else:
                 product()
+                if fused is not None:
+                    return
                 if bias is not None:
                     np.add(y, bias, out=y)
             if tail is not None:
                 tail()
         return run
+
+    def _tail(self, post, bias):
+        """prepare_few_rows's tail: the fused group's Epilogue, or the bias alone."""
+        if post is not None:
+            return post.scale, post.shift, post.kind, post.slope, post.keep
+        if bias is None:
+            return None
+        ones = getattr(self, "_ones", None)
+        if ones is None or ones.size != self.num_output:
+            ones = self._ones = np.ones(self.num_output, np.float32)
+            self._zeros = np.zeros(self.num_output, np.float32)
+        return ones, bias, 0, self._zeros, None
 
     def forward_gpu(self, bottom, top):
         csr = self.sparse.choose(self.M, gpu=True)

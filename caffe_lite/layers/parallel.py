@@ -19,7 +19,7 @@ import threading
 import numpy as np
 
 from ..util import env
-from . import gemm_pool
+from . import gemm_pool, jit
 
 # Handing work to the pool and waiting for it costs 20-50 us (more on a virtual machine whose
 # idle CPU has to wake up), so work is only split when each piece is worth several times that:
@@ -55,6 +55,11 @@ MIN_SPIN_STREAM_ELEMENTS = 1 << 17
 # plan, as Layer.forward does it) also pays for packing its arguments and posting (about
 # 14 us with five arrays): from this many.
 MIN_SPIN_CALL_ELEMENTS = 1 << 17
+# Products of at most this many rows by a matrix stored transposed (an InnerProduct's weight,
+# (num_output, K), at batch 1 to 8) run as the compiled kernel of layers/numba/dense.py, split
+# over the columns from MIN_SPIN_FEW_ROWS_MACS multiply-adds.
+FEW_ROWS = 8
+MIN_SPIN_FEW_ROWS_MACS = 1 << 16
 
 
 def num_threads():
@@ -422,6 +427,9 @@ def matmul(a, b, out):
 def prepare_matmul(a, b, out):
     """A callable computing np.matmul(a, b, out=out) as `matmul` splits it, the split worked
     out now; it expects BLAS on one thread (a cpu_pass)."""
+    few = prepare_few_rows(a, b.T, out) if b.ndim == 2 else None
+    if few is not None:
+        return few
     threads = num_threads()
     k = a.shape[-1]
     macs = out.size * k
@@ -453,3 +461,37 @@ def prepare_matmul(a, b, out):
         return lambda: np.matmul(a, b, out=out)
     tasks = [lambda p=p: np.matmul(p[0], p[1], out=p[2]) for p in pieces]
     return lambda: run_tasks(tasks)
+
+
+_NONE = np.zeros(0, np.float32)
+_NO_TAIL = (_NONE, _NONE, 0, _NONE, _NONE.reshape(0, 0))
+
+
+def prepare_few_rows(a, w, out, tail=None):
+    """A callable computing out = a @ w.T for a (M, K) of at most FEW_ROWS rows and w (N, K),
+    as layers/numba/dense.py's kernel split over the columns, then, with `tail` = (scale,
+    shift, kind, slope, keep), v = out * scale + shift per column, copied to keep (unless it
+    is None), then the activation `kind` (fusion.Epilogue's); or None where the kernel cannot
+    take them (no numba, not float32, not C-ordered, too many rows)."""
+    if a.ndim != 2 or out.ndim != 2 or w.ndim != 2 or not 1 <= a.shape[0] <= FEW_ROWS:
+        return None
+    k = jit.kernels("dense")
+    if k is None or any(t.dtype != np.float32 for t in (a, w, out)) or \
+            not (a.flags.c_contiguous and w.flags.c_contiguous and out.flags.c_contiguous):
+        return None
+    if tail is None:
+        scale, shift, kind, slope, keep = _NO_TAIL
+        has_keep = False
+    else:
+        scale, shift, kind, slope, keep = tail
+        has_keep = keep is not None
+        keep = out if keep is None else keep.reshape(out.shape)
+    arguments = (a, w, out, scale, shift, kind, slope, keep, tail is not None, has_keep)
+    kernel = k.rows_by_transposed
+
+    def columns(n0, n1, slot):
+        kernel(*arguments, n0, n1)
+    # (on the Python workers only where a piece outweighs their 40-80 us round trip)
+    return prepare_blocks(out.shape[1], a.size, columns, min_elements=MIN_PARALLEL_MACS,
+                          native=(k.rows_by_transposed_task, arguments),
+                          spin_elements=MIN_SPIN_FEW_ROWS_MACS)

@@ -35,7 +35,10 @@ thread woken by another may be queued on the waker's busy core for milliseconds 
 scheduler's wake-affine placement); a nap ends on the worker's own core, so an idle worker
 naps before it sleeps."""
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from ._native import call_task
 
@@ -120,22 +123,86 @@ def _row(sgemv, q, one, zero):
         sgemv(ROW_MAJOR, TRANS, q[4], q[3], one, q[7], q[8], q[5], inc_a, zero, q[9], 1)
 
 
+# The caller's side calls libc by name (the dynamic linker finds it): a ctypes function passed
+# to a compiled function costs about 1 us of typing on every call, as much as a round trip.
+def _libc_function(builder, context, name, result, params):
+    fnty = ir.FunctionType(context.get_value_type(result),
+                           [context.get_value_type(t) for t in params])
+    return cgutils.get_or_insert_function(builder.module, fnty, name)
+
+
+@intrinsic
+def _yield(typingctx):
+    """sched_yield()"""
+    def codegen(context, builder, signature, args):
+        return builder.call(_libc_function(builder, context, "sched_yield", types.int32, ()),
+                            [])
+    return types.int32(), codegen
+
+
+def _lock_call(name):
+    @intrinsic
+    def call(typingctx, address):
+        """name(the pthread_spinlock_t at `address`)"""
+        def codegen(context, builder, signature, args):
+            fn = _libc_function(builder, context, name, types.int32, (types.voidptr,))
+            ptr = builder.inttoptr(args[0], context.get_value_type(types.voidptr))
+            return builder.call(fn, [ptr])
+        return types.int32(types.int64), codegen
+    return call
+
+
+_trylock = _lock_call("pthread_spin_trylock")
+_unlock = _lock_call("pthread_spin_unlock")
+
+
 @njit(nogil=True, cache=True)
-def taken(ctl, seq, pause, polls):
+def post(ctl, jobs, batch, lock):
+    """Post the rows of `batch` to a worker whose control words are `ctl`, its rows `jobs`
+    and its lock word at address `lock`: the batch's sequence number, or 0 where the worker
+    cannot take it (napping, asleep, gone, held inside a kernel section, or not yet past a
+    batch the caller took over), -1 where it is asleep (the caller writes it a byte for
+    the next batch)."""
+    mode = ctl[MODE]
+    if mode != 1 and (mode != 2 or ctl[HOLD] != 0) or ctl[DONE] != ctl[POSTED]:
+        return -1 if mode == 3 else 0
+    n = batch.shape[0]
+    for j in range(n):
+        jobs[j, :] = batch[j, :]
+    ctl[COUNT] = n
+    _unlock(lock)
+    seq = ctl[POSTED] + 1
+    ctl[POSTED] = seq
+    return seq
+
+
+@njit(nogil=True, cache=True)
+def finish(ctl, seq, lock, claim_polls, wait_polls):
+    """After the caller's own piece: 1 once the worker finished batch `seq`; 2 where it had
+    not claimed it within `claim_polls` polls and the caller claimed it instead (the caller
+    runs it); 0 where it is still running after `wait_polls` more (the caller pokes it and
+    waits again)."""
+    if not taken(ctl, seq, claim_polls) and _trylock(lock) == 0:
+        return 2
+    return 1 if wait(ctl, seq, wait_polls) else 0
+
+
+@njit(nogil=True, cache=True)
+def taken(ctl, seq, polls):
     """Poll until the worker claimed (or finished) batch `seq` (True), at most `polls`
     times (False)."""
     for _ in range(polls):
         if ctl[TAKEN] == seq or ctl[DONE] == seq:
             return True
-        pause()
+        _yield()
     return ctl[TAKEN] == seq or ctl[DONE] == seq
 
 
 @njit(nogil=True, cache=True)
-def wait(ctl, seq, pause, polls):
+def wait(ctl, seq, polls):
     """Poll until the worker finished batch `seq` (True), at most `polls` times (False)."""
     for _ in range(polls):
         if ctl[DONE] == seq:
             return True
-        pause()
+        _yield()
     return ctl[DONE] == seq
