@@ -123,6 +123,7 @@ def test_single_rows_split_from_their_weight_count(monkeypatch):
     numba's kernel for few rows, test_dense_rows.py, is kept out.)"""
     monkeypatch.setenv("CAFFE_LITE_NUM_THREADS", "2")
     monkeypatch.setattr(parallel, "FEW_ROWS", 0)
+    monkeypatch.setattr(parallel, "MIN_SPIN_MACS", 1 << 22)  # (4 rows stay below it)
     posted = []
     monkeypatch.setattr(gemm_pool, "prepare", lambda pieces: posted.append(len(pieces)))
     n = parallel.MIN_SPIN_ROW_WEIGHTS // 256 + 1

@@ -40,7 +40,11 @@ MIN_PARALLEL_STREAM_ELEMENTS = 1 << 20
 # about this many multiply-adds (measured 2026-12-05 on a Zen 5 VM, whole nets at batch 1, 2^20
 # against 2^21: LeNet 8-10 %, P-Net and O-Net 3-5 % faster, MobileNet v1 and SqueezeNet 1-3 %
 # slower, near the noise; single products: 8 x 784 x 300 64 -> 37 us, 979k 20 -> 18 us).
-MIN_SPIN_MACS = 1 << 20
+# Since posting and finishing a split became one native call each (about 1.6 us for both,
+# against 5.3, 2026-12-05 fifth session), 2^18: R-Net 10 %, O-Net and LeNet 6 % faster at
+# batch 1 with MIN_SPIN_KERNEL_ELEMENTS at 2^13 (benchmarks.ab, in-process A/B), MobileNet v1
+# b1 and SqueezeNet b8 1 % (noise).
+MIN_SPIN_MACS = 1 << 18
 # A single row (an InnerProduct at batch 1) reads its weights once: it is bound by memory, not
 # arithmetic, and two cores read twice as fast (each half stays in its core's L2 from call to
 # call).  Split from this many weights (measured 2026-12-05, one row: 180k weights 7.5 -> 7.9 us,
@@ -48,8 +52,9 @@ MIN_SPIN_MACS = 1 << 20
 MIN_SPIN_ROW_WEIGHTS = 200_000
 # Compiled kernels handed to the spinning workers as native tasks split from this many
 # elements (rows x row_elements of prepare_blocks, in a plan: `planned`), elementwise ones
-# (the epilogue) from MIN_SPIN_STREAM_ELEMENTS.
-MIN_SPIN_KERNEL_ELEMENTS = 1 << 15
+# (the epilogue) from MIN_SPIN_STREAM_ELEMENTS.  (2^15 until a split's overhead fell to
+# 1.6 us: see MIN_SPIN_MACS.)
+MIN_SPIN_KERNEL_ELEMENTS = 1 << 13
 MIN_SPIN_STREAM_ELEMENTS = 1 << 17
 # A kernel split for one call (run_blocks: the backward passes; a step prepared outside a
 # plan, as Layer.forward does it) also pays for packing its arguments and posting (about
