@@ -128,9 +128,16 @@ def test_a_plan_splits_the_columns_over_the_workers(monkeypatch):
             _close(out, x, w)
         assert int(w0.ctl[w0.k.RAN]) > ran
         # below the threshold: one call on the caller's thread
-        small = w[:, :parallel.MIN_SPIN_FEW_ROWS_MACS // 300 - 1]
-        assert not hasattr(parallel.prepare_matmul(x[:, :small.shape[1]], small.T,
-                                                   out), "packed")
+        # below the threshold: the kernel on the caller's thread alone, not posted
+        k = parallel.MIN_SPIN_FEW_ROWS_MACS // 300 - 1
+        small, xs = np.ascontiguousarray(w[:, :k]), np.ascontiguousarray(x[:, :k])
+        posted = []
+        monkeypatch.setattr(gemm_pool, "prepare_tasks", lambda *a: posted.append(a))
+        run = parallel.prepare_matmul(xs, small.T, out)
+        run()
+        assert not posted
+        _close(out, xs, small)
+        monkeypatch.undo()
 
 
 PROTO = """
