@@ -33,6 +33,9 @@ layer { name: "s2" type: "Scale" bottom: "bn2" top: "s2" scale_param { bias_term
 layer { name: "r2" type: "ReLU" bottom: "s2" top: "r2" }
 layer { name: "pool" type: "Pooling" bottom: "r2" top: "pool"
         pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "few" type: "Convolution" bottom: "pool" top: "few"
+        convolution_param { num_output: 4 kernel_size: 4 } }
+layer { name: "few_prelu" type: "PReLU" bottom: "few" top: "few" }
 layer { name: "grouped" type: "Convolution" bottom: "conv" top: "grouped"
         convolution_param { num_output: 8 group: 2 kernel_size: 3 pad: 1 } }
 layer { name: "pool_wide" type: "Pooling" bottom: "conv" top: "pool_wide"

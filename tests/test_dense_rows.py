@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import caffe_lite as caffe
-from caffe_lite.layers import gemm_pool, jit, parallel
+from caffe_lite.layers import gemm_pool, im2col, jit, parallel
 
 pytestmark = pytest.mark.skipif(not jit.available(), reason="the kernel needs numba")
 
@@ -206,3 +206,200 @@ def test_inner_products_at_small_batch_equal_the_blas_path(tmp_path, monkeypatch
     for name in expect[3]:
         for g, e in zip(got[3][name], expect[3][name]):
             np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-3)
+
+
+# --- convolutions with few output positions (layers/numba/dense.py `positions`) ----------------
+
+def _conv_reference(x, w, stride, pad, dilation):
+    """float64 convolution of x (N, C, H, W) by w (O, C, kh, kw), group 1."""
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, pad, dilation
+    oh = (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
+    ow = (wd + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+    xp = np.zeros((n, c, h + 2 * ph, wd + 2 * pw))
+    xp[:, :, ph:ph + h, pw:pw + wd] = x
+    y = np.zeros((n, o, oh, ow))
+    for i in range(kh):
+        for j in range(kw):
+            win = xp[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw]
+            y += np.einsum("nchw,oc->nohw", win, w[:, :, i, j].astype(np.float64))
+    return y, np.einsum("nchw,oc->nohw", np.abs(xp[:, :, :oh, :ow]) * 0 + 1, np.abs(w).sum(
+        axis=(2, 3)).astype(np.float64)) * np.abs(xp).max()
+
+
+GEOMETRIES = [  # (C, H, W, O, kernel, stride, pad, dilation)
+    (48, 4, 4, 64, (2, 2), (1, 1), (0, 0), (1, 1)),      # MTCNN R-Net conv3
+    (5, 5, 6, 7, (3, 3), (2, 2), (1, 1), (1, 1)),        # padding, a remainder of 3 channels
+    (3, 7, 7, 9, (3, 2), (2, 3), (1, 0), (2, 1)),        # rectangular, dilated, strided
+    (6, 3, 3, 4, (1, 1), (1, 1), (0, 0), (1, 1)),        # 1x1
+    (2, 4, 4, 1, (3, 3), (1, 1), (2, 2), (1, 1)),        # a pad larger than the kernel's reach
+]
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("num", [1, 2])
+def test_the_convolution_kernel_equals_the_convolution(geometry, num):
+    k = jit.kernels("dense")
+    c, h, wd, o, kernel, stride, pad, dilation = geometry
+    rng = np.random.default_rng(sum(geometry[:4]) + num)
+    x = rng.standard_normal((num, c, h, wd), dtype=F)
+    w = rng.standard_normal((o, c) + kernel, dtype=F)
+    expect, scale = _conv_reference(x, w, stride, pad, dilation)
+    oh, ow = expect.shape[2:]
+    g = np.array(kernel + stride + pad + dilation + (ow,), np.int64)
+    y = np.full((num, o, oh * ow), np.nan, F)
+    patches = np.full((2, oh * ow, c * kernel[0] * kernel[1]), np.nan, F)
+    z = np.zeros(0, F)
+    k.positions(x, w.reshape(o, -1), y, g, patches, z, z, 0, z, np.zeros((0, 0, 0), F), False,
+                False, 0, o)
+    bound = c * kernel[0] * kernel[1] * np.finfo(F).eps * scale
+    assert np.all(np.abs(y.reshape(expect.shape) - expect) <= bound + 1e-30)
+    # output channels [1, o) from slot 1: those channels only, the same values
+    y2 = np.full_like(y, np.nan)
+    k.positions(x, w.reshape(o, -1), y2, g, patches, z, z, 0, z, np.zeros((0, 0, 0), F), False,
+                False, 1, o, 1)
+    assert np.isnan(y2[:, 0]).all()
+    np.testing.assert_array_equal(y2[:, 1:], y[:, 1:])
+
+
+@pytest.mark.parametrize("kind", [0, 1, 2])
+def test_the_convolution_kernels_tail_is_the_epilogue(kind):
+    k = jit.kernels("dense")
+    rng = np.random.default_rng(10 + kind)
+    x = rng.standard_normal((2, 5, 5, 6), dtype=F)
+    w = rng.standard_normal((7, 5 * 9), dtype=F)
+    g = np.array((3, 3, 2, 2, 1, 1, 1, 1, 3), np.int64)
+    scale, shift, slope = (rng.standard_normal(7, dtype=F) for _ in range(3))
+    patches = np.zeros((1, 9, 45), F)
+    z = np.zeros(0, F)
+    raw = np.zeros((2, 7, 9), F)
+    k.positions(x, w, raw, g, patches, z, z, 0, z, np.zeros((0, 0, 0), F), False, False, 0, 7)
+    y, keep = np.zeros((2, 7, 9), F), np.zeros((2, 7, 9), F)
+    k.positions(x, w, y, g, patches, scale, shift, kind, slope, keep, True, True, 2, 7)
+    v = raw * scale[:, None] + shift[:, None]
+    act = {0: v, 1: np.maximum(v, 0), 2: np.where(v < 0, v * slope[:, None], v)}[kind]
+    np.testing.assert_allclose(keep[:, 2:], v[:, 2:], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(y[:, 2:], act[:, 2:], rtol=1e-6, atol=1e-6)
+    assert not y[:, :2].any() and not keep[:, :2].any()
+
+
+CONV = """
+force_backward: true
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: %(n)d dim: %(c)d dim: %(h)d dim: %(h)d } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 10 kernel_size: %(k)d pad: %(pad)d group: %(group)d
+                            weight_filler { type: "gaussian" std: 1 }
+                            bias_filler { type: "gaussian" std: 1 } } }
+layer { name: "prelu" type: "PReLU" bottom: "conv" top: "conv"
+        prelu_param { filler { type: "constant" value: 0.3 } } }
+layer { name: "conv2" type: "Convolution" bottom: "data" top: "conv2"
+        convolution_param { num_output: 6 kernel_size: %(k)d pad: %(pad)d bias_term: false
+                            weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "conv3" type: "Convolution" bottom: "conv" top: "conv3"
+        convolution_param { num_output: 5 kernel_size: 1
+                            weight_filler { type: "gaussian" std: 1 }
+                            bias_filler { type: "gaussian" std: 1 } } }
+layer { name: "relu" type: "ReLU" bottom: "conv3" top: "conv3" }
+"""
+
+
+def _conv_net(tmp_path, params, phase=None):
+    p = tmp_path / "conv.prototxt"
+    p.write_text(CONV % params)
+    net = caffe.Net(str(p), caffe.TRAIN if phase is None else phase)
+    rng = np.random.default_rng(7)
+    for name in net.params:
+        for b in net.params[name]:
+            b.data[...] = rng.standard_normal(b.shape)
+    return net, rng.standard_normal(net.blobs["data"].shape, dtype=F)
+
+
+def _conv_pass(tmp_path, params):
+    """Outputs, kept PReLU input, input and parameter gradients after two passes."""
+    net, x = _conv_net(tmp_path, params)
+    for _ in range(2):
+        net.forward(data=x)
+        for name in net.params:
+            for b in net.params[name]:
+                b.diff[...] = 0
+        for name in ("conv", "conv2", "conv3"):
+            net.blobs[name].diff[...] = np.cos(np.arange(net.blobs[name].count)).reshape(
+                net.blobs[name].shape)
+        net.backward()
+    return ({n: net.blobs[n].data.copy() for n in ("conv", "conv2", "conv3")},
+            net.blobs["data"].diff.copy(),
+            {n: [b.diff.copy() for b in net.params[n]] for n in net.params})
+
+
+def _positions_spy(monkeypatch):
+    calls = []
+    k = jit.kernels("dense")
+    real = k.positions
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(k, name)
+
+        @staticmethod
+        def positions(*args):
+            calls.append(args[2])      # the output
+            return real(*args)
+    monkeypatch.setattr(jit, "kernels",
+                        lambda family, _k=jit.kernels: Spy() if family == "dense"
+                        else _k(family))
+    return calls
+
+
+@pytest.mark.parametrize("params", [dict(n=1, c=6, h=4, k=2, pad=0, group=1),
+                                    dict(n=2, c=3, h=2, k=3, pad=1, group=1)])
+def test_convolutions_on_few_positions_equal_the_im2col_path(tmp_path, monkeypatch, params):
+    """Fused with PReLU (backward reads the kept values) and with ReLU, with a bias alone,
+    without one; outputs and every gradient as with im2col + BLAS and separate passes."""
+    calls = _positions_spy(monkeypatch)
+    got = _conv_pass(tmp_path, params)
+    assert len(calls) >= 3 * 2      # the three convolutions, on both passes
+    monkeypatch.undo()
+    monkeypatch.setattr(im2col, "FEW_POSITIONS", 0)
+    monkeypatch.setenv("CAFFE_LITE_FUSE", "0")
+    calls = _positions_spy(monkeypatch)
+    expect = _conv_pass(tmp_path, params)
+    assert not calls
+    for name in expect[0]:
+        np.testing.assert_allclose(got[0][name], expect[0][name], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(got[1], expect[1], rtol=1e-4, atol=1e-3)
+    for name in expect[2]:
+        for g, e in zip(got[2][name], expect[2][name]):
+            np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("params", [dict(n=1, c=6, h=6, k=2, pad=0, group=1),    # 25 positions
+                                    dict(n=4, c=3, h=3, k=2, pad=0, group=1),    # 4 x 4
+                                    dict(n=1, c=6, h=4, k=2, pad=0, group=2)])   # grouped
+def test_which_convolutions_take_the_positions_kernel(tmp_path, monkeypatch, params):
+    calls = _positions_spy(monkeypatch)
+    net, x = _conv_net(tmp_path, params, caffe.TEST)
+    net.forward(data=x)
+    positions = net.blobs["conv"].count // (params["n"] * 10)
+    takes = params["group"] == 1 and params["n"] * positions <= im2col.FEW_POSITIONS
+    assert any(np.shares_memory(y, net.blobs["conv"].data) for y in calls) == takes
+
+
+@pytest.mark.skipif(not gemm_pool.available(parallel._blas_libraries()),
+                    reason="the split needs the spinning pool")
+def test_a_plan_splits_the_output_channels_over_the_workers(tmp_path, monkeypatch):
+    from spin_util import spinning
+    monkeypatch.setenv("CAFFE_LITE_NUM_THREADS", "2")
+    monkeypatch.setattr(parallel, "MIN_SPIN_FEW_ROWS_MACS", 1)
+    monkeypatch.setattr(im2col, "MIN_SPIN_FEW_ROWS_MACS", 1)
+    w0 = spinning(2)
+    net, x = _conv_net(tmp_path, dict(n=1, c=6, h=4, k=2, pad=0, group=1), caffe.TEST)
+    net.forward(data=x)
+    expect = {n: net.blobs[n].data.copy() for n in ("conv", "conv2", "conv3")}
+    ran = int(w0.ctl[w0.k.RAN])
+    for _ in range(20):
+        out = net.forward(data=x, blobs=["conv", "conv2"])
+        for n in expect:
+            np.testing.assert_array_equal(out[n], expect[n])
+    assert int(w0.ctl[w0.k.RAN]) > ran

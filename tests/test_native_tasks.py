@@ -140,6 +140,13 @@ def _dense(rng):
         yield (k.rows_by_transposed, k.rows_by_transposed_task,
                (x, w, np.zeros((m, n), F), scale, shift, kind, slope, np.zeros((m, n), F), True,
                 True), n, [2, 7])
+    x = rng.standard_normal((2, 3, 5, 4), dtype=F)
+    w = rng.standard_normal((9, 3 * 6), dtype=F)
+    g = np.array((3, 2, 2, 1, 1, 0, 1, 2, 2), np.int64)    # kernel, stride, pad, dilation, OW
+    scale, shift, slope = (rng.standard_normal(9, dtype=F) for _ in range(3))
+    yield (k.positions, k.positions_task,
+           (x, w, np.zeros((2, 9, 6), F), g, np.zeros((2, 6, 18), F), scale, shift, 2, slope,
+            np.zeros((2, 9, 6), F), True, True), 9, [2, 9])
 
 
 FAMILIES = [_depthwise, _im2col, _neuron, _pooling, _winograd, _grouped, _softmax, _dense]

@@ -12,6 +12,7 @@ from .. import blob as _blob
 from . import sparse
 from .base import Layer
 from .im2col import ConvGeometry, GemmEngine
+from .parallel import kernel_tail
 from .registry import register
 
 
@@ -230,7 +231,15 @@ class BaseConvolution(Layer):
         w = self.blobs[0].cpu_data
         bias = self._bias() if post is None else None
         tail = None if post is None else post.prepare(y.reshape(self.num, self.num_output, -1))
-        if self.empty or self.reverse_dimensions:
+        # few output positions: one kernel with the bias and the tail (the sparse path still
+        # runs them after its product)
+        fused = None
+        if not (self.empty or self.reverse_dimensions) and isinstance(self.engine, GemmEngine):
+            fused = self.engine.prepare_positions(x, w, y, kernel_tail(post, bias,
+                                                                       self.num_output))
+        if fused is not None:
+            dense = fused
+        elif self.empty or self.reverse_dimensions:
             engine = self.engine
 
             def dense():
@@ -248,6 +257,8 @@ class BaseConvolution(Layer):
             csr = None if empty else path.choose(columns)
             if csr is None:
                 dense()
+                if fused is not None:
+                    return
             else:
                 engine.cols_token = None    # (the sparse product may use the buffer)
                 sparse.convolution(path, csr, x, bias, y)

@@ -20,8 +20,9 @@ from numpy.lib.stride_tricks import as_strided
 from ..blob import checked_count
 from . import jit, winograd
 from .winograd import Winograd
-from .parallel import (matmul, num_threads, prepare_blocks, prepare_matmul,  # noqa: F401
-                       run_blocks, run_flat, run_tasks)
+from .parallel import (MIN_PARALLEL_MACS, MIN_SPIN_FEW_ROWS_MACS, matmul,  # noqa: F401
+                       num_threads, prepare_blocks, prepare_matmul, run_blocks, run_flat,
+                       run_tasks, unpack_tail)
 
 # Elements of output per row block: small enough that a block's input, output and scratch
 # stay in cache, large enough that the Python overhead per numpy call is negligible.
@@ -34,6 +35,11 @@ COL_BUFFER_ELEMENTS = 1 << 24
 # when numba is there: below this, the per-group products are too small for BLAS (a ResNeXt
 # 3x3 with 4 channels per group: 36).
 DIRECT_GROUP_ROWS = 64
+# 2-D convolutions (group 1) with at most this many output positions in a batch (the last
+# layers of MTCNN's R-Net and O-Net: 3 x 3) run with numba as one kernel that gathers the
+# patches, multiplies and applies the bias or fused tail (layers/numba/dense.py `positions`):
+# im2col, a product and a tail cost three times as long there.
+FEW_POSITIONS = 16
 
 
 class Scratch:
@@ -248,6 +254,12 @@ class GemmEngine:
         if self.direct is not None:
             geometry = np.array(g.pack("kernel", "stride", "pad", "dilation"), np.int64)
             self.direct_data = bool(self.direct.direct_backward_data(geometry))
+        self.positions = None
+        if len(in_spatial) == 2 and self.group == 1:
+            self.positions = jit.kernels("dense")
+            self.positions_geometry = np.array(
+                g.pack("kernel", "stride", "pad", "dilation", "width", width=out_spatial[1:]),
+                np.int64)
         if self.jit is not None:
             self.jit_geometry = np.array(g.pack("kernel", "stride", "pad", "dilation"),
                                          np.int64)
@@ -323,6 +335,28 @@ class GemmEngine:
                       strided_columns(xp, g, self.out_spatial))
         return prepare_blocks(n * cin, g.kernel_count * self.out_count, block,
                               BLOCK_ELEMENTS), cols
+
+    def prepare_positions(self, x, w, y, tail):
+        """A callable computing y = conv(x, w), then `tail` (parallel.kernel_tail's: the bias
+        or a fused group's Epilogue), as one compiled kernel split over the output channels,
+        where the convolution has few output positions (FEW_POSITIONS); else None."""
+        k = self.positions
+        if k is None or self.num * self.out_count > FEW_POSITIONS or not all(a.dtype == np.float32 and a.flags.c_contiguous
+                                for a in (x, w, y)):
+            return None
+        x4 = x.reshape((self.num, self.conv_in) + self.in_spatial)
+        y3 = y.reshape(self.num, self.conv_out, self.out_count)
+        w2 = w.reshape(self.conv_out, -1)
+        patches = self.scratch.get("patches", (num_threads(), self.out_count, w2.shape[1]))
+        arguments = (x4, w2, y3, self.positions_geometry, patches)
+        rest = unpack_tail(tail, y3)
+        kernel = k.positions
+        self.cols_token = None      # (the column buffer is not written)
+        return prepare_blocks(self.conv_out, self.num * self.out_count * w2.shape[1],
+                              lambda n0, n1, slot: kernel(*arguments, *rest, n0, n1, slot),
+                              min_elements=MIN_PARALLEL_MACS,
+                              native=(k.positions_task, arguments + rest),
+                              spin_elements=MIN_SPIN_FEW_ROWS_MACS)
 
     # --- the three products ----------------------------------------------------------------
     def forward(self, x, w, b, y):

@@ -4,7 +4,7 @@ import numpy as np
 from ..errors import CaffeLiteError
 from .base import Layer
 from . import sparse
-from .parallel import matmul, prepare_few_rows, prepare_matmul
+from .parallel import kernel_tail, matmul, prepare_few_rows, prepare_matmul
 from .registry import register
 
 
@@ -76,7 +76,8 @@ class InnerProductLayer(Layer):
         bias = self._bias() if post is None else None
         w = self.blobs[0].cpu_data
         # a batch of a few: the compiled kernel, which applies the bias and the fused tail too
-        fused = None if self.transpose else prepare_few_rows(x, w, y, self._tail(post, bias))
+        fused = None if self.transpose else prepare_few_rows(
+            x, w, y, kernel_tail(post, bias, self.num_output))
         product = fused or prepare_matmul(x, self._weight_as_kn(w), y)
         tail = None if post is None else post.prepare(y.reshape(self.M, self.num_output, 1))
         path, m = self.sparse, self.M
@@ -94,18 +95,6 @@ class InnerProductLayer(Layer):
             if tail is not None:
                 tail()
         return run
-
-    def _tail(self, post, bias):
-        """prepare_few_rows's tail: the fused group's Epilogue, or the bias alone."""
-        if post is not None:
-            return post.scale, post.shift, post.kind, post.slope, post.keep
-        if bias is None:
-            return None
-        ones = getattr(self, "_ones", None)
-        if ones is None or ones.size != self.num_output:
-            ones = self._ones = np.ones(self.num_output, np.float32)
-            self._zeros = np.zeros(self.num_output, np.float32)
-        return ones, bias, 0, self._zeros, None
 
     def forward_gpu(self, bottom, top):
         csr = self.sparse.choose(self.M, gpu=True)

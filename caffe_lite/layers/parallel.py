@@ -469,7 +469,32 @@ def prepare_matmul(a, b, out):
 
 
 _NONE = np.zeros(0, np.float32)
-_NO_TAIL = (_NONE, _NONE, 0, _NONE, _NONE.reshape(0, 0))
+_units = {}
+
+
+def kernel_tail(post, bias, channels):
+    """The `tail` of prepare_few_rows (and of the convolution on few positions, im2col.py):
+    a fused group's fusion.Epilogue `post`, else the bias alone (scale 1, no activation),
+    else None."""
+    if post is not None:
+        return post.scale, post.shift, post.kind, post.slope, post.keep
+    if bias is None:
+        return None
+    unit = _units.get(channels)
+    if unit is None:
+        unit = _units[channels] = (np.ones(channels, np.float32),
+                                   np.zeros(channels, np.float32))
+    return unit[0], bias, 0, unit[1], None
+
+
+def unpack_tail(tail, out):
+    """(scale, shift, kind, slope, keep, affine, has_keep): a kernel's arguments for `tail`
+    (kernel_tail's, or None) on the output `out`; keep is `out` where nothing is kept."""
+    if tail is None:
+        return _NONE, _NONE, 0, _NONE, _NONE.reshape((0,) * out.ndim), False, False
+    scale, shift, kind, slope, keep = tail
+    return (scale, shift, kind, slope, out if keep is None else keep.reshape(out.shape), True,
+            keep is not None)
 
 
 def prepare_few_rows(a, w, out, tail=None):
@@ -484,14 +509,7 @@ def prepare_few_rows(a, w, out, tail=None):
     if k is None or any(t.dtype != np.float32 for t in (a, w, out)) or \
             not (a.flags.c_contiguous and w.flags.c_contiguous and out.flags.c_contiguous):
         return None
-    if tail is None:
-        scale, shift, kind, slope, keep = _NO_TAIL
-        has_keep = False
-    else:
-        scale, shift, kind, slope, keep = tail
-        has_keep = keep is not None
-        keep = out if keep is None else keep.reshape(out.shape)
-    arguments = (a, w, out, scale, shift, kind, slope, keep, tail is not None, has_keep)
+    arguments = (a, w, out) + unpack_tail(tail, out)
     kernel = k.rows_by_transposed
 
     def columns(n0, n1, slot):

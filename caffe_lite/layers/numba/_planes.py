@@ -308,3 +308,25 @@ def _sum_prod(a, b):
     for i in range(a.shape[0]):
         s += a[i] * b[i]
     return s
+
+
+# One channel's row of a fused Convolution's tail (numba/neuron.py's comment says what it
+# computes): the Epilogue's kernels and numba/dense.py's convolution on few positions.
+@njit(nogil=True, cache=True, boundscheck=False, fastmath=_ELEMENTWISE)
+def _affine_act_run(row, a, b, kind, sl, kp, has_keep):
+    z = _F(0)
+    n = row.shape[0]
+    if has_keep:
+        for i in range(n):
+            kp[i] = row[i] * a + b
+    if kind == 0:
+        for i in range(n):
+            row[i] = row[i] * a + b
+    elif kind == 1:
+        for i in range(n):
+            v = row[i] * a + b
+            row[i] = z if v < z else v
+    else:
+        for i in range(n):
+            v = row[i] * a + b
+            row[i] = v * sl if v < z else v

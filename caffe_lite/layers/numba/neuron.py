@@ -3,7 +3,7 @@ Convolution (layers/fusion.py).  Importing this module needs numba."""
 from numba import njit
 
 from ._native import arguments, f32_1, f32_2, f32_3, task
-from ._planes import _ELEMENTWISE, _F
+from ._planes import _ELEMENTWISE, _F, _affine_act_run
 
 
 @njit(nogil=True, cache=True, boundscheck=False, fastmath=_ELEMENTWISE)
@@ -41,26 +41,6 @@ def relu_backward(dy, x, dx, in_place, i0, i1):
 # backward reads it).  NaN stays NaN (the comparison is false for it); one loop per case so
 # that each vectorises.
 # --------------------------------------------------------------------------------------------
-
-@njit(nogil=True, cache=True, boundscheck=False, fastmath=_ELEMENTWISE)
-def _affine_act_run(row, a, b, kind, sl, kp, has_keep):
-    z = _F(0)
-    n = row.shape[0]
-    if has_keep:
-        for i in range(n):
-            kp[i] = row[i] * a + b
-    if kind == 0:
-        for i in range(n):
-            row[i] = row[i] * a + b
-    elif kind == 1:
-        for i in range(n):
-            v = row[i] * a + b
-            row[i] = z if v < z else v
-    else:
-        for i in range(n):
-            v = row[i] * a + b
-            row[i] = v * sl if v < z else v
-
 
 @njit(nogil=True, cache=True, boundscheck=False, fastmath=_ELEMENTWISE)
 def affine_act(y, scale, shift, kind, slope, keep, has_keep, r0, r1):
