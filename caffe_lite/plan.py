@@ -24,13 +24,21 @@ before_forward & co.) take the layer-by-layer path instead (net.py), as before."
 from . import blob as _blob
 from .backend import state as _mode
 from .backend.memory import HEAD_AT_CPU
-from .layers import fusion, gemm_pool, jit, parallel
+from .layers import fusion, gemm_pool, parallel
+from .layers.program import Program
+from .util import env
+
+
+# The settings a plan is made for (besides the device mode): compiled kernels, fusion, the
+# thread count, the spinning pool, the sparse path's default mode (sparse.chooser relies on
+# it).  A plan is keyed on their raw values: reading them costs 0.3 us, parsing them 1.5.
+_SETTINGS = ("CAFFE_LITE_JIT", "CAFFE_LITE_FUSE", "CAFFE_LITE_NUM_THREADS", "CAFFE_LITE_SPIN",
+             "CAFFE_LITE_SPARSE")
 
 
 def current_key():
     """The configuration a plan is valid for."""
-    return (_mode.mode(), jit.enabled(), fusion.enabled(), parallel.num_threads(),
-            gemm_pool.enabled())
+    return _mode.mode(), env.raw_values(_SETTINGS)
 
 
 class _Step:
@@ -61,6 +69,7 @@ class Plan:
         self._group_steps = {}
         self._forward_steps = {}
         self._backward_steps = {}
+        self._programs = {}     # (start, end) -> (generation, _programs' units or None)
         self.shaped_at = None   # shape epoch when the current generation began
         self.gen = 0            # bumped whenever a blob's shape or memory changed
         self.failed = 0
@@ -166,7 +175,10 @@ class Plan:
         if self.cpu:
             self._host_heads()
         with parallel.cpu_pass() if self.cpu else _NoPass():
-            for st in steps:
+            first = 0
+            if self.cpu and parts is None:
+                first, dirty, epoch = self._run_programs(start, end, steps, gen, epoch)
+            for st in steps[first:]:
                 if dirty or st.gen != gen or st.always:
                     self.failed = st.index
                     st.reshape(st.bottom, st.top)
@@ -193,6 +205,12 @@ class Plan:
                     epoch = _blob.shape_epoch
                     dirty = True
                     self._written = None
+        if dirty:
+            self._programs.clear()      # (steps were prepared anew)
+        elif self.cpu and parts is None and self._programs.get((start, end), (None,))[0] != gen:
+            if len(self._programs) >= self.MAX_RANGES:
+                self._programs.clear()
+            self._programs[(start, end)] = (gen, _programs(steps))
         if dirty and end < len(self.net.layers) - 1:
             # the steps beyond this partial pass may read what changed: a new generation,
             # in which only this pass's steps are up to date
@@ -201,6 +219,32 @@ class Plan:
                 st.gen = self.gen
         self.shaped_at = epoch
         return loss if parts is None else parts
+
+    def _run_programs(self, start, end, steps, gen, epoch):
+        """Run the steps of a pass whose steps were all prepared in this generation, with runs
+        of consecutive steps that have native phases as one Program each (layers/program.py).
+        Returns (index of the first step not run, dirty, epoch): it stops after a step that
+        changed a blob's shape or memory."""
+        made = self._programs.get((start, end))
+        if made is None or made[0] != gen or made[1] is None:
+            return 0, False, epoch
+        at = 0
+        for unit in made[1]:
+            if isinstance(unit, Program):
+                n = len(unit.runs)
+                self.failed = steps[at].index
+                if not unit.run():
+                    for st in steps[at:at + n]:
+                        self.failed = st.index
+                        st.run()
+                at += n
+                continue
+            self.failed = unit.index
+            unit.run()
+            at += 1
+            if _blob.shape_epoch != epoch:
+                return at, True, _blob.shape_epoch
+        return at, False, epoch
 
     def backward(self, start, end, after=()):
         """Backward over layers start down to end; `after`: hooks called with each layer's
@@ -236,6 +280,26 @@ class Plan:
                 for fn in after:
                     fn(i)
                 i -= 1
+
+
+def _programs(steps):
+    """The units a pass over `steps` runs: a Program for each run of consecutive steps whose
+    prepared callables have native phases, the other steps as they are; None where a step
+    carries a loss or reshapes on every pass (the plain loop runs those passes)."""
+    if any(st.loss is not None or st.always for st in steps):
+        return None
+    units, runs = [], []
+    for st in steps:
+        if gemm_pool.phases_of(st.run) is not None:
+            runs.append(st.run)
+            continue
+        if runs:
+            units.append(Program(runs))
+            runs = []
+        units.append(st)
+    if runs:
+        units.append(Program(runs))
+    return units
 
 
 def _pending(index):

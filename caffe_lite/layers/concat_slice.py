@@ -4,6 +4,7 @@ import numpy as np
 from ..errors import CaffeLiteError
 from .base import Layer
 from .registry import register
+from . import program
 
 
 def _axis(layer, blob, axis_param, legacy_param, legacy_name):
@@ -159,6 +160,8 @@ class SplitLayer(Layer):
             t.reshape_like(bottom[0])
             t.share_data(bottom[0])
 
+    prepare_cpu = program.prepare_nothing
+
     def forward_cpu(self, bottom, top):
         pass  # the data is shared
 
@@ -184,6 +187,8 @@ class SilenceLayer(Layer):
 
     def reshape(self, bottom, top):
         pass
+
+    prepare_cpu = program.prepare_nothing
 
     def forward_cpu(self, bottom, top):
         pass

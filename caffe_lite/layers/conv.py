@@ -12,7 +12,9 @@ from .. import blob as _blob
 from . import sparse
 from .base import Layer
 from .im2col import ConvGeometry, GemmEngine
+from . import gemm_pool
 from .parallel import kernel_tail
+from .program import in_order
 from .registry import register
 
 
@@ -251,10 +253,11 @@ class BaseConvolution(Layer):
                                                 token=token)
         else:
             dense = self.engine.prepare_forward(x, w, bias, y)
-        path, columns, empty, engine = self.sparse, self.columns, self.empty, self.engine
+        path, empty, engine = self.sparse, self.empty, self.engine
+        choose = path.chooser(self.columns)
 
         def run():
-            csr = None if empty else path.choose(columns)
+            csr = None if empty else choose()
             if csr is None:
                 dense()
                 if fused is not None:
@@ -264,7 +267,13 @@ class BaseConvolution(Layer):
                 sparse.convolution(path, csr, x, bias, y)
             if tail is not None:
                 tail()
-        return run
+        if empty:
+            return run
+        # what a native program (layers/program.py) runs instead, while the path is dense
+        body = dense if fused is not None else in_order(dense, tail)
+        inner = body.ready if gemm_pool.phases_of(body) is not None else None
+        return gemm_pool.attach(run, gemm_pool.phases_of(body),
+                                lambda: choose() is None and (inner is None or inner()))
 
     def forward_gpu(self, bottom, top):
         csr = None if self.empty else self.sparse.choose(self.columns, gpu=True)

@@ -37,7 +37,7 @@ import numpy as np
 from ..backend import state as _mode
 from ..proto import caffe_pb2
 from ..util import env
-from . import jit, parallel
+from . import gemm_pool, jit, parallel
 from .base import gpu_impl_for
 from .conv import BaseConvolution
 from .inner_product import InnerProductLayer
@@ -333,7 +333,14 @@ class ConvolutionGroup(Group):
             if [m.version for m in mems] != self._versions:
                 refresh(mems)   # the epilogue's values follow the parameters (in place)
             run()
-        return step
+        if gemm_pool.phases_of(run) is None:
+            return step
+        inner = run.ready
+
+        def ready():
+            # (a native program runs only while the epilogue's values are current)
+            return [m.version for m in mems] == self._versions and (inner is None or inner())
+        return gemm_pool.attach(step, run.native, ready)
 
 
 # --------------------------------------------------------------------------------------------

@@ -245,6 +245,10 @@ def warm_up(libraries, families=()):
     k.finish(ctl, 0, lock_at, 1, 1)
     k.wait(ctl, 0, 1)
     k.taken(ctl, 0, 1)
+    sgemm, sgemv, wide = addresses()
+    k.run_rows(jobs[:0], 0, 0, sgemm, sgemv, wide)
+    k.run_program(jobs[:0], np.zeros((0, 2), np.int64), np.zeros((0, 4), np.int64),
+                  np.zeros(1, np.int64), sgemm, sgemv, wide, 0, 1, 1)
 
 
 def _layout(x):
@@ -304,7 +308,9 @@ def prepare(pieces):
         return None
     a0, b0, out0 = pieces[0]
     here = [lambda p=p: np.matmul(p[0], p[1], out=p[2]) for p in pieces[1:]]
-    return _prepared(lambda: np.matmul(a0, b0, out=out0), batches, here)
+    run = _prepared(lambda: np.matmul(a0, b0, out=out0), batches, here)
+    own = _jobs(a0, b0, out0)
+    return attach(run, None if own is None else [(own, batches)])
 
 
 def pack(arguments):
@@ -381,7 +387,59 @@ def prepare_tasks(fn, blocks, task, arguments):
     # as the callable)
     run.packed = packed
     run.arguments = arguments
+    own = task_rows(task, arguments(0) if callable(arguments) else arguments, a0, b0)
+    return attach(run, None if own is None else [(own[0], batches)],
+                  keep=() if own is None else (own[1],))
+
+
+# --- work as job rows, for a native program (layers/program.py) --------------------------------
+# A prepared callable whose work can all be said as job rows carries `native`: its phases, each
+# (rows for the caller, [rows for worker 1, ...]), run in order, each ending when all of its
+# rows are done; `ready`, where set, says whether the phases still compute what the callable
+# would on this call; `keep`, the arrays its rows point into.
+
+def rows(*rows_):
+    """An int64 (n, 11) array of job rows, each given as a sequence of up to 11 integers."""
+    out = np.zeros((len(rows_), 11), np.int64)
+    for i, r in enumerate(rows_):
+        out[i, :len(r)] = r
+    return out
+
+
+def task_rows(task, arguments, r0, r1, slot=0):
+    """(the job row running rows r0..r1-1 of native task `task` with `arguments`, the packed
+    arguments it points to), or None where they cannot be packed."""
+    packed = pack(arguments)
+    if packed is None:
+        return None
+    return rows((jit.kernels("spin").TASK, callback(task), packed.ctypes.data, r0, r1,
+                 slot)), packed
+
+
+def attach(run, phases, ready=None, keep=()):
+    """`run` with its native phases (None: it has none), `ready` and `keep`."""
+    run.native = phases
+    run.ready = ready
+    run.keep = keep
     return run
+
+
+def phases_of(run):
+    return getattr(run, "native", None)
+
+
+_addresses = None
+
+
+def addresses():
+    """(cblas_sgemm's address, cblas_sgemv's, 1 where they take 64-bit sizes, else 0)."""
+    global _addresses
+    if _addresses is None:
+        f = _functions()
+        address = lambda fn: ctypes.cast(fn, ctypes.c_void_p).value  # noqa: E731
+        _addresses = (address(f.sgemm), address(f.sgemv),
+                      int(f.sgemm.argtypes[3] is ctypes.c_int64))
+    return _addresses
 
 
 def run_on(w, jobs):

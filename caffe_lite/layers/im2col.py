@@ -21,8 +21,9 @@ from ..blob import checked_count
 from . import jit, winograd
 from .winograd import Winograd
 from .parallel import (MIN_PARALLEL_MACS, MIN_SPIN_FEW_ROWS_MACS, matmul,  # noqa: F401
-                       num_threads, prepare_blocks, prepare_matmul, run_blocks, run_flat,
-                       run_tasks, unpack_tail)
+                       num_threads, prepare_bias, prepare_blocks, prepare_matmul, run_blocks,
+                       run_flat, run_tasks, unpack_tail)
+from .program import in_order
 
 # Elements of output per row block: small enough that a block's input, output and scratch
 # stay in cache, large enough that the Python overhead per numpy call is negligible.
@@ -393,19 +394,8 @@ class GemmEngine:
             else:
                 steps[0] = lambda: (setattr(self, "cols_token", None), fill())
         if b is not None:
-            y3 = y.reshape(self.num, self.conv_out, self.out_count)
-            b2 = b.reshape(-1, 1)
-            steps.append(lambda: np.add(y3, b2, out=y3))
-        if len(steps) == 1:
-            return steps[0]
-        if len(steps) == 2:
-            first, second = steps
-            return lambda: (first(), second())
-
-        def run():
-            for s in steps:
-                s()
-        return run
+            steps.append(prepare_bias(y.reshape(self.num, self.conv_out, self.out_count), b))
+        return in_order(*steps)
 
     def backward_data(self, dy, w, dx):
         self.cols_token = None

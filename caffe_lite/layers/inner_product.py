@@ -3,8 +3,9 @@ import numpy as np
 
 from ..errors import CaffeLiteError
 from .base import Layer
-from . import sparse
-from .parallel import kernel_tail, matmul, prepare_few_rows, prepare_matmul
+from . import gemm_pool, sparse
+from .parallel import kernel_tail, matmul, prepare_bias, prepare_few_rows, prepare_matmul
+from .program import in_order
 from .registry import register
 
 
@@ -80,21 +81,24 @@ class InnerProductLayer(Layer):
             x, w, y, kernel_tail(post, bias, self.num_output))
         product = fused or prepare_matmul(x, self._weight_as_kn(w), y)
         tail = None if post is None else post.prepare(y.reshape(self.M, self.num_output, 1))
-        path, m = self.sparse, self.M
+        add_bias = None if fused is not None or bias is None else \
+            prepare_bias(y.reshape(self.M, self.num_output, 1), bias)
+        dense = product if fused is not None else in_order(product, add_bias, tail)
+        path = self.sparse
+        choose = path.chooser(self.M)
 
         def run():
-            csr = path.choose(m)
-            if csr is not None:
-                sparse.inner_product(path, csr, x, bias, y)
-            else:
-                product()
-                if fused is not None:
-                    return
-                if bias is not None:
-                    np.add(y, bias, out=y)
+            csr = choose()
+            if csr is None:
+                dense()
+                return
+            sparse.inner_product(path, csr, x, bias, y)
             if tail is not None:
                 tail()
-        return run
+        # what a native program (layers/program.py) runs instead, while the path is dense
+        inner = dense.ready if gemm_pool.phases_of(dense) is not None else None
+        return gemm_pool.attach(run, gemm_pool.phases_of(dense),
+                                lambda: choose() is None and (inner is None or inner()))
 
     def forward_gpu(self, bottom, top):
         csr = self.sparse.choose(self.M, gpu=True)

@@ -2,6 +2,7 @@
 (net.blobs['data'].data[...] = ...)."""
 from .base import Layer
 from .registry import register
+from . import program
 
 
 @register("Input")
@@ -24,6 +25,8 @@ class InputLayer(Layer):
 
     def reshape(self, bottom, top):
         pass  # shaped once at setup, or by the user
+
+    prepare_cpu = program.prepare_nothing
 
     def forward_cpu(self, bottom, top):
         pass

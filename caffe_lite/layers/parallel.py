@@ -262,7 +262,7 @@ def prepare_blocks(rows, row_elements, fn, block_elements=None, min_elements=Non
     blocks, threads = _blocks(rows, row_elements, block_elements, min_elements)
     if threads == 1:
         if len(blocks) == 1:
-            return lambda: fn(0, rows, 0)
+            return _serial(fn, rows, native)
 
         def serial():
             for a, b in blocks:
@@ -274,6 +274,20 @@ def prepare_blocks(rows, row_elements, fn, block_elements=None, min_elements=Non
             fn(a, b, slot)
     tasks = [lambda s=s: work(s) for s in range(threads)]
     return lambda: run_tasks(tasks)
+
+
+def _serial(fn, rows, native):
+    """fn over all rows on the caller; with `native` = (task, arguments), natively too
+    (gemm_pool.attach) where the arguments can be packed."""
+    def run():
+        fn(0, rows, 0)
+    if native is None or not gemm_pool.available(_blas_libraries()):
+        return run
+    task, arguments = native
+    own = gemm_pool.task_rows(task, arguments(0) if callable(arguments) else arguments, 0, rows)
+    if own is None:
+        return run
+    return gemm_pool.attach(run, [(own[0], [])], keep=(own[1],))
 
 
 _planned = 0   # > 0 while a Net's plan prepares the steps it runs again and again
@@ -322,6 +336,9 @@ def prepare_flat(count, fn):
 
 def _nothing():
     pass
+
+
+gemm_pool.attach(_nothing, [])
 
 
 def run_flat(count, fn):
@@ -442,7 +459,7 @@ def prepare_matmul(a, b, out):
     spin = (macs >= MIN_SPIN_MACS or (row and macs >= MIN_SPIN_ROW_WEIGHTS)) and \
         gemm_pool.available(_blas_libraries())
     if threads == 1 or not (spin or macs >= MIN_PARALLEL_MACS) or not _blas_libraries():
-        return lambda: np.matmul(a, b, out=out)
+        return _whole_product(a, b, out)
     axis, size = _split_axis(a, b, out, threads)
     step = -(-size // threads)
     if axis == -2 and size > step:
@@ -463,9 +480,41 @@ def prepare_matmul(a, b, out):
     if run is not None:
         return run
     if macs < MIN_PARALLEL_MACS:
-        return lambda: np.matmul(a, b, out=out)
+        return _whole_product(a, b, out)
     tasks = [lambda p=p: np.matmul(p[0], p[1], out=p[2]) for p in pieces]
     return lambda: run_tasks(tasks)
+
+
+def prepare_bias(y3, bias):
+    """A callable adding `bias` (C,) to y3 (N, C, S) per channel: the fused tail's kernel with
+    scale 1 (exact: y * 1 + b is y + b) where numba is there, so that it can run natively;
+    else numpy."""
+    n, c, s = y3.shape
+    k = jit.kernels("neuron")
+    if k is None or not (y3.flags.c_contiguous and bias.flags.c_contiguous) or \
+            y3.dtype != np.float32 or bias.dtype != np.float32:
+        b2 = bias.reshape(-1, 1)
+        return lambda: np.add(y3, b2, out=y3)
+    ones, _, _, zeros, _ = kernel_tail(None, bias, c)
+    if s == 1:
+        y2 = y3.reshape(n, c)
+        return prepare_blocks(n, c, lambda a, b, slot: k.affine_act_rows(
+            y2, ones, bias, 0, zeros, y2, False, a, b),
+            min_elements=MIN_PARALLEL_STREAM_ELEMENTS, spin_elements=MIN_SPIN_STREAM_ELEMENTS,
+            native=(k.affine_act_rows_task, (y2, ones, bias, 0, zeros, y2, False)))
+    return prepare_blocks(n * c, s, lambda a, b, slot: k.affine_act(
+        y3, ones, bias, 0, zeros, y3, False, a, b),
+        min_elements=MIN_PARALLEL_STREAM_ELEMENTS, spin_elements=MIN_SPIN_STREAM_ELEMENTS,
+        native=(k.affine_act_task, (y3, ones, bias, 0, zeros, y3, False)))
+
+
+def _whole_product(a, b, out):
+    """np.matmul(a, b, out=out) on the caller; natively too (gemm_pool.attach) where the
+    spinning pool's rows can say it."""
+    def run():
+        np.matmul(a, b, out=out)
+    own = gemm_pool._jobs(a, b, out) if gemm_pool.available(_blas_libraries()) else None
+    return run if own is None else gemm_pool.attach(run, [(own, [])])
 
 
 _NONE = np.zeros(0, np.float32)

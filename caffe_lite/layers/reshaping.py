@@ -4,6 +4,7 @@ import numpy as np
 from ..errors import CaffeLiteError
 from .base import Layer
 from .registry import register
+from . import program
 
 
 def _canonical(layer, blob, axis, what="axis"):
@@ -44,6 +45,8 @@ class FlattenLayer(Layer):
         shape = b.shape[:start] + (b.count_range(start, end + 1),) + b.shape[end + 1:]
         top[0].reshape(shape)
         _share(top[0], b)
+
+    prepare_cpu = program.prepare_nothing
 
     def forward_cpu(self, bottom, top):
         pass
@@ -113,6 +116,8 @@ class ReshapeLayer(Layer):
                              f"{b.count}, output {tuple(shape)} has {count}")
         top[0].reshape(shape)
         _share(top[0], b)
+
+    prepare_cpu = program.prepare_nothing
 
     def forward_cpu(self, bottom, top):
         pass

@@ -140,6 +140,22 @@ class SparsePath:
         self._choice_key, self._choice = key, csr
         return csr
 
+    def chooser(self, columns):
+        """A callable giving choose(columns) on the CPU, for a step prepared in a Net's plan:
+        the plan's key covers the environment's settings (CAFFE_LITE_JIT, CAFFE_LITE_SPARSE;
+        plan.current_key), and param_propagate_down is fixed once the net is built, so it
+        decides again only when the layer's mode or its weight's data changed."""
+        layer = self.layer
+        seen = [None, None]     # (mode, weight data version), the choice
+
+        def choice():
+            state = (self.mode, layer.blobs[0].data_version)
+            if state != seen[0]:
+                seen[1] = self.choose(columns)
+                seen[0] = state
+            return seen[1]
+        return choice
+
     def _decide(self, mode, columns, gpu):
         csr, why = None, None
         if mode == "dense":

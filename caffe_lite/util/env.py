@@ -45,3 +45,14 @@ def flag(name, default=True):
     if known is None:
         known = _flags[value] = value.lower() not in ("0", "false", "no", "off")
     return known
+
+
+def raw_values(names):
+    """The values of the variables `names` (a tuple) as stored, None where unset: what a cache
+    keyed on several settings compares (one dictionary lookup each, nothing decoded)."""
+    if _raw is None or _encode is None:
+        return tuple(os.environ.get(n) for n in names)
+    keys = _keys.get(names)
+    if keys is None:
+        keys = _keys[names] = tuple(_encode(n) for n in names)
+    return tuple(map(_raw.get, keys))

@@ -36,11 +36,11 @@ scheduler's wake-affine placement); a nap ends on the worker's own core, so an i
 naps before it sleeps."""
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import carray, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._native import call_task
+from ._native import _i64_at, call_task
 
 POSTED, DONE, WANTED, MODE, STOP, SPIN, COUNT, HOLD, NAPS, RAN, TAKEN = range(11)
 CONTROL_WORDS = 16
@@ -206,3 +206,102 @@ def wait(ctl, seq, polls):
             return True
         _yield()
     return ctl[DONE] == seq
+
+
+# --------------------------------------------------------------------------------------------
+# A program: the prepared steps of a pass run one after another in one call (layers/program.py).
+# Its rows are job rows as above; phase p runs rows phases[p, 0]:phases[p, 1] on the caller
+# and phases[p, 2 + 2w]:phases[p, 3 + 2w] on worker w, and ends when all of them are done
+# (the next phase reads what they wrote).  Products are called through their addresses here
+# (a ctypes function argument costs a microsecond of typing per call).
+# --------------------------------------------------------------------------------------------
+
+@intrinsic
+def _call_at(typingctx, fn, args):
+    """Call the C function at address `fn` with the values of the tuple `args`, whose types
+    give its parameters (int32 / int64 / float32); it returns nothing."""
+    def codegen(context, builder, signature, llargs):
+        tys = signature.args[1]
+        values = [builder.extract_value(llargs[1], i) for i in range(len(tys))]
+        fnty = ir.FunctionType(ir.VoidType(), [context.get_value_type(t) for t in tys])
+        builder.call(builder.inttoptr(llargs[0], fnty.as_pointer()), values)
+        return context.get_dummy_value()
+    return types.void(fn, args), codegen
+
+
+@njit(nogil=True, cache=True)
+def _product_at(sgemm, sgemv, wide, q):
+    """Job row q (a product) through cblas_sgemm / cblas_sgemv at their addresses; `wide`:
+    the BLAS takes 64-bit sizes (an ILP64 OpenBLAS, as numpy's own)."""
+    one, zero = np.float32(1), np.float32(0)
+    i32 = np.int32
+    order = i32(ROW_MAJOR)
+    if q[2] == 1:   # one row: a matrix-vector product, as _row
+        inc_a = q[6] if q[0] == TRANS else 1
+        if q[1] == TRANS:
+            t, m, n = i32(NOTRANS), q[3], q[4]
+        else:
+            t, m, n = i32(TRANS), q[4], q[3]
+        if wide:
+            _call_at(sgemv, (order, t, m, n, one, q[7], q[8], q[5], inc_a, zero, q[9],
+                             np.int64(1)))
+        else:
+            _call_at(sgemv, (order, t, i32(m), i32(n), one, q[7], i32(q[8]), q[5],
+                             i32(inc_a), zero, q[9], i32(1)))
+    elif wide:
+        _call_at(sgemm, (order, i32(q[0]), i32(q[1]), q[2], q[3], q[4], one, q[5], q[6], q[7],
+                         q[8], zero, q[9], q[10]))
+    else:
+        _call_at(sgemm, (order, i32(q[0]), i32(q[1]), i32(q[2]), i32(q[3]), i32(q[4]), one,
+                         q[5], i32(q[6]), q[7], i32(q[8]), zero, q[9], i32(q[10])))
+
+
+@njit(nogil=True, cache=True)
+def run_rows(rows, lo, hi, sgemm, sgemv, wide):
+    """Job rows lo..hi-1 on this thread."""
+    for j in range(lo, hi):
+        q = rows[j]
+        if q[0] == TASK:
+            call_task(q[1], q[2], q[3], q[4], q[5])
+        else:
+            _product_at(sgemm, sgemv, wide, q)
+
+
+@njit(nogil=True, cache=True)
+def run_program(rows, phases, workers, seqs, sgemm, sgemv, wide, start, claim_polls,
+                wait_polls):
+    """Phases start.. of a program; workers[w] = (control words, jobs, lock word addresses,
+    rows of jobs).  A worker that cannot take its batch (not spinning) has it run here, so
+    does one that has not claimed it within claim_polls polls.  Returns the index of the next
+    phase to run: the end, or the phase after one whose batch a worker was still running
+    after wait_polls polls; seqs[w] is then that batch's sequence number (else 0), and the
+    caller pokes the worker, waits for it and goes on from there."""
+    n_w = workers.shape[0]
+    for ph in range(start, phases.shape[0]):
+        for w in range(n_w):
+            seqs[w] = 0
+            b0, b1 = phases[ph, 2 + 2 * w], phases[ph, 3 + 2 * w]
+            if b1 > b0:
+                ctl = carray(_i64_at(workers[w, 0]), (CONTROL_WORDS,))
+                jobs = carray(_i64_at(workers[w, 1]), (workers[w, 3], 11))
+                seq = post(ctl, jobs, rows[b0:b1], workers[w, 2])
+                if seq > 0:
+                    seqs[w] = seq
+                else:
+                    run_rows(rows, b0, b1, sgemm, sgemv, wide)
+        run_rows(rows, phases[ph, 0], phases[ph, 1], sgemm, sgemv, wide)
+        stuck = False
+        for w in range(n_w):
+            if seqs[w] > 0:
+                ctl = carray(_i64_at(workers[w, 0]), (CONTROL_WORDS,))
+                state = finish(ctl, seqs[w], workers[w, 2], claim_polls, wait_polls)
+                if state == 0:
+                    stuck = True
+                    continue
+                if state == 2:
+                    run_rows(rows, phases[ph, 2 + 2 * w], phases[ph, 3 + 2 * w], sgemm,
+                             sgemv, wide)
+                seqs[w] = 0
+        if stuck:
+            return ph + 1
+    return phases.shape[0]

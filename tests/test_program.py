@@ -1,0 +1,290 @@
+"""Prepared steps run as native programs (layers/program.py, numba/spin.py run_program, plan.py):
+a deploy net's consecutive native steps run as one program, bit for bit what the steps compute
+one by one; the worker takes its pieces, or the caller does; a changed weight, sparse path or
+fused parameter is followed; other shapes, a busy pool and nets with a loss keep to the steps."""
+import threading
+
+import numpy as np
+import pytest
+
+import caffe_lite as caffe
+from caffe_lite.layers import gemm_pool, im2col, jit, parallel, program
+from caffe_lite.plan import Program
+from spin_util import hold_until_blocked, spinning
+
+pytestmark = pytest.mark.skipif(
+    not (jit.available() and gemm_pool.available(parallel._blas_libraries())),
+    reason="programs need numba, x86-64 and the spinning pool's OpenBLAS")
+
+F = np.float32
+
+NET = """
+name: "programs"
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: %d dim: 4 dim: 12 dim: 12 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 8 kernel_size: 3 } }
+layer { name: "prelu1" type: "PReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2"
+        convolution_param { num_output: 12 kernel_size: 2 } }
+layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2" }
+layer { name: "conv3" type: "Convolution" bottom: "pool1" top: "conv3"
+        convolution_param { num_output: 6 kernel_size: 1 } }
+layer { name: "pool3" type: "Pooling" bottom: "conv3" top: "pool3"
+        pooling_param { pool: AVE kernel_size: 2 stride: 2 } }
+layer { name: "ip1" type: "InnerProduct" bottom: "conv2" top: "ip1"
+        inner_product_param { num_output: 20 } }
+layer { name: "relu3" type: "ReLU" bottom: "ip1" top: "ip1" }
+layer { name: "ip2" type: "InnerProduct" bottom: "pool3" top: "ip2"
+        inner_product_param { num_output: 7 bias_term: false } }
+layer { name: "cat" type: "Concat" bottom: "ip1" bottom: "ip2" top: "cat" }
+layer { name: "ip3" type: "InnerProduct" bottom: "cat" top: "ip3"
+        inner_product_param { num_output: 5 } }
+layer { name: "prob" type: "Softmax" bottom: "ip3" top: "prob" }
+"""
+
+
+def _net(tmp_path, batch=1, seed=0):
+    p = tmp_path / f"programs-{batch}.prototxt"
+    p.write_text(NET % batch)
+    net = caffe.Net(str(p), caffe.TEST)
+    rng = np.random.default_rng(seed)
+    for name in net.params:
+        for b in net.params[name]:
+            b.data[...] = rng.standard_normal(b.shape) * 0.5
+    return net, rng.standard_normal(net.blobs["data"].shape, dtype=F)
+
+
+def _blobs(net):
+    return {k: b.data.copy() for k, b in net.blobs.items()}
+
+
+def _units(net):
+    (gen, units), = net._plan_._programs.values()
+    return ["p" if isinstance(u, Program) else net.layer_names[u.index] for u in units]
+
+
+@pytest.fixture
+def plain(monkeypatch):
+    """Makes every Program decline, so that the plan runs the steps one by one."""
+    def decline():
+        monkeypatch.setattr(Program, "run", lambda self: False)
+    return decline
+
+
+def _counting(monkeypatch):
+    ran = []
+    real = Program.run
+
+    def run(self):
+        done = real(self)
+        ran.append(done)
+        return done
+    monkeypatch.setattr(Program, "run", run)
+    return ran
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_deploy_net_runs_as_programs_bit_for_bit(tmp_path, monkeypatch, plain, batch):
+    ran = _counting(monkeypatch)
+    net, x = _net(tmp_path, batch)
+    for _ in range(3):
+        net.forward(data=x)
+    got = _blobs(net)
+    # the steps before the Concat are one program, those after it another
+    assert _units(net) == ["p", "cat", "p"]
+    assert ran and all(ran)
+    plain()
+    net.forward(data=x)
+    for name, value in got.items():
+        np.testing.assert_array_equal(value, net.blobs[name].data, err_msg=name)
+    # and what the numpy layers compute, to float32 rounding
+    monkeypatch.setenv("CAFFE_LITE_JIT", "0")
+    numpy_net, _ = _net(tmp_path, batch)
+    numpy_net.forward(data=x)
+    for name, value in got.items():
+        np.testing.assert_allclose(value, numpy_net.blobs[name].data, rtol=1e-4, atol=1e-5,
+                                   err_msg=name)
+
+
+def test_the_worker_takes_its_pieces_inside_a_program(tmp_path, monkeypatch, plain):
+    monkeypatch.setenv("CAFFE_LITE_NUM_THREADS", "2")
+    for name in ("MIN_SPIN_KERNEL_ELEMENTS", "MIN_SPIN_FEW_ROWS_MACS", "MIN_SPIN_MACS",
+                 "MIN_SPIN_STREAM_ELEMENTS"):
+        monkeypatch.setattr(parallel, name, 1)
+    monkeypatch.setattr(im2col, "MIN_SPIN_FEW_ROWS_MACS", 1)
+    w = spinning(2)
+    net, x = _net(tmp_path, 2)
+    net.forward(data=x)
+    program_ = next(u for u in net._plan_._programs[(0, len(net.layers) - 1)][1]
+                    if isinstance(u, Program))
+    assert program_.table.shape[0] == 1 and (program_.phases[:, 3] > program_.phases[:, 2]).any()
+    ran = int(w.ctl[w.k.RAN])
+    for _ in range(20):
+        net.forward(data=x)
+    assert int(w.ctl[w.k.RAN]) > ran, "the worker ran none of the program's pieces"
+    got = _blobs(net)
+    plain()
+    net.forward(data=x)
+    for name, value in got.items():
+        np.testing.assert_array_equal(value, net.blobs[name].data, err_msg=name)
+
+
+def test_pieces_a_worker_does_not_take_run_on_the_caller(tmp_path, monkeypatch):
+    """A worker blocked in its pipe read leaves its pieces to the caller (work stealing);
+    one still running a piece after the wait's polls is poked and waited for."""
+    monkeypatch.setenv("CAFFE_LITE_NUM_THREADS", "2")
+    for name in ("MIN_SPIN_KERNEL_ELEMENTS", "MIN_SPIN_FEW_ROWS_MACS", "MIN_SPIN_MACS"):
+        monkeypatch.setattr(parallel, name, 1)
+    monkeypatch.setattr(im2col, "MIN_SPIN_FEW_ROWS_MACS", 1)
+    w = spinning(2)
+    net, x = _net(tmp_path, 2)
+    net.forward(data=x)
+    expect = _blobs(net)
+    with parallel.cpu_pass():
+        hold_until_blocked(w)
+        w.ctl[w.k.HOLD] = 0                      # (released, but not woken: it stays blocked)
+        net.forward(data=x)
+        w.poke()
+    for name, value in expect.items():
+        np.testing.assert_array_equal(value, net.blobs[name].data, err_msg=name)
+    # a caller that claims the pieces at once (the worker skips those it finds claimed), and
+    # one that pokes and waits as soon as its own pieces are done
+    for setting in ("CLAIM_POLLS", "WAIT_POLLS"):
+        with monkeypatch.context() as m:
+            m.setattr(gemm_pool, setting, 0)
+            for _ in range(30):
+                _poisoned_forward(net, x)
+                for name, value in expect.items():
+                    np.testing.assert_array_equal(value, net.blobs[name].data, err_msg=name)
+
+
+def _poisoned_forward(net, x):
+    """A forward whose every blob but the input starts as NaN: what a step leaves out shows."""
+    for name, b in net.blobs.items():
+        if name != "data":
+            b.data[...] = np.nan
+    net.forward(data=x)
+
+
+def test_changed_parameters_and_a_sparse_weight_are_followed(tmp_path, monkeypatch, plain):
+    ran = _counting(monkeypatch)
+    net, x = _net(tmp_path, 1)
+    for _ in range(2):
+        net.forward(data=x)
+    # a fused PReLU's slope (the epilogue is refreshed by the step, then programs go on)
+    net.params["prelu1"][0].data[...] = 0.7
+    # a pruned InnerProduct forced onto the sparse path
+    w = net.params["ip1"][0].data
+    w[:, ::3] = 0
+    net.layers[list(net.layer_names).index("ip1")].sparse.mode = "sparse"
+    ran.clear()
+    net.forward(data=x)
+    assert ran[0] is False          # (the first program declines: its steps run instead)
+    net.forward(data=x)
+    got = _blobs(net)
+    fresh, _ = _net(tmp_path, 1)
+    for name in net.params:
+        for a, b in zip(net.params[name], fresh.params[name]):
+            b.data[...] = a.data
+    fresh.layers[list(fresh.layer_names).index("ip1")].sparse.mode = "sparse"
+    plain()
+    fresh.forward(data=x)
+    for name, value in got.items():
+        np.testing.assert_array_equal(value, fresh.blobs[name].data, err_msg=name)
+    assert not np.array_equal(got["conv1"], _blobs(_net(tmp_path, 1)[0])["conv1"])
+
+
+def test_another_input_shape_and_a_busy_pool(tmp_path, monkeypatch):
+    ran = _counting(monkeypatch)
+    net, x = _net(tmp_path, 1)
+    other, x3 = _net(tmp_path, 3)
+    for _ in range(2):
+        net.forward(data=x)
+        other.forward(data=x3)
+    expect1, expect3 = _blobs(net), _blobs(other)
+    net.forward(data=x3)                  # reshaped: the steps again, then programs
+    net.forward(data=x3)
+    for name, value in expect3.items():
+        np.testing.assert_array_equal(value, net.blobs[name].data, err_msg=name)
+    net.forward(data=x)
+    net.forward(data=x)
+    # another thread holds the pool: the program declines, the steps compute the same
+    ran.clear()
+    with gemm_pool._busy:
+        out = []
+        t = threading.Thread(target=lambda: (net.forward(data=x), out.append(_blobs(net))))
+        t.start()
+        t.join(30)
+    assert ran and not any(ran)
+    for name, value in expect1.items():
+        np.testing.assert_array_equal(value, out[0][name], err_msg=name)
+
+
+def test_a_net_with_a_loss_keeps_to_the_steps(tmp_path):
+    p = tmp_path / "loss.prototxt"
+    p.write_text("""
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 5 } } }
+layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 2 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+        inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+""")
+    net = caffe.Net(str(p), caffe.TRAIN)
+    net.blobs["data"].data[...] = np.arange(10).reshape(2, 5)
+    net.blobs["label"].data[...] = [0, 2]
+    losses = [float(net.forward()["loss"]) for _ in range(3)]
+    assert losses[0] == losses[2] > 0
+    (gen, units), = net._plan_._programs.values()
+    assert units is None
+
+
+def test_in_order_joins_phases_only_where_every_part_has_them():
+    a = gemm_pool.attach(lambda: None, [(gemm_pool.rows((1, 2)), [])])
+    b = gemm_pool.attach(lambda: None, [(gemm_pool.rows((3,)), [])], ready=lambda: True)
+    joined = program.in_order(a, None, b)
+    assert [p[0][0, 0] for p in joined.native] == [1, 3] and joined.ready()
+    assert program.in_order(a, lambda: None).native is None
+    assert program.in_order(a) is a
+
+
+def test_a_program_of_no_phases_runs_nothing():
+    assert Program([program.nothing]).run()
+
+
+def test_a_program_waits_for_a_worker_still_running_its_piece(monkeypatch):
+    """A piece that outlasts the wait's polls: run_program returns after that phase with the
+    batch's number, and the program pokes and waits for it before going on."""
+    monkeypatch.setenv("CAFFE_LITE_NUM_THREADS", "2")
+    w = spinning(2)
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((512, 512), dtype=F)
+    b = rng.standard_normal((512, 512), dtype=F)
+    out = np.full((512, 512), np.nan, F)
+    with parallel.cpu_pass():
+        with parallel.planned():
+            run = parallel.prepare_matmul(a, b, out)
+        prog = Program([run])
+        assert prog.table.shape[0] == 1
+        monkeypatch.setattr(gemm_pool, "WAIT_POLLS", 0)
+        returned = []
+        real = prog.k
+
+        class Spy:
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+            @staticmethod
+            def run_program(*args):
+                at = real.run_program(*args)
+                returned.append((at, int(args[3][0])))
+                return at
+        prog.k = Spy()
+        for _ in range(5):
+            out[...] = np.nan
+            assert prog.run()
+            assert w.ctl[w.k.DONE] == w.ctl[w.k.POSTED]
+            np.testing.assert_allclose(out, a @ b, rtol=1e-4, atol=1e-3)
+    assert any(seq for _, seq in returned), "no piece outlasted the polls"
