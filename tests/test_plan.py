@@ -227,6 +227,7 @@ def test_blas_is_set_once_per_pass(monkeypatch):
     switches = [(get, lambda n, set_=set_: (calls.append(n), set_(n))[1])
                 for get, set_ in parallel._blas_switches()]
     monkeypatch.setattr(parallel, "_switches", switches)
+    monkeypatch.setattr(parallel, "_native", False)     # (the switches through Python)
     before = [lib.get_num_threads() for lib in libs]
     for lib in libs:
         lib.set_num_threads(2)
@@ -238,6 +239,17 @@ def test_blas_is_set_once_per_pass(monkeypatch):
     with parallel.cpu_pass():
         assert [lib.get_num_threads() for lib in libs] == [1] * len(libs)
     assert [lib.get_num_threads() for lib in libs] == [2] * len(libs)
+    # the same through the compiled pass edge (spin.py pass_edge), where it can run
+    monkeypatch.undo()
+    if parallel._native_switches() is not None:
+        for lib in libs:
+            lib.set_num_threads(2)
+        with parallel.cpu_pass():
+            assert [lib.get_num_threads() for lib in libs] == [1] * len(libs)
+            with parallel.cpu_pass():     # (a nested pass leaves it to the outer one)
+                pass
+            assert [lib.get_num_threads() for lib in libs] == [1] * len(libs)
+        assert [lib.get_num_threads() for lib in libs] == [2] * len(libs)
     for lib, n in zip(libs, before):
         lib.set_num_threads(n)
 

@@ -163,28 +163,55 @@ class _Worker:
 def workers(n):
     """n spinning workers (started on first use; again in a forked child, which has none);
     the pool must be available() first."""
-    global _workers, _workers_pid
+    global _workers, _workers_pid, _table
     if not _functions():
         raise RuntimeError("the spinning product pool is not available here")
     with _lock:
         if _workers_pid != os.getpid():
             _workers, _workers_pid = [], os.getpid()
+            _table = None
         while len(_workers) < n:
             _workers.append(_Worker(len(_workers) + 1))
         return _workers[:n]
 
 
-def want(on):
-    """Called as a pass starts (True) and ends (False): workers spin through a pass."""
+def want(on, switches=None):
+    """Called as a pass starts (True) and ends (False): workers spin through a pass.  With
+    `switches` (parallel's table of OpenBLAS thread switches), their BLAS is held at one thread
+    through the pass in the same compiled call (spin.py pass_edge)."""
     global _wanted
+    starting = on
     on = on and enabled()
     _wanted = 1 if on else 0
-    if _workers_pid != os.getpid() or not _workers:
+    # (a forked child's copies of the parent's workers are marked gone, MODE -1: setting their
+    # flags does nothing, so the process id need not be asked for on every pass)
+    if not _workers:
+        if switches is not None:
+            jit.kernels("spin").pass_edge(_NO_WORKERS, 0, switches, starting)
         return
-    for w in _workers:
-        w.ctl[w.k.WANTED] = _wanted
-        if on and w.ctl[w.k.MODE] == 3:
-            w.poke()
+    asleep = _workers[0].k.pass_edge(table(), _wanted,
+                                     _NO_SWITCHES if switches is None else switches, starting)
+    if asleep:
+        for i, w in enumerate(_workers):
+            if asleep >> i & 1:
+                w.poke()
+
+
+_NO_WORKERS = np.zeros((0, 4), np.int64)
+_NO_SWITCHES = np.zeros((0, 3), np.int64)
+_table = None
+
+
+def table(workers_=None):
+    """The workers' (control words, jobs, lock word addresses, rows of jobs), int64 (W, 4),
+    as the native calls (spin.py run_program, want) take them; of all workers by default."""
+    global _table
+    if workers_ is not None:
+        return np.array([(w.ctl.ctypes.data, w.jobs.ctypes.data, w.lock_at, w.jobs.shape[0])
+                         for w in workers_], np.int64).reshape(-1, 4)
+    if _table is None or len(_table) != len(_workers):
+        _table = table(_workers)
+    return _table
 
 
 def hold(on):
@@ -249,6 +276,7 @@ def warm_up(libraries, families=()):
     k.run_rows(jobs[:0], 0, 0, sgemm, sgemv, wide)
     k.run_program(jobs[:0], np.zeros((0, 2), np.int64), np.zeros((0, 4), np.int64),
                   np.zeros(1, np.int64), sgemm, sgemv, wide, 0, 1, 1)
+    k.pass_edge(_NO_WORKERS, 0, _NO_SWITCHES, False)
 
 
 def _layout(x):

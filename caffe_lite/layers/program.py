@@ -75,9 +75,7 @@ class Program:
         self.phases = table
         self.k = jit.kernels("spin")
         self.workers = gemm_pool.workers(n_w) if n_w else []
-        self.table = np.array([(w.ctl.ctypes.data, w.jobs.ctypes.data, w.lock_at,
-                                w.jobs.shape[0]) for w in self.workers],
-                              np.int64).reshape(-1, 4)
+        self.table = gemm_pool.table(self.workers)
         self.seqs = np.zeros(max(1, n_w), np.int64)
         self.blas = gemm_pool.addresses()
 

@@ -229,6 +229,39 @@ def _call_at(typingctx, fn, args):
     return types.void(fn, args), codegen
 
 
+@intrinsic
+def _call_int_at(typingctx, fn):
+    """int fn(void), the C function at address `fn`."""
+    def codegen(context, builder, signature, llargs):
+        fnty = ir.FunctionType(ir.IntType(32), [])
+        return builder.call(builder.inttoptr(llargs[0], fnty.as_pointer()), [])
+    return types.int32(fn), codegen
+
+
+@njit(nogil=True, cache=True)
+def pass_edge(workers, wanted, switches, starting):
+    """A pass starts (`starting`) or ends, in one call: WANTED of each worker of a
+    run_program table set to `wanted`; each OpenBLAS of `switches` (rows:
+    openblas_get_num_threads' and _set_num_threads' addresses, the saved count) held at one
+    thread at the start, its count saved, and set back at the end.  Returns a bit mask of the
+    workers asleep (MODE 3) when wanted: the caller pokes them."""
+    mask = 0
+    for w in range(workers.shape[0]):
+        ctl = carray(_i64_at(workers[w, 0]), (CONTROL_WORDS,))
+        ctl[WANTED] = wanted
+        if wanted and ctl[MODE] == 3:
+            mask |= 1 << w
+    for b in range(switches.shape[0]):
+        if starting:
+            n = _call_int_at(switches[b, 0])
+            switches[b, 2] = n
+            if n != 1:
+                _call_at(switches[b, 1], (np.int32(1),))
+        elif switches[b, 2] != 1:
+            _call_at(switches[b, 1], (np.int32(switches[b, 2]),))
+    return mask
+
+
 @njit(nogil=True, cache=True)
 def _product_at(sgemm, sgemv, wide, q):
     """Job row q (a product) through cblas_sgemm / cblas_sgemv at their addresses; `wide`:
