@@ -177,8 +177,8 @@ def workers(n):
 
 def want(on, switches=None):
     """Called as a pass starts (True) and ends (False): workers spin through a pass.  With
-    `switches` (parallel's table of OpenBLAS thread switches), their BLAS is held at one thread
-    through the pass in the same compiled call (spin.py pass_edge)."""
+    `switches` (parallel's: spin.py's module and its table of OpenBLAS thread switches), their
+    BLAS is held at one thread through the pass in the same compiled call (pass_edge)."""
     global _wanted
     starting = on
     on = on and enabled()
@@ -187,10 +187,11 @@ def want(on, switches=None):
     # flags does nothing, so the process id need not be asked for on every pass)
     if not _workers:
         if switches is not None:
-            jit.kernels("spin").pass_edge(_NO_WORKERS, 0, switches, starting)
+            switches[0].pass_edge(_NO_WORKERS, 0, switches[1], starting)
         return
     asleep = _workers[0].k.pass_edge(table(), _wanted,
-                                     _NO_SWITCHES if switches is None else switches, starting)
+                                     _NO_SWITCHES if switches is None else switches[1],
+                                     starting)
     if asleep:
         for i, w in enumerate(_workers):
             if asleep >> i & 1:

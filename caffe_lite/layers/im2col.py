@@ -238,8 +238,7 @@ class GemmEngine:
         g = self.geom
         self.num = num
         self.winograd = None
-        self.winograd_ok = (key[-1] and winograd.applies(g, self.group, in_spatial)
-                            and winograd.worth(self.conv_in, self.conv_out, num, out_spatial))
+        self.winograd_ok = key[-1] and winograd.applies(g, self.group, in_spatial)
         self.in_spatial, self.out_spatial = tuple(in_spatial), tuple(out_spatial)
         self.in_count = int(np.prod(in_spatial, dtype=np.int64))
         self.out_count = int(np.prod(out_spatial, dtype=np.int64))
@@ -371,7 +370,8 @@ class GemmEngine:
         noted with columns that cover the whole batch for backward_weight."""
         wg = self._wg(w)
         steps = []
-        if not exact and w_version is not None and self.winograd_ok:
+        if not exact and w_version is not None and self.winograd_ok and \
+                winograd.worth(self.conv_in, self.conv_out, self.num, self.out_spatial):
             if self.winograd is None:
                 self.winograd = Winograd(self.num, self.conv_in, self.conv_out,
                                          self.in_spatial, self.out_spatial, self.geom.pad)

@@ -125,7 +125,7 @@ class cpu_pass:
         if not self.outer:
             _pass_threads = 0
             blas, _pass_blas = _pass_blas, None
-            native = type(blas) is np.ndarray
+            native = type(blas) is tuple
             if not native:
                 blas.__exit__(*exc)
             gemm_pool.want(False, blas if native else None)
@@ -411,9 +411,9 @@ _native = None
 
 
 def _native_switches():
-    """The BLAS switches as spin.py pass_edge's table, where every one is an OpenBLAS's own
-    functions and the pool is there (its workers' flags and BLAS in one compiled call a pass
-    edge: 0.3 us, against 1.5 through ctypes and numpy); else None."""
+    """(spin.py's module, the BLAS switches as its pass_edge's table), where every switch is an
+    OpenBLAS's own functions and the pool is there (its workers' flags and BLAS in one compiled
+    call a pass edge: 0.3 us, against 1.5 through ctypes and numpy); else None."""
     global _native
     if _native is None:
         _native = False
@@ -421,9 +421,10 @@ def _native_switches():
         if gemm_pool.available(_blas_libraries()) and \
                 all(isinstance(f, ctypes._CFuncPtr) for pair in switches for f in pair):
             address = lambda fn: ctypes.cast(fn, ctypes.c_void_p).value  # noqa: E731
-            _native = np.array([(address(get), address(set_), 1) for get, set_ in switches],
-                               np.int64).reshape(-1, 3)
-    return None if _native is False else _native
+            _native = (jit.kernels("spin"),
+                       np.array([(address(get), address(set_), 1) for get, set_ in switches],
+                                np.int64).reshape(-1, 3))
+    return _native or None
 
 
 class single_threaded_blas:

@@ -10,8 +10,9 @@ runs (inference), with the compiled kernels, and where it pays: enough channels 
 transforms to be amortised (`worth`).  Backward always takes the exact im2col path."""
 import numpy as np
 
-from . import jit
+from . import gemm_pool, jit
 from .parallel import num_threads, prepare_blocks, prepare_matmul
+from .program import in_order
 
 _F = np.float32
 # G (6x3): the filter transform U = G g G^T
@@ -95,4 +96,7 @@ class Winograd:
             transform_in()
             product()
             transform_out()
-        return run
+        # natively (layers/program.py) while the transformed filters are current
+        steps = in_order(transform_in, product, transform_out)
+        return gemm_pool.attach(run, gemm_pool.phases_of(steps),
+                                lambda: (w_blob_version(), id(w)) == self._u_key)
