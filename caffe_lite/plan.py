@@ -69,7 +69,7 @@ class Plan:
         self._group_steps = {}
         self._forward_steps = {}
         self._backward_steps = {}
-        self._programs = {}     # (start, end) -> (generation, _programs' units or None)
+        self._programs = {}     # (start, end) -> (generation, _programs' units, None or _SEEN)
         self.shaped_at = None   # shape epoch when the current generation began
         self.gen = 0            # bumped whenever a blob's shape or memory changed
         self.failed = 0
@@ -207,10 +207,16 @@ class Plan:
                     self._written = None
         if dirty:
             self._programs.clear()      # (steps were prepared anew)
-        elif self.cpu and parts is None and self._programs.get((start, end), (None,))[0] != gen:
-            if len(self._programs) >= self.MAX_RANGES:
-                self._programs.clear()
-            self._programs[(start, end)] = (gen, _programs(steps))
+        elif self.cpu and parts is None:
+            made = self._programs.get((start, end))
+            # made on a range's second pass in a generation: passes over ever new ranges or
+            # shapes do not pay for programs they never run
+            if made is None or made[0] != gen:
+                if len(self._programs) >= self.MAX_RANGES:
+                    self._programs.clear()
+                self._programs[(start, end)] = (gen, _SEEN)
+            elif made[1] is _SEEN:
+                self._programs[(start, end)] = (gen, _programs(steps))
         if dirty and end < len(self.net.layers) - 1:
             # the steps beyond this partial pass may read what changed: a new generation,
             # in which only this pass's steps are up to date
@@ -226,7 +232,7 @@ class Plan:
         Returns (index of the first step not run, dirty, epoch): it stops after a step that
         changed a blob's shape or memory."""
         made = self._programs.get((start, end))
-        if made is None or made[0] != gen or made[1] is None:
+        if made is None or made[0] != gen or made[1] is None or made[1] is _SEEN:
             return 0, False, epoch
         at = 0
         for unit in made[1]:
@@ -280,6 +286,9 @@ class Plan:
                 for fn in after:
                     fn(i)
                 i -= 1
+
+
+_SEEN = ()      # a range passed over once in its generation: no programs yet
 
 
 def _programs(steps):

@@ -42,6 +42,7 @@ layer { name: "pool_wide" type: "Pooling" bottom: "conv" top: "pool_wide"
         pooling_param { pool: MAX kernel_size: 3 stride: 1 } }
 layer { name: "ave" type: "Pooling" bottom: "r2" top: "ave"
         pooling_param { pool: AVE kernel_size: 3 stride: 1 pad: 1 } }
+layer { name: "cat" type: "Concat" bottom: "ave" bottom: "r2" top: "cat" }
 layer { name: "fc" type: "InnerProduct" bottom: "ave" top: "fc"
         inner_product_param { num_output: 3 } }
 layer { name: "fc_relu" type: "ReLU" bottom: "fc" top: "fc" }
@@ -83,5 +84,5 @@ def warm_up():
     gemm_pool.warm_up(parallel._blas_libraries(),
                       [jit.kernels(f) for f in ("depthwise", "im2col", "neuron", "pooling",
                                                 "winograd", "grouped", "softmax", "dense",
-                                                "batchnorm")])
+                                                "batchnorm", "concat")])
     return True

@@ -149,7 +149,14 @@ def _dense(rng):
             np.zeros((2, 9, 6), F), True, True), 9, [2, 9])
 
 
-FAMILIES = [_depthwise, _im2col, _neuron, _pooling, _winograd, _grouped, _softmax, _dense]
+def _concat(rng):
+    k = jit.kernels("concat")
+    yield (k.copy_rows, k.copy_rows_task,
+           (rng.standard_normal((5, 7), dtype=F), np.zeros((5, 12), F), 3), 5, [1])
+
+
+FAMILIES = [_depthwise, _im2col, _neuron, _pooling, _winograd, _grouped, _softmax, _dense,
+            _concat]
 
 
 def _fresh(arguments, written):

@@ -40,7 +40,9 @@ layer { name: "relu3" type: "ReLU" bottom: "ip1" top: "ip1" }
 layer { name: "ip2" type: "InnerProduct" bottom: "pool3" top: "ip2"
         inner_product_param { num_output: 7 bias_term: false } }
 layer { name: "cat" type: "Concat" bottom: "ip1" bottom: "ip2" top: "cat" }
-layer { name: "ip3" type: "InnerProduct" bottom: "cat" top: "ip3"
+layer { name: "pow" type: "Power" bottom: "cat" top: "pow" power_param { shift: 1 } }
+layer { name: "drop" type: "Dropout" bottom: "pow" top: "pow" }
+layer { name: "ip3" type: "InnerProduct" bottom: "pow" top: "ip3"
         inner_product_param { num_output: 5 } }
 layer { name: "prob" type: "Softmax" bottom: "ip3" top: "prob" }
 """
@@ -93,8 +95,9 @@ def test_a_deploy_net_runs_as_programs_bit_for_bit(tmp_path, monkeypatch, plain,
     for _ in range(3):
         net.forward(data=x)
     got = _blobs(net)
-    # the steps before the Concat are one program, those after it another
-    assert _units(net) == ["p", "cat", "p"]
+    # the steps before the Power layer (a step of its own) are one program, those after it
+    # (an in-place Dropout in TEST does nothing) another
+    assert _units(net) == ["p", "pow", "p"]
     assert ran and all(ran)
     plain()
     net.forward(data=x)
@@ -118,6 +121,7 @@ def test_the_worker_takes_its_pieces_inside_a_program(tmp_path, monkeypatch, pla
     w = spinning(2)
     net, x = _net(tmp_path, 2)
     net.forward(data=x)
+    net.forward(data=x)     # (a range's programs are made on its second pass)
     program_ = next(u for u in net._plan_._programs[(0, len(net.layers) - 1)][1]
                     if isinstance(u, Program))
     assert program_.table.shape[0] == 1 and (program_.phases[:, 3] > program_.phases[:, 2]).any()
@@ -209,8 +213,8 @@ def test_another_input_shape_and_a_busy_pool(tmp_path, monkeypatch):
     net.forward(data=x3)
     for name, value in expect3.items():
         np.testing.assert_array_equal(value, net.blobs[name].data, err_msg=name)
-    net.forward(data=x)
-    net.forward(data=x)
+    for _ in range(3):      # (programs again from the pass after a range's second)
+        net.forward(data=x)
     # another thread holds the pool: the program declines, the steps compute the same
     ran.clear()
     with gemm_pool._busy:
@@ -248,6 +252,21 @@ def test_in_order_joins_phases_only_where_every_part_has_them():
     assert [p[0][0, 0] for p in joined.native] == [1, 3] and joined.ready()
     assert program.in_order(a, lambda: None).native is None
     assert program.in_order(a) is a
+
+
+def test_programs_are_made_on_a_ranges_second_pass(tmp_path, monkeypatch):
+    """Passes over ever new ranges (forward(end=...) layer by layer) or shapes make none."""
+    made = []
+    real = Program.__init__
+    monkeypatch.setattr(Program, "__init__", lambda self, runs: (made.append(1),
+                                                                 real(self, runs))[1])
+    net, x = _net(tmp_path, 1)
+    for name in net.layer_names[1:]:
+        net.forward(data=x, end=name)
+    assert not made
+    net.forward(data=x)
+    net.forward(data=x)
+    assert made
 
 
 def test_a_program_of_no_phases_runs_nothing():
@@ -316,7 +335,7 @@ layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
     net = caffe.Net(str(p), caffe.TEST)
     assert net.layers[1].engine.winograd_ok
     x = np.random.default_rng(4).standard_normal((1, 6, 10, 9), dtype=F)
-    for _ in range(2):
+    for _ in range(3):
         net.forward(data=x)
     assert ran == [True]
     first = net.blobs["conv"].data.copy()

@@ -2,9 +2,10 @@
 import numpy as np
 
 from ..errors import CaffeLiteError
+from . import jit, parallel, program
 from .base import Layer
+from .parallel import prepare_blocks
 from .registry import register
-from . import program
 
 
 def _axis(layer, blob, axis_param, legacy_param, legacy_name):
@@ -67,6 +68,28 @@ class ConcatLayer(Layer):
         if len(bottom) == 1:
             return
         np.concatenate([b.cpu_data for b in bottom], axis=self.axis, out=top[0].data)
+
+    def prepare_cpu(self, bottom, top):
+        """With numba, each bottom's rows (the axes before `axis`) copied into the top by the
+        kernel of layers/numba/concat.py: natively inside a program."""
+        if len(bottom) == 1:
+            return program.nothing      # (the top shares the bottom's data)
+        k = jit.kernels("concat")
+        y = top[0].data
+        if k is None or y.dtype != np.float32:
+            return None
+        rows = top[0].count_range(0, self.axis)
+        y2 = y.reshape(rows, -1)
+        copies, offset = [], 0
+        for b in bottom:
+            x2 = b.cpu_data.reshape(rows, -1)
+            copies.append(prepare_blocks(
+                rows, x2.shape[1], lambda a, e, slot, x2=x2, offset=offset: k.copy_rows(
+                    x2, y2, offset, a, e),
+                spin_elements=parallel.MIN_SPIN_STREAM_ELEMENTS,
+                native=(k.copy_rows_task, (x2, y2, offset))))
+            offset += x2.shape[1]
+        return program.in_order(*copies)
 
     def backward_cpu(self, top, propagate_down, bottom):
         if len(bottom) == 1:

@@ -415,7 +415,11 @@ class BatchNormScaleGroup(Group):
             if [mem.version for mem in mems] != seen[0]:
                 refresh()
             run()
-        return step
+        if gemm_pool.phases_of(run) is None:
+            return step
+        # natively (layers/program.py) while the statistics' buffers are current
+        return gemm_pool.attach(step, run.native, lambda: scale._saved_input is None and
+                                [mem.version for mem in mems] == seen[0])
 
     def forward_cpu(self):
         k = jit.kernels("batchnorm")

@@ -10,7 +10,7 @@ import numpy as np
 from ..backend.state import rng
 from ..fillers import filler_param
 from ..proto import caffe_pb2
-from . import jit, parallel
+from . import jit, parallel, program
 from .base import NeuronLayer
 from .parallel import (MIN_PARALLEL_ELEMENTS, MIN_PARALLEL_STREAM_ELEMENTS, prepare_blocks,
                        prepare_flat, run_flat)
@@ -569,6 +569,12 @@ class DropoutLayer(NeuronLayer):
         self._mask = Scratch()      # mask * scale, as float32
         self._keep = Scratch(np.bool_)
         self.mask = None
+
+    def prepare_cpu(self, bottom, top):
+        """Outside TRAIN in place: nothing to do (natively inside a program)."""
+        if self.phase != caffe_pb2.TRAIN and top[0] is bottom[0]:
+            return program.nothing
+        return None
 
     def forward_cpu(self, bottom, top):
         x, y = bottom[0].cpu_data, top[0].data
