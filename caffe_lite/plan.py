@@ -15,7 +15,13 @@ holds, per configuration (device mode, compiled kernels on or off, fusion on or 
     `reshape_each_forward = True` and reshape on every pass;
   * on the CPU, each step's prepared forward (Layer.prepare_cpu): a callable with the arrays,
     buffers, kernels and thread split of the current shapes bound, made right after the
-    reshape and run as long as nothing changes.
+    reshape and run as long as nothing changes;
+  * on the CPU, once a range of layers has run twice in a generation, its *programs*
+    (layers/program.py): each run of consecutive steps whose prepared callables can say all
+    of their work as the spinning pool's job rows runs as one compiled call, bit for bit what
+    the steps compute, without the interpreter between the kernels; a step that cannot (or
+    whose `ready` check says not this time: a weight gone sparse, changed parameters) runs
+    as it is.
 
 Validation therefore happens when shapes change, not per call, and buffers sized by reshape
 are reused.  On the CPU the pass runs inside parallel.cpu_pass: the thread count is read and
@@ -176,7 +182,7 @@ class Plan:
             self._host_heads()
         with parallel.cpu_pass() if self.cpu else _NoPass():
             first = 0
-            if self.cpu and parts is None:
+            if self.cpu and parts is None and PROGRAMS:
                 first, dirty, epoch = self._run_programs(start, end, steps, gen, epoch)
             for st in steps[first:]:
                 if dirty or st.gen != gen or st.always:
@@ -289,6 +295,9 @@ class Plan:
 
 
 _SEEN = ()      # a range passed over once in its generation: no programs yet
+# False: every pass runs its steps one by one (for A/B comparisons: benchmarks/ab.py --set
+# caffe_lite.plan.PROGRAMS=0)
+PROGRAMS = True
 
 
 def _programs(steps):

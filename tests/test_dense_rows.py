@@ -132,7 +132,7 @@ def test_a_plan_splits_the_columns_over_the_workers(monkeypatch):
         k = parallel.MIN_SPIN_FEW_ROWS_MACS // 300 - 1
         small, xs = np.ascontiguousarray(w[:, :k]), np.ascontiguousarray(x[:, :k])
         posted = []
-        monkeypatch.setattr(gemm_pool, "prepare_tasks", lambda *a: posted.append(a))
+        monkeypatch.setattr(gemm_pool, "prepare_tasks", lambda *a, **kw: posted.append(a))
         run = parallel.prepare_matmul(xs, small.T, out)
         run()
         assert not posted

@@ -125,7 +125,7 @@ def test_single_rows_split_from_their_weight_count(monkeypatch):
     monkeypatch.setattr(parallel, "FEW_ROWS", 0)
     monkeypatch.setattr(parallel, "MIN_SPIN_MACS", 1 << 22)  # (4 rows stay below it)
     posted = []
-    monkeypatch.setattr(gemm_pool, "prepare", lambda pieces: posted.append(len(pieces)))
+    monkeypatch.setattr(gemm_pool, "prepare", lambda pieces, **kw: posted.append(len(pieces)))
     n = parallel.MIN_SPIN_ROW_WEIGHTS // 256 + 1
     assert 256 * n < parallel.MIN_SPIN_MACS
     w = np.zeros((n, 256), np.float32)

@@ -236,7 +236,7 @@ def test_small_kernels_and_unpackable_arguments_stay_off_the_workers(monkeypatch
     monkeypatch.setenv("CAFFE_LITE_NUM_THREADS", "2")
     prepared = []
     monkeypatch.setattr(gemm_pool, "prepare_tasks",
-                        lambda *a: prepared.append(a) or (lambda: None))
+                        lambda *a, **kw: prepared.append(a) or (lambda: None))
     k, x, wt, bias, geo, expect = _depthwise_split(np.random.default_rng(5))
     y = np.zeros_like(expect)
 
@@ -334,8 +334,8 @@ def _recording(monkeypatch):
     calls = []
     real = gemm_pool.prepare_tasks
     monkeypatch.setattr(gemm_pool, "prepare_tasks",
-                        lambda fn, blocks, task, args: calls.append(task.__name__)
-                        or real(fn, blocks, task, args))
+                        lambda fn, blocks, task, args, **kw: calls.append(task.__name__)
+                        or real(fn, blocks, task, args, **kw))
     try:
         yield calls
     finally:

@@ -324,12 +324,12 @@ def _jobs(a, b, out):
     return np.array(rows, np.int64).reshape(-1, 11)
 
 
-def prepare(pieces):
+def prepare(pieces, native=True):
     """A callable computing np.matmul(a, b, out=out) for every (a, b, out) of `pieces`: the
     first on the caller's thread, each other one on a spinning worker (on the caller's thread
     when that worker is not spinning, or has not started the piece by the time the caller's
     own is done); None when a piece cannot be posted.  It expects BLAS on one thread (a
-    cpu_pass)."""
+    cpu_pass).  `native`: with the caller's piece as rows too (attach), for a program."""
     if len(pieces) < 2 or not _functions() or jit.kernels("spin") is None:
         return None
     batches = [_jobs(*p) for p in pieces[1:]]
@@ -338,7 +338,7 @@ def prepare(pieces):
     a0, b0, out0 = pieces[0]
     here = [lambda p=p: np.matmul(p[0], p[1], out=p[2]) for p in pieces[1:]]
     run = _prepared(lambda: np.matmul(a0, b0, out=out0), batches, here)
-    own = _jobs(a0, b0, out0)
+    own = _jobs(a0, b0, out0) if native else None
     return attach(run, None if own is None else [(own, batches)])
 
 
@@ -392,12 +392,13 @@ def callback(task):
     return c.address
 
 
-def prepare_tasks(fn, blocks, task, arguments):
+def prepare_tasks(fn, blocks, task, arguments, native=True):
     """A callable running fn(r0, r1, slot) for each block (r0, r1) of `blocks`, slot being the
     block's index: the first on the caller's thread, each other one on a spinning worker as
     native task `task` of fn's kernel (layers/numba/_native.py) with `arguments` (a tuple, or
     a callable giving the tuple of a slot), on the caller's thread where prepare() would run
-    a product there; None when the pool cannot take them (an argument pack() refuses)."""
+    a product there; None when the pool cannot take them (an argument pack() refuses).
+    `native`: with the caller's block as a row too (attach), for a program."""
     if len(blocks) < 2 or not _functions() or jit.kernels("spin") is None:
         return None
     packed = [pack(arguments(slot) if callable(arguments) else arguments)
@@ -416,7 +417,8 @@ def prepare_tasks(fn, blocks, task, arguments):
     # as the callable)
     run.packed = packed
     run.arguments = arguments
-    own = task_rows(task, arguments(0) if callable(arguments) else arguments, a0, b0)
+    own = task_rows(task, arguments(0) if callable(arguments) else arguments, a0, b0) \
+        if native else None
     return attach(run, None if own is None else [(own[0], batches)],
                   keep=() if own is None else (own[1],))
 

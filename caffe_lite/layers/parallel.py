@@ -289,10 +289,10 @@ def prepare_blocks(rows, row_elements, fn, block_elements=None, min_elements=Non
 
 def _serial(fn, rows, native):
     """fn over all rows on the caller; with `native` = (task, arguments), natively too
-    (gemm_pool.attach) where the arguments can be packed."""
+    (gemm_pool.attach) where the arguments can be packed, in a plan's preparation."""
     def run():
         fn(0, rows, 0)
-    if native is None or not gemm_pool.available(_blas_libraries()):
+    if native is None or not _planned or not gemm_pool.available(_blas_libraries()):
         return run
     task, arguments = native
     own = gemm_pool.task_rows(task, arguments(0) if callable(arguments) else arguments, 0, rows)
@@ -332,7 +332,7 @@ def _prepare_native(rows, row_elements, fn, native, spin_elements):
     step = -(-rows // threads)
     blocks = [(a, min(a + step, rows)) for a in range(0, rows, step)]
     task, arguments = native
-    return gemm_pool.prepare_tasks(fn, blocks, task, arguments)
+    return gemm_pool.prepare_tasks(fn, blocks, task, arguments, native=_planned > 0)
 
 
 def prepare_flat(count, fn):
@@ -507,7 +507,7 @@ def prepare_matmul(a, b, out):
         bb = b[sl] if b.ndim == out.ndim and b.shape[0] == out.shape[0] else b
         return aa, bb, out[sl]
     pieces = [piece(lo, min(lo + step, size)) for lo in range(0, size, step)]
-    run = gemm_pool.prepare(pieces) if spin else None
+    run = gemm_pool.prepare(pieces, native=_planned > 0) if spin else None
     if run is not None:
         return run
     if macs < MIN_PARALLEL_MACS:
@@ -541,10 +541,12 @@ def prepare_bias(y3, bias):
 
 def _whole_product(a, b, out):
     """np.matmul(a, b, out=out) on the caller; natively too (gemm_pool.attach) where the
-    spinning pool's rows can say it."""
+    spinning pool's rows can say it, in a plan's preparation (a product prepared for one call
+    does not pay for rows it never runs)."""
     def run():
         np.matmul(a, b, out=out)
-    own = gemm_pool._jobs(a, b, out) if gemm_pool.available(_blas_libraries()) else None
+    own = gemm_pool._jobs(a, b, out) if _planned and gemm_pool.available(_blas_libraries()) \
+        else None
     return run if own is None else gemm_pool.attach(run, [(own, [])])
 
 
