@@ -2,7 +2,8 @@
 to float32 rounding, through caffe-lite's fused and prepared paths: LeNet-300-100, cifar10_quick,
 MTCNN's R-Net and O-Net (PReLU, an in-place Dropout inside a fused group), the face detector
 (depthwise blocks with BatchNorm + Scale folded, Permute / Flatten / Concat heads) and
-SqueezeNet's fire modules, at batch 1 and 2 (smaller inputs where the net allows)."""
+SqueezeNet's fire modules, at batch 1 and 2 (smaller inputs where the net allows); the third
+pass runs them as native programs (layers/program.py)."""
 import pathlib
 import sys
 
@@ -42,7 +43,7 @@ def test_outputs_equal_opencv(tmp_path, name, batch):
     cv_net = cv2.dnn.readNetFromCaffe(str(proto), str(weights))
     x = np.random.default_rng(batch).standard_normal(net.blobs["data"].shape,
                                                      dtype=np.float32)
-    for _ in range(2):  # the second pass runs the prepared steps
+    for _ in range(3):  # the second pass runs the prepared steps, the third programs
         out = net.forward(data=x)
     cv_net.setInput(x)
     theirs = cv_net.forward(net.outputs)

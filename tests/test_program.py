@@ -376,3 +376,41 @@ def test_only_a_plans_preparation_makes_rows(monkeypatch):
                 run = parallel.prepare_bias(y.reshape(1, 4, 4), np.ones(4, F))
             assert (gemm_pool.phases_of(run) is not None) == planned
             assert k is not None
+
+
+DEPLOY = {  # benchmarks/deploy_nets.py's nets written out here, smaller where they allow
+    "lenet_300_100": lambda d, b: d.lenet_300_100(b),
+    "cifar10_quick": lambda d, b: d.cifar10_quick(b),
+    "mtcnn_pnet": lambda d, b: d.mtcnn_pnet(b, 24, 30),
+    "mtcnn_rnet": lambda d, b: d.mtcnn_rnet(b),
+    "mtcnn_onet": lambda d, b: d.mtcnn_onet(b),
+    "face_detector_slim": lambda d, b: d.face_detector_slim(b, 64, 80),
+    "squeezenet_v1.1": lambda d, b: d.squeezenet_v11(b).replace("dim: 227 dim: 227",
+                                                               "dim: 67 dim: 67"),
+}
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("name", list(DEPLOY))
+def test_the_deploy_nets_run_as_programs_bit_for_bit(tmp_path, monkeypatch, plain, name,
+                                                     batch):
+    import pathlib
+    import sys
+    root = str(pathlib.Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from benchmarks import deploy_nets
+    proto = tmp_path / "net.prototxt"
+    proto.write_text(DEPLOY[name](deploy_nets, batch))
+    net = caffe.Net(str(proto), caffe.TEST)
+    deploy_nets.randomize(net, seed=batch)
+    x = np.random.default_rng(batch).standard_normal(net.blobs["data"].shape, dtype=F)
+    ran = _counting(monkeypatch)
+    for _ in range(3):
+        net.forward(data=x)
+    assert ran and all(ran)
+    got = _blobs(net)
+    plain()
+    _poisoned_forward(net, x)
+    for blob, value in got.items():
+        np.testing.assert_array_equal(value, net.blobs[blob].data, err_msg=blob)
