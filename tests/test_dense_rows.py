@@ -66,21 +66,19 @@ def test_the_tail_is_the_epilogue(kind):
     assert not y[:, :2].any() and not keep[:, :2].any()    # other columns untouched
 
 
-def _spy(monkeypatch):
+def _spy(monkeypatch, kernel="rows_by_transposed", record=lambda args: args[-2:]):
+    """The calls of a dense kernel from Python (record(args) of each), in a list."""
     calls = []
     k = jit.kernels("dense")
-    real = k.rows_by_transposed
+    real = getattr(k, kernel)
 
     class Spy:
         def __getattr__(self, name):
+            if name == kernel:
+                return lambda *args: (calls.append(record(args)), real(*args))[1]
             return getattr(k, name)
-
-        @staticmethod
-        def rows_by_transposed(*args):
-            calls.append(args[-2:])
-            return real(*args)
-    monkeypatch.setattr(parallel.jit, "kernels",
-                        lambda family, _k=parallel.jit.kernels: Spy() if family == "dense"
+    monkeypatch.setattr(jit, "kernels",
+                        lambda family, _k=jit.kernels: Spy() if family == "dense"
                         else _k(family))
     return calls
 
@@ -334,22 +332,7 @@ def _conv_pass(tmp_path, params):
 
 
 def _positions_spy(monkeypatch):
-    calls = []
-    k = jit.kernels("dense")
-    real = k.positions
-
-    class Spy:
-        def __getattr__(self, name):
-            return getattr(k, name)
-
-        @staticmethod
-        def positions(*args):
-            calls.append(args[2])      # the output
-            return real(*args)
-    monkeypatch.setattr(jit, "kernels",
-                        lambda family, _k=jit.kernels: Spy() if family == "dense"
-                        else _k(family))
-    return calls
+    return _spy(monkeypatch, "positions", lambda args: args[2])     # (the output)
 
 
 @pytest.mark.parametrize("params", [dict(n=1, c=6, h=4, k=2, pad=0, group=1),

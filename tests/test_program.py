@@ -300,6 +300,7 @@ def test_a_program_waits_for_a_worker_still_running_its_piece(monkeypatch):
             def run_program(*args):
                 at = real.run_program(*args)
                 returned.append((at, int(args[3][0])))
+                assert (at < 0) == (args[3][0] != 0)   # (stuck: the next phase, negated)
                 return at
         prog.k = Spy()
         stuck = []

@@ -87,15 +87,15 @@ class Program:
         if not busy.acquire(blocking=False):
             return False
         try:
-            k, n = self.k, self.phases.shape[0]
-            sgemm, sgemv, wide = self.blas
-            at = 0
-            while at < n:
-                at = k.run_program(self.rows, self.phases, self.table, self.seqs, sgemm,
-                                   sgemv, wide, at, gemm_pool.CLAIM_POLLS,
-                                   gemm_pool.WAIT_POLLS)
-                for w, seq in zip(self.workers, self.seqs):
-                    while seq and not k.wait(w.ctl, seq, gemm_pool.WAIT_POLLS):
+            run_program, at = self.k.run_program, 0
+            while True:
+                at = run_program(self.rows, self.phases, self.table, self.seqs, *self.blas,
+                                 at, gemm_pool.CLAIM_POLLS, gemm_pool.WAIT_POLLS)
+                if at >= 0:
+                    break
+                at = -at    # (a worker was still at its rows: wait for it, then go on)
+                for w, seq in zip(self.workers, self.seqs.tolist()):
+                    while seq and not self.k.wait(w.ctl, seq, gemm_pool.WAIT_POLLS):
                         w.poke()    # (a worker that blocked just as this posted)
         finally:
             busy.release()

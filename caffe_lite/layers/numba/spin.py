@@ -305,11 +305,12 @@ def run_program(rows, phases, workers, seqs, sgemm, sgemv, wide, start, claim_po
                 wait_polls):
     """Phases start.. of a program; workers[w] = (control words, jobs, lock word addresses,
     rows of jobs).  A worker that cannot take its batch (not spinning) has it run here, so
-    does one that has not claimed it within claim_polls polls.  Returns the index of the next
-    phase to run: the end, or the phase after one whose batch a worker was still running
-    after wait_polls polls; seqs[w] is then that batch's sequence number (else 0), and the
-    caller pokes the worker, waits for it and goes on from there."""
+    does one that has not claimed it within claim_polls polls.  Returns the number of phases
+    when all ran; else minus the index of the next phase to run, after a phase whose batch a
+    worker was still running after wait_polls polls: seqs[w] is then that batch's sequence
+    number (else 0), and the caller pokes the worker, waits for it and goes on from there."""
     n_w = workers.shape[0]
+    seqs[:n_w] = 0
     for ph in range(start, phases.shape[0]):
         for w in range(n_w):
             seqs[w] = 0
@@ -336,5 +337,5 @@ def run_program(rows, phases, workers, seqs, sgemm, sgemv, wide, start, claim_po
                              sgemv, wide)
                 seqs[w] = 0
         if stuck:
-            return ph + 1
+            return -(ph + 1)
     return phases.shape[0]
