@@ -303,8 +303,10 @@ PROGRAMS = True
 def _programs(steps):
     """The units a pass over `steps` runs: a Program for each run of consecutive steps whose
     prepared callables have native phases, the other steps as they are; None where a step
-    carries a loss or reshapes on every pass (the plain loop runs those passes)."""
-    if any(st.loss is not None or st.always for st in steps):
+    carries a loss or reshapes on every pass, or where the spinning pool cannot run (no
+    numba, CAFFE_LITE_SPIN=0, another BLAS): the plain loop runs those passes."""
+    if any(st.loss is not None or st.always for st in steps) or \
+            not gemm_pool.available(parallel._blas_libraries()):
         return None
     units, runs = [], []
     for st in steps:

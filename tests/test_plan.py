@@ -269,3 +269,25 @@ def test_shape_epoch_moves_only_on_real_changes():
     e = blob_module.shape_epoch
     b.share_data(other)
     assert blob_module.shape_epoch == e
+
+
+@pytest.mark.parametrize("setting", ["CAFFE_LITE_SPIN", "CAFFE_LITE_JIT"])
+def test_without_the_pool_a_plan_makes_no_programs(monkeypatch, setting):
+    """Programs (layers/program.py) need the spinning pool: with it off, passes keep the step
+    loop (a net of layers that do nothing too), and give the same numbers."""
+    net = caffe.Net(NET, caffe.TEST)
+    x = np.random.default_rng(2).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    expect = [{k: v.copy() for k, v in net.forward(data=x).items()} for _ in range(3)][-1]
+    monkeypatch.setenv(setting, "0")
+    for _ in range(3):
+        out = net.forward(data=x)
+    assert all(units is None for _, units in net._plan_._programs.values())
+    for name, value in expect.items():
+        np.testing.assert_allclose(out[name], value, rtol=1e-5, atol=1e-6)
+    empty = caffe.Net("""
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "flat" type: "Flatten" bottom: "data" top: "flat" }
+""", caffe.TEST)
+    for _ in range(3):
+        empty.forward(data=np.ones((2, 3), np.float32))
+    assert all(units is None for _, units in empty._plan_._programs.values())

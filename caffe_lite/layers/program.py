@@ -73,16 +73,19 @@ class Program:
                     at += n
         self.rows = np.concatenate(parts) if parts else gemm_pool.rows()
         self.phases = table
-        self.k = jit.kernels("spin")
         self.workers = gemm_pool.workers(n_w) if n_w else []
         self.table = gemm_pool.table(self.workers)
         self.seqs = np.zeros(max(1, n_w), np.int64)
-        self.blas = gemm_pool.addresses()
+        # (steps that do nothing: no compiled call, and nothing the pool must provide)
+        self.k = jit.kernels("spin") if len(phases) else None
+        self.blas = gemm_pool.addresses() if len(phases) else None
 
     def run(self):
         for ready in self.readies:
             if not ready():
                 return False
+        if self.k is None:
+            return True
         busy = gemm_pool._busy
         if not busy.acquire(blocking=False):
             return False
