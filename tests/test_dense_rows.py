@@ -220,7 +220,8 @@ def _conv_reference(x, w, stride, pad, dilation):
     y = np.zeros((n, o, oh, ow))
     for i in range(kh):
         for j in range(kw):
-            win = xp[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw]
+            win = xp[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh,
+                     j * dw:j * dw + sw * (ow - 1) + 1:sw]
             y += np.einsum("nchw,oc->nohw", win, w[:, :, i, j].astype(np.float64))
     return y, np.einsum("nchw,oc->nohw", np.abs(xp[:, :, :oh, :ow]) * 0 + 1, np.abs(w).sum(
         axis=(2, 3)).astype(np.float64)) * np.abs(xp).max()

@@ -341,8 +341,8 @@ class GemmEngine:
         or a fused group's Epilogue), as one compiled kernel split over the output channels,
         where the convolution has few output positions (FEW_POSITIONS); else None."""
         k = self.positions
-        if k is None or self.num * self.out_count > FEW_POSITIONS or not all(a.dtype == np.float32 and a.flags.c_contiguous
-                                for a in (x, w, y)):
+        if k is None or self.num * self.out_count > FEW_POSITIONS or \
+                not all(a.dtype == np.float32 and a.flags.c_contiguous for a in (x, w, y)):
             return None
         x4 = x.reshape((self.num, self.conv_in) + self.in_spatial)
         y3 = y.reshape(self.num, self.conv_out, self.out_count)

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import gemm_pool, jit
 
+
 def in_order(*runs):
     """A callable running `runs` (callables or None) one after another; native where each of
     them is."""
