@@ -71,6 +71,9 @@ def _neuron(rng):
         keep2 = np.zeros_like(y2)
         yield (k.affine_act_rows, k.affine_act_rows_task,
                (y2, scale, shift, kind, slope, keep2, kind == 2), 5, [0, 5])
+    x = rng.standard_normal(37, dtype=F)
+    x[3] = np.nan
+    yield k.relu_forward, k.relu_forward_task, (x, np.zeros(37, F)), 37, [1]
 
 
 def _pooling(rng):
@@ -393,7 +396,8 @@ def test_cached_tasks_are_dropped_when_the_shared_helpers_change():
     import pathlib
     k = jit.kernels("neuron")
     caches = jit._task_caches(k)
-    assert {c._py_func.__name__ for c in caches} == {"affine_act_task", "affine_act_rows_task"}
+    assert {c._py_func.__name__ for c in caches} == {"affine_act_task", "affine_act_rows_task",
+                                                     "relu_forward_task"}
     gemm_pool.callback(k.affine_act_task)          # compiled (or loaded), in the index
     cache = next(c for c in caches if c._py_func is k.affine_act_task)
     assert cache._cache_file._load_index()

@@ -2,7 +2,7 @@
 Convolution (layers/fusion.py).  Importing this module needs numba."""
 from numba import njit
 
-from ._native import arguments, f32_1, f32_2, f32_3, task
+from ._native import arguments, f32_1, f32_2, f32_3, readonly, task
 from ._planes import _ELEMENTWISE, _F, _affine_act_run
 
 
@@ -16,6 +16,14 @@ def relu_forward(x, y, i0, i1):
     for i in range(out.shape[0]):
         v = xs[i]
         out[i] = z if v < z else v
+
+
+@task
+def relu_forward_task(args, r0, r1, slot):
+    p = arguments(args)
+    x, i = f32_1(p, 0)
+    y, i = f32_1(p, i)
+    relu_forward(readonly(x), y, r0, r1)
 
 
 @njit(nogil=True, cache=True, boundscheck=False, fastmath=_ELEMENTWISE)
