@@ -56,6 +56,16 @@ def _in_layer(exc, layer, doing):
     return exc
 
 
+_plans = None   # caffe_lite.plan, imported on first use (it imports the layers, which import this)
+
+
+def _import_plans():
+    global _plans
+    from . import plan
+    _plans = plan
+    return plan
+
+
 class Net:
     """A Caffe net.
 
@@ -403,16 +413,17 @@ class Net:
         """The steps of this net's passes for the current configuration (caffe_lite/plan.py),
         built on first use and again when the device mode, CAFFE_LITE_JIT, CAFFE_LITE_FUSE or
         the thread count changes."""
-        from . import plan
-        key = plan.current_key()
+        plans = _plans or _import_plans()
+        key = plans.current_key()
         p = self._plan_
         if p is None or p.key != key:
-            p = self._plan_ = plan.Plan(self, key)
+            p = self._plan_ = plans.Plan(self, key)
         return p
 
     def forward_from_to(self, start=0, end=None):
         end = len(self.layers) - 1 if end is None else end
-        if self._hooks["before_forward"] or self._hooks["after_forward"]:
+        hooks = self._hooks
+        if hooks["before_forward"] or hooks["after_forward"]:
             return self._forward_hooked(start, end)
         plan = self._plan()
         try:
@@ -461,17 +472,20 @@ class Net:
             blobs = list(blobs or [])
             end_i = self._layer_index(end, "forward(end=)")
             outs = self.top_names[end] + blobs
+        blobs = self.blobs
         for name, arr in kwargs.items():
-            if name not in self.blobs:
+            b = blobs.get(name)
+            if b is None:
                 raise NameNotFoundError(f"forward(): '{name}' is not a blob of net "
                                         f"'{self.name}'; inputs are {self.inputs}")
-            arr = np.asarray(arr, dtype=np.float32)
-            b = self.blobs[name]
+            if type(arr) is not np.ndarray or arr.dtype != np.float32:
+                arr = np.asarray(arr, dtype=np.float32)
             if arr.shape != b.shape:
                 b.reshape(arr.shape)
             b.data[...] = arr
         self.forward_from_to(start_i, end_i)
-        return {o: self.blobs[o].data for o in dict.fromkeys(outs)}
+        return {o: blobs[o].data for o in (outs if outs is self._output_names else
+                                           dict.fromkeys(outs))}
 
     def backward(self, diffs=None, start=None, end=None, **kwargs):
         diffs = list(diffs or [])

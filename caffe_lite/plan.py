@@ -29,6 +29,7 @@ BLAS held at one thread once per pass, not around each matrix product.  Net hook
 before_forward & co.) take the layer-by-layer path instead (net.py), as before."""
 from . import blob as _blob
 from .backend import state as _mode
+from .backend import memory as _memory
 from .backend.memory import HEAD_AT_CPU
 from .layers import fusion, gemm_pool, parallel
 from .layers.program import Program
@@ -76,6 +77,7 @@ class Plan:
         self._forward_steps = {}
         self._backward_steps = {}
         self._programs = {}     # (start, end) -> (generation, _programs' units, None or _SEEN)
+        self._whole = None      # (start, end, generation, Program) of a pass that is one program
         self.shaped_at = None   # shape epoch when the current generation began
         self.gen = 0            # bumped whenever a blob's shape or memory changed
         self.failed = 0
@@ -167,6 +169,11 @@ class Plan:
         of the layer (or group) that raised.  With `defer` (layer indices whose loss may be
         read after the backward pass, Net._deferrable_losses), returns instead each step's
         loss in layer order, a net._Pending for those in `defer`."""
+        whole = self._whole
+        if whole is not None and whole[0] == start and whole[1] == end and not defer and \
+                whole[2] == self.gen and _blob.shape_epoch == self.shaped_at and \
+                not _memory.on_gpu and whole[3].run_pass():
+            return 0.0
         steps = self.forward_steps(start, end)
         parts = [] if defer else None
         epoch = _blob.shape_epoch
@@ -222,7 +229,11 @@ class Plan:
                     self._programs.clear()
                 self._programs[(start, end)] = (gen, _SEEN)
             elif made[1] is _SEEN:
-                self._programs[(start, end)] = (gen, _programs(steps))
+                units = _programs(steps)
+                self._programs[(start, end)] = (gen, units)
+                if units is not None and len(units) == 1 and isinstance(units[0], Program):
+                    # the whole pass is one program: its edges and it in one call
+                    self._whole = (start, end, gen, units[0])
         if dirty and end < len(self.net.layers) - 1:
             # the steps beyond this partial pass may read what changed: a new generation,
             # in which only this pass's steps are up to date

@@ -4,6 +4,7 @@ The compiled kernels (numba, optional) are checked against the numpy code over m
 geometries; the pool-split matrix product against np.matmul.  The numpy paths themselves are
 checked against hand-computed values and gradients in the test_layers_*.py files."""
 import itertools
+import types
 
 import numpy as np
 import pytest
@@ -618,12 +619,12 @@ def test_winograd_matches_im2col(monkeypatch, n, c, o, size, pad):
     exact, fast = (np.empty((n, o) + out, np.float32) for _ in range(2))
     with parallel.cpu_pass():
         engine.prepare_forward(x, w, None, exact)()
-        version = [1]
-        run = engine.prepare_forward(x, w, None, fast, exact=False, w_version=lambda: version[0])
+        memory = types.SimpleNamespace(version=1)
+        run = engine.prepare_forward(x, w, None, fast, exact=False, w_memory=memory)
         run()
         np.testing.assert_allclose(fast, exact, rtol=1e-4, atol=1e-4 * np.abs(exact).max())
         w *= -1          # new weights (a new data version): the filters are transformed again
-        version[0] = 2
+        memory.version = 2
         run()
         np.testing.assert_allclose(fast, -exact, rtol=1e-4, atol=1e-4 * np.abs(exact).max())
 

@@ -3,6 +3,7 @@ a deploy net's consecutive native steps run as one program, bit for bit what the
 one by one; the worker takes its pieces, or the caller does; a changed weight, sparse path or
 fused parameter is followed; other shapes, a busy pool and nets with a loss keep to the steps."""
 import contextlib
+import time
 import threading
 
 import numpy as np
@@ -74,18 +75,28 @@ def plain(monkeypatch):
     """Makes every Program decline, so that the plan runs the steps one by one."""
     def decline():
         monkeypatch.setattr(Program, "run", lambda self: False)
+        monkeypatch.setattr(Program, "run_pass", lambda self: False)
     return decline
 
 
 def _counting(monkeypatch):
+    """What each pass's programs did: True where one ran, False where it declined (a pass
+    that is one program tries it as a whole first, then as the plain loop does)."""
     ran = []
-    real = Program.run
+    real, real_pass = Program.run, Program.run_pass
 
     def run(self):
         done = real(self)
         ran.append(done)
         return done
+
+    def run_pass(self):
+        done = real_pass(self)
+        if done:
+            ran.append(done)
+        return done
     monkeypatch.setattr(Program, "run", run)
+    monkeypatch.setattr(Program, "run_pass", run_pass)
     return ran
 
 
@@ -413,3 +424,169 @@ def test_the_deploy_nets_run_as_programs_bit_for_bit(tmp_path, monkeypatch, plai
     _poisoned_forward(net, x)
     for blob, value in got.items():
         np.testing.assert_array_equal(value, net.blobs[blob].data, err_msg=blob)
+
+
+WHOLE = """
+name: "whole"
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 6 kernel_size: 3 } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
+        pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "ip1" type: "InnerProduct" bottom: "pool1" top: "ip1"
+        inner_product_param { num_output: 16 } }
+layer { name: "relu2" type: "ReLU" bottom: "ip1" top: "ip1" }
+layer { name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2"
+        inner_product_param { num_output: 5 } }
+layer { name: "prob" type: "Softmax" bottom: "ip2" top: "prob" }
+"""
+
+
+def _whole_net(tmp_path, seed=0):
+    p = tmp_path / "whole.prototxt"
+    p.write_text(WHOLE)
+    net = caffe.Net(str(p), caffe.TEST)
+    rng = np.random.default_rng(seed)
+    for name in net.params:
+        for b in net.params[name]:
+            b.data[...] = rng.standard_normal(b.shape) * 0.5
+    return net, rng.standard_normal(net.blobs["data"].shape, dtype=F)
+
+
+class _PassSpy:
+    """Stands in for a whole-pass program's kernels module: counts its compiled calls."""
+
+    def __init__(self, real):
+        self.real, self.calls = real, []
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def run_pass(self, *args):
+        at = self.real.run_pass(*args)
+        self.calls.append(("run_pass", at))
+        return at
+
+    def run_program(self, *args):
+        self.calls.append(("run_program", None))
+        return self.real.run_program(*args)
+
+
+def _whole_program(net, x, monkeypatch):
+    from caffe_lite.backend import memory
+    monkeypatch.setattr(memory, "on_gpu", False)    # (a GPU test before this one: all CPU here)
+    for _ in range(2):
+        net.forward(data=x)     # (programs are made on a range's second pass)
+    whole = net._plan_._whole
+    assert whole is not None and whole[:2] == (0, len(net.layers) - 1)
+    prog = whole[3]
+    prog.k = _PassSpy(prog.k)
+    return prog
+
+
+def _same_as_plain(tmp_path, net, plain):
+    fresh, x = _whole_net(tmp_path)
+    for name in net.params:
+        for a, b in zip(net.params[name], fresh.params[name]):
+            b.data[...] = a.data
+    plain()
+    fresh.forward(data=x)
+    for name, b in fresh.blobs.items():
+        np.testing.assert_array_equal(net.blobs[name].data, b.data, err_msg=name)
+
+
+def test_a_pass_that_is_one_program_runs_as_one_compiled_call(tmp_path, monkeypatch, plain):
+    """Its edges (the workers' flags, BLAS at one thread) and its phases in one call: no
+    cpu_pass opened in Python, no other compiled call; the blobs as the steps make them."""
+    net, x = _whole_net(tmp_path)
+    prog = _whole_program(net, x, monkeypatch)
+    changes = parallel.changes
+    for _ in range(3):
+        net.forward(data=x)
+    n = len(prog.phases)
+    assert prog.k.calls == [("run_pass", n)] * 3
+    assert parallel.changes == changes
+    _same_as_plain(tmp_path, net, plain)
+
+
+def test_a_whole_pass_inside_another_pass_or_on_the_gpu_keeps_to_the_plan(tmp_path,
+                                                                          monkeypatch, plain):
+    """Inside another pass (a net in a Python layer) the outer pass's edges hold: the program
+    runs as a part; after a GPU side was used, the plan's check of the host copies runs."""
+    from caffe_lite.backend import memory
+    net, x = _whole_net(tmp_path)
+    prog = _whole_program(net, x, monkeypatch)
+    with parallel.cpu_pass():
+        net.forward(data=x)
+    assert [c for c, _ in prog.k.calls] == ["run_program"]
+    prog.k.calls.clear()
+    monkeypatch.setattr(memory, "on_gpu", True)
+    net.forward(data=x)
+    assert [c for c, _ in prog.k.calls] == ["run_program"]
+    _same_as_plain(tmp_path, net, plain)
+
+
+def test_ready_checks_run_again_only_when_what_they_read_changed(tmp_path, monkeypatch, plain):
+    net, x = _whole_net(tmp_path)
+    prog = _whole_program(net, x, monkeypatch)
+    counts = [0] * len(prog.readies)
+
+    def counted(i, ready):
+        def check():
+            counts[i] += 1
+            return ready()
+        return program.ready_while(check, ready.watch)
+    assert prog.watch is not None and len(prog.readies) >= 3
+    prog.readies = [counted(i, r) for i, r in enumerate(prog.readies)]
+    for _ in range(3):
+        net.forward(data=x)
+    assert counts == [1] * len(counts)          # (checked once, then skipped)
+    net.params["ip2"][0].data[...] *= -1        # a weight's new version
+    net.forward(data=x)
+    net.forward(data=x)
+    assert min(counts) >= 2 and prog.k.calls[-1] == ("run_pass", len(prog.phases))
+    before = list(counts)
+    ip1 = net.layers[list(net.layer_names).index("ip1")]
+    ip1.sparse.mode = "dense"                   # a sparse path's mode
+    net.forward(data=x)
+    assert counts > before
+    before = list(counts)
+    relu = list(net.layer_names).index("relu1")
+    net.layers[relu].forward(net.bottom_vecs[relu], net.top_vecs[relu])  # layer code in Python
+    net.forward(data=x)
+    assert counts > before
+    _same_as_plain(tmp_path, net, plain)
+
+
+def test_a_whole_pass_whose_worker_is_asleep_wakes_it_and_runs_as_usual(tmp_path,
+                                                                        monkeypatch, plain):
+    monkeypatch.setenv("CAFFE_LITE_NUM_THREADS", "2")
+    for name in ("MIN_SPIN_KERNEL_ELEMENTS", "MIN_SPIN_FEW_ROWS_MACS", "MIN_SPIN_MACS",
+                 "MIN_SPIN_STREAM_ELEMENTS"):
+        monkeypatch.setattr(parallel, name, 1)
+    monkeypatch.setattr(im2col, "MIN_SPIN_FEW_ROWS_MACS", 1)
+    w = spinning(2)
+    net, x = _whole_net(tmp_path)
+    prog = _whole_program(net, x, monkeypatch)
+    assert prog.table.shape[0] == 1
+    n = len(prog.phases)
+    spin, naps = int(w.ctl[w.k.SPIN]), int(w.ctl[w.k.NAPS])
+    calls = prog.k.calls
+    try:
+        w.ctl[w.k.SPIN], w.ctl[w.k.NAPS] = 1, 1     # (asleep soon after a pass)
+        deadline = time.monotonic() + 20
+        for _ in range(50):     # (a wake-up still pending in its pipe wakes it at once)
+            while w.ctl[w.k.MODE] != 3:
+                assert time.monotonic() < deadline, "the worker never fell asleep"
+                time.sleep(0.001)
+            calls.clear()
+            net.forward(data=x)
+            if calls[0][1] > n:
+                break
+    finally:
+        w.ctl[w.k.SPIN], w.ctl[w.k.NAPS] = spin, naps
+    # declined having done nothing (the worker poked), then the program as a part of the pass
+    assert calls[0] == ("run_pass", n + 1 + 1) and [c for c, _ in calls[1:]] == ["run_program"]
+    _same_as_plain(tmp_path, net, plain)

@@ -14,6 +14,9 @@ import itertools
 import numpy as np
 
 _versions = itertools.count(1)
+# True once any buffer has had a GPU side: until then every host copy is the current one
+# (plan.py skips its check of the heads)
+on_gpu = False
 
 UNINITIALIZED, HEAD_AT_CPU, HEAD_AT_GPU, SYNCED = "UNINITIALIZED", "HEAD_AT_CPU", \
     "HEAD_AT_GPU", "SYNCED"
@@ -60,6 +63,8 @@ class SyncedMemory:
 
     # --- GPU side ------------------------------------------------------------------------
     def _to_gpu(self):
+        global on_gpu
+        on_gpu = True
         from . import gpu
         head = self.head
         if head == UNINITIALIZED:

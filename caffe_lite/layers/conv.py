@@ -14,7 +14,7 @@ from .base import Layer
 from .im2col import ConvGeometry, GemmEngine
 from . import gemm_pool
 from .parallel import kernel_tail
-from .program import in_order
+from .program import in_order, ready_while
 from .registry import register
 
 
@@ -247,10 +247,8 @@ class BaseConvolution(Layer):
             def dense():
                 self.forward_one(engine, _CPU_OPS, x, w, bias, y)
         elif isinstance(self.engine, GemmEngine):
-            blob = self.blobs[0]
             dense = self.engine.prepare_forward(x, w, bias, y, exact=self.backward_needed,
-                                                w_version=lambda: blob.data_version,
-                                                token=token)
+                                                w_memory=self.blobs[0]._data.mem, token=token)
         else:
             dense = self.engine.prepare_forward(x, w, bias, y)
         path, empty, engine = self.sparse, self.empty, self.engine
@@ -272,8 +270,8 @@ class BaseConvolution(Layer):
         # what a native program (layers/program.py) runs instead, while the path is dense
         body = dense if fused is not None else in_order(dense, tail)
         inner = body.ready if gemm_pool.phases_of(body) is not None else None
-        return gemm_pool.attach(run, gemm_pool.phases_of(body),
-                                lambda: choose() is None and (inner is None or inner()))
+        return gemm_pool.attach(run, gemm_pool.phases_of(body), ready_while(
+            lambda: choose() is None and (inner is None or inner()), choose.watch, inner))
 
     def forward_gpu(self, bottom, top):
         csr = None if self.empty else self.sparse.choose(self.columns, gpu=True)

@@ -44,6 +44,7 @@ from .inner_product import InnerProductLayer
 from .neuron import DropoutLayer, PReLULayer, ReLULayer
 from .normalization import BatchNormLayer, same_memory
 from .parallel import MIN_PARALLEL_STREAM_ELEMENTS, prepare_blocks, run_blocks
+from .program import ready_while
 from .scale_bias import _NO_BIAS, ScaleLayer
 
 _F = np.float32
@@ -340,7 +341,7 @@ class ConvolutionGroup(Group):
         def ready():
             # (a native program runs only while the epilogue's values are current)
             return [m.version for m in mems] == self._versions and (inner is None or inner())
-        return gemm_pool.attach(step, run.native, ready)
+        return gemm_pool.attach(step, run.native, ready_while(ready, mems, inner))
 
 
 # --------------------------------------------------------------------------------------------
@@ -418,8 +419,9 @@ class BatchNormScaleGroup(Group):
         if gemm_pool.phases_of(run) is None:
             return step
         # natively (layers/program.py) while the statistics' buffers are current
-        return gemm_pool.attach(step, run.native, lambda: scale._saved_input is None and
-                                [mem.version for mem in mems] == seen[0])
+        return gemm_pool.attach(step, run.native, ready_while(
+            lambda: scale._saved_input is None and [mem.version for mem in mems] == seen[0],
+            mems))
 
     def forward_cpu(self):
         k = jit.kernels("batchnorm")

@@ -189,13 +189,21 @@ def want(on, switches=None):
         if switches is not None:
             switches[0].pass_edge(_NO_WORKERS, 0, switches[1], starting)
         return
-    asleep = _workers[0].k.pass_edge(table(), _wanted,
-                                     _NO_SWITCHES if switches is None else switches[1],
-                                     starting)
+    poke(_workers[0].k.pass_edge(table(), _wanted,
+                                 _NO_SWITCHES if switches is None else switches[1], starting))
+
+
+def poke(asleep):
+    """Wake the workers whose bits are set in `asleep` (pass_edge's mask)."""
     if asleep:
         for i, w in enumerate(_workers):
             if asleep >> i & 1:
                 w.poke()
+
+
+def edge():
+    """The table a pass's edges set the workers' flags in (pass_edge): every worker's."""
+    return table() if _workers else _NO_WORKERS
 
 
 _NO_WORKERS = np.zeros((0, 4), np.int64)
@@ -278,6 +286,8 @@ def warm_up(libraries, families=()):
     k.run_program(jobs[:0], np.zeros((0, 2), np.int64), np.zeros((0, 4), np.int64),
                   np.zeros(1, np.int64), sgemm, sgemv, wide, 0, 1, 1)
     k.pass_edge(_NO_WORKERS, 0, _NO_SWITCHES, False)
+    k.run_pass(_NO_WORKERS, _NO_SWITCHES, jobs[:0], np.zeros((0, 2), np.int64),
+               np.zeros((0, 4), np.int64), np.zeros(1, np.int64), sgemm, sgemv, wide, 1, 1)
 
 
 def _layout(x):

@@ -362,20 +362,20 @@ class GemmEngine:
     def forward(self, x, w, b, y):
         self.prepare_forward(x, w, b, y)()
 
-    def prepare_forward(self, x, w, b, y, exact=True, w_version=None, token=None):
+    def prepare_forward(self, x, w, b, y, exact=True, w_memory=None, token=None):
         """A callable computing forward(x, w, b, y) for these arrays (Layer.prepare_cpu).
         exact=False (a layer whose backward never runs) allows the Winograd products, whose
-        float32 rounding differs from im2col's; w_version() then gives the weight's data
-        version.  token(): what identifies x's current data (None when it cannot be known),
+        float32 rounding differs from im2col's; w_memory is then the weight's buffer
+        (SyncedMemory: its version is the data's).  token(): what identifies x's current data (None when it cannot be known),
         noted with columns that cover the whole batch for backward_weight."""
         wg = self._wg(w)
         steps = []
-        if not exact and w_version is not None and self.winograd_ok and \
+        if not exact and w_memory is not None and self.winograd_ok and \
                 winograd.worth(self.conv_in, self.conv_out, self.num, self.out_spatial):
             if self.winograd is None:
                 self.winograd = Winograd(self.num, self.conv_in, self.conv_out,
                                          self.in_spatial, self.out_spatial, self.geom.pad)
-            steps.append(self.winograd.prepare(x, w, w_version, y))
+            steps.append(self.winograd.prepare(x, w, w_memory, y))
         elif self.direct is not None:
             steps.append(self._prepare_direct_forward(x, w, y))
         elif self.geom.is_1x1:

@@ -5,7 +5,7 @@ from ..errors import CaffeLiteError
 from .base import Layer
 from . import gemm_pool, sparse
 from .parallel import kernel_tail, matmul, prepare_bias, prepare_few_rows, prepare_matmul
-from .program import in_order
+from .program import in_order, ready_while
 from .registry import register
 
 
@@ -97,8 +97,8 @@ class InnerProductLayer(Layer):
                 tail()
         # what a native program (layers/program.py) runs instead, while the path is dense
         inner = dense.ready if gemm_pool.phases_of(dense) is not None else None
-        return gemm_pool.attach(run, gemm_pool.phases_of(dense),
-                                lambda: choose() is None and (inner is None or inner()))
+        return gemm_pool.attach(run, gemm_pool.phases_of(dense), ready_while(
+            lambda: choose() is None and (inner is None or inner()), choose.watch, inner))
 
     def forward_gpu(self, bottom, top):
         csr = self.sparse.choose(self.M, gpu=True)

@@ -120,7 +120,7 @@ class ReLULayer(_KeepsInput):
             if gemm_pool.phases_of(fill) is not None:
                 # natively (layers/program.py) while no input copy is kept
                 return gemm_pool.attach(lambda: (setattr(self, "_x", None), fill()),
-                                        fill.native, lambda: self._x is None)
+                                        fill.native, program.ready_while(lambda: self._x is None, ()))
         elif xf.size < MIN_PARALLEL_ELEMENTS:
             def run():
                 self._x = None

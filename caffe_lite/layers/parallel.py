@@ -99,6 +99,10 @@ def _usable_cpus():
 
 
 _pass_threads = 0   # num_threads() while a cpu_pass is open, else 0
+# Counts the cpu_passes opened, and the sparse paths' modes set: layer code that runs
+# on the CPU in Python runs in a pass, so while this count stands, what a prepared step's
+# ready check reads (layers/program.py) changed only in the memories it watches
+changes = 0
 _pass_blas = None   # the single_threaded_blas context of the open pass
 
 
@@ -109,7 +113,8 @@ class cpu_pass:
     __slots__ = ("outer",)
 
     def __enter__(self):
-        global _pass_threads, _pass_blas
+        global _pass_threads, _pass_blas, changes
+        changes += 1
         self.outer = _pass_threads
         if not self.outer:
             threads = num_threads()

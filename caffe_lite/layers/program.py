@@ -8,7 +8,11 @@ cblas_sgemm, a compiled kernel's block as the address of its native task and pac
 *phases*, each (rows for the caller, [rows for worker 1, ...]), run in order, a phase ending
 when all of its rows are done.  One that may have to do something else on a given call (a
 layer whose weight went sparse, a fused group whose parameters changed) also carries `ready`,
-which says whether the phases still compute what the callable would.
+which says whether the phases still compute what the callable would.  A ready check made with
+ready_while names the buffers whose versions it reads; the rest of what it reads (a layer's
+kept input copy, a sparse path's mode) changes only where layer code runs in Python, inside a
+parallel.cpu_pass.  A program whose checks all say so checks again only when one of those
+buffers or parallel.changes moved.
 
 A Program strings the phases of consecutive steps together (plan.py) and runs them in one
 compiled call (numba/spin.py run_program): for small nets the interpreter's share of a pass —
@@ -17,7 +21,7 @@ microseconds a step — is most of what separates them from OpenCV's runtime.  T
 those of the Python path bit for bit: the same kernels, products and splits, in the same order."""
 import numpy as np
 
-from . import gemm_pool, jit
+from . import gemm_pool, jit, parallel
 
 
 def in_order(*runs):
@@ -34,9 +38,40 @@ def in_order(*runs):
     readies = [r.ready for r in runs if getattr(r, "ready", None) is not None]
     ready = None
     if readies:
-        ready = readies[0] if len(readies) == 1 else (lambda: all(f() for f in readies))
+        ready = readies[0] if len(readies) == 1 else \
+            ready_while(lambda: all(f() for f in readies), (), *readies)
     return gemm_pool.attach(run, None if any(p is None for p in parts) else
                             [ph for p in parts for ph in p], ready)
+
+
+def ready_while(check, memories, *inner):
+    """`check` as a step's ready that reads the versions of `memories` (SyncedMemory
+    objects), what the ready checks `inner` (or None) read, and otherwise only what changes
+    inside a cpu_pass."""
+    more = watched(*inner)
+    check.watch = None if more is None else _union(memories, more)
+    return check
+
+
+def _union(*lists):
+    out = {}
+    for ms in lists:
+        out.update((id(m), m) for m in ms)
+    return list(out.values())
+
+
+def watched(*readies):
+    """The memories `readies` (ready checks or None) watch together; None where one of them
+    says nothing of what it reads."""
+    lists = []
+    for r in readies:
+        if r is None:
+            continue
+        watch = getattr(r, "watch", None)
+        if watch is None:
+            return None
+        lists.append(watch)
+    return _union(*lists)
 
 
 def nothing():
@@ -61,6 +96,8 @@ class Program:
         self.runs = runs
         phases = [ph for r in runs for ph in gemm_pool.phases_of(r)]
         self.readies = [r.ready for r in runs if r.ready is not None]
+        self.watch = watched(*self.readies)
+        self._passed = None     # (parallel.changes, the versions watched) when all were ready
         n_w = max([len(others) for _, others in phases] + [0])
         table = np.zeros((len(phases), 2 + 2 * n_w), np.int64)
         parts = []
@@ -81,26 +118,73 @@ class Program:
         self.k = jit.kernels("spin") if len(phases) else None
         self.blas = gemm_pool.addresses() if len(phases) else None
 
-    def run(self):
+    def _ready(self):
+        watch = self.watch
+        if watch is None:
+            for ready in self.readies:
+                if not ready():
+                    return False
+            return True
+        seen = parallel.changes, [m.version for m in watch]
+        if seen == self._passed:
+            return True
         for ready in self.readies:
             if not ready():
                 return False
+        self._passed = seen
+        return True
+
+    def run(self):
+        if not self._ready():
+            return False
         if self.k is None:
             return True
         busy = gemm_pool._busy
         if not busy.acquire(blocking=False):
             return False
         try:
-            run_program, at = self.k.run_program, 0
-            while True:
-                at = run_program(self.rows, self.phases, self.table, self.seqs, *self.blas,
-                                 at, gemm_pool.CLAIM_POLLS, gemm_pool.WAIT_POLLS)
-                if at >= 0:
-                    break
-                at = -at    # (a worker was still at its rows: wait for it, then go on)
-                for w, seq in zip(self.workers, self.seqs.tolist()):
-                    while seq and not self.k.wait(w.ctl, seq, gemm_pool.WAIT_POLLS):
-                        w.poke()    # (a worker that blocked just as this posted)
+            self._go_on(0)
         finally:
             busy.release()
         return True
+
+    def run_pass(self):
+        """run() as a whole CPU pass (plan.py, where this program is all of it): the pass's
+        edges (parallel.cpu_pass: the workers' flags, BLAS at one thread) and the program in
+        one compiled call.  False, having done nothing, where it cannot: the caller runs the
+        pass as usual then."""
+        switches = parallel._native_switches()
+        if self.k is None or switches is None or parallel._pass_threads or not self._ready():
+            return False    # (inside another pass, a Python layer's net: that pass's edges)
+        busy = gemm_pool._busy
+        if not busy.acquire(blocking=False):
+            return False
+        try:
+            n = len(self.phases)
+            at = self.k.run_pass(gemm_pool.edge(), switches[1], self.rows, self.phases,
+                                 self.table, self.seqs, *self.blas, gemm_pool.CLAIM_POLLS,
+                                 gemm_pool.WAIT_POLLS)
+            if at > n:
+                gemm_pool.poke(at - n - 1)  # (workers asleep: the usual pass wakes them)
+                return False
+            if at < 0:
+                try:
+                    self._go_on(-at)
+                finally:
+                    gemm_pool.want(False, switches)
+        finally:
+            busy.release()
+        return True
+
+    def _go_on(self, at):
+        """The phases from `at` on; a worker still at its rows is waited for."""
+        run_program = self.k.run_program
+        while True:
+            at = run_program(self.rows, self.phases, self.table, self.seqs, *self.blas, at,
+                             gemm_pool.CLAIM_POLLS, gemm_pool.WAIT_POLLS)
+            if at >= 0:
+                return
+            at = -at    # (a worker was still at its rows: wait for it, then go on)
+            for w, seq in zip(self.workers, self.seqs.tolist()):
+                while seq and not self.k.wait(w.ctl, seq, gemm_pool.WAIT_POLLS):
+                    w.poke()    # (a worker that blocked just as this posted)

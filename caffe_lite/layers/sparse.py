@@ -31,7 +31,7 @@ from numpy.lib.stride_tricks import as_strided
 from ..compression.sparse import CSRMatrix, check_mode
 from ..proto import caffe_pb2
 from ..util import env
-from . import jit
+from . import jit, parallel
 from .im2col import Scratch
 from .parallel import MIN_PARALLEL_MACS, num_threads, run_tasks
 
@@ -84,7 +84,7 @@ class SparsePath:
         self.group = group
         self.transpose = transpose
         self.unsupported = unsupported
-        self.mode = None            # None: default_mode()
+        self._mode = None           # None: default_mode()
         self.kernels = None         # the numba kernels, as the last CPU choose() found them
         self.active = False         # what the last choose() decided
         self._why = None
@@ -154,7 +154,19 @@ class SparsePath:
                 seen[1] = self.choose(columns)
                 seen[0] = state
             return seen[1]
+        # (what it reads besides the weight's version, the mode, moves parallel.changes)
+        choice.watch = (layer.blobs[0]._data.mem,)
         return choice
+
+    @property
+    def mode(self):
+        """"dense", "sparse", "auto" or None (default_mode())."""
+        return self._mode
+
+    @mode.setter
+    def mode(self, value):
+        self._mode = value
+        parallel.changes += 1   # (a native program's ready checks read it: layers/program.py)
 
     def _decide(self, mode, columns, gpu):
         csr, why = None, None

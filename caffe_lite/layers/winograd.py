@@ -12,7 +12,7 @@ import numpy as np
 
 from . import gemm_pool, jit
 from .parallel import num_threads, prepare_blocks, prepare_matmul
-from .program import in_order
+from .program import in_order, ready_while
 
 _F = np.float32
 # G (6x3): the filter transform U = G g G^T
@@ -63,10 +63,10 @@ class Winograd:
         u = np.einsum("ik,ockl,jl->ijoc", G, g, G, optimize=True)
         self.u[...] = u.reshape(36, self.conv_out, self.conv_in)
 
-    def prepare(self, x, w, w_blob_version, y):
+    def prepare(self, x, w, w_memory, y):
         """A callable computing y (N, O, OH, OW) = conv(x (N, C, H, W), w), bias not added;
-        `w_blob_version()` gives the weight's data version (the filters are transformed again
-        when it changes)."""
+        `w_memory` is the weight's buffer (SyncedMemory: the filters are transformed again when
+        its version changes)."""
         k = jit.kernels("winograd")
         th, tw = self.th, self.tw
         slots = num_threads()
@@ -89,7 +89,7 @@ class Winograd:
             native=(k.output_transform_task, lambda s: (m, y, th, tw) + out_bufs[s]))
 
         def run():
-            key = (w_blob_version(), id(w))
+            key = (w_memory.version, id(w))
             if key != self._u_key:
                 self._filters(w)
                 self._u_key = key
@@ -98,5 +98,5 @@ class Winograd:
             transform_out()
         # natively (layers/program.py) while the transformed filters are current
         steps = in_order(transform_in, product, transform_out)
-        return gemm_pool.attach(run, gemm_pool.phases_of(steps),
-                                lambda: (w_blob_version(), id(w)) == self._u_key)
+        return gemm_pool.attach(run, gemm_pool.phases_of(steps), ready_while(
+            lambda: (w_memory.version, id(w)) == self._u_key, (w_memory,), steps.ready))

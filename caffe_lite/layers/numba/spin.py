@@ -339,3 +339,22 @@ def run_program(rows, phases, workers, seqs, sgemm, sgemv, wide, start, claim_po
         if stuck:
             return -(ph + 1)
     return phases.shape[0]
+
+
+@njit(nogil=True, cache=True)
+def run_pass(edge, switches, rows, phases, workers, seqs, sgemm, sgemv, wide, claim_polls,
+             wait_polls):
+    """A whole CPU pass that is one program: pass_edge's start (`edge`: the table of all
+    workers), run_program, pass_edge's end, in one call.  Returns run_program's answer; where
+    it is negative (a worker stuck) the pass is still open: the caller waits, goes on and
+    closes it.  Where a worker is asleep it does nothing (the edge closed again) and returns
+    the number of phases plus 1 plus the mask of the sleepers, for the caller to poke."""
+    asleep = pass_edge(edge, 1, switches, True)
+    if asleep:
+        pass_edge(edge, 0, switches, False)
+        return phases.shape[0] + 1 + asleep
+    at = run_program(rows, phases, workers, seqs, sgemm, sgemv, wide, 0, claim_polls,
+                     wait_polls)
+    if at >= 0:
+        pass_edge(edge, 0, switches, False)
+    return at
