@@ -115,6 +115,22 @@ def test_global_pooling_and_reshape():
     np.testing.assert_allclose(top.data[..., 0, 0], y.data.mean(axis=(2, 3)), rtol=1e-5)
 
 
+@pytest.mark.parametrize("planes", [3, 8, 21])
+def test_global_average_adds_each_plane_in_caffes_order(planes):
+    """Caffe adds its one window's taps in row-major order, in float, then divides: planes
+    summed side by side (the compiled kernel, eight at a time) give those bits exactly."""
+    x = blob((1, planes, 7, 9), seed=planes)
+    x.data[...] = x.data * np.float32(1e3) + np.float32(0.1)  # (so that the order shows)
+    top, = forward(pool("pool: AVE global_pooling: true"), [x])
+    expect = np.empty(planes, np.float32)
+    for c in range(planes):
+        s = np.float32(0)
+        for v in x.data[0, c].ravel():
+            s = np.float32(s + v)
+        expect[c] = s / np.float32(63)
+    np.testing.assert_array_equal(top.data.ravel(), expect)
+
+
 def distinct(shape, seed):
     n = int(np.prod(shape))
     return blob(np.random.default_rng(seed).permutation(n).reshape(shape).astype(np.float32)

@@ -74,6 +74,8 @@ def _neuron(rng):
     x = rng.standard_normal(37, dtype=F)
     x[3] = np.nan
     yield k.relu_forward, k.relu_forward_task, (x, np.zeros(37, F)), 37, [1]
+    yield (k.add_forward, k.add_forward_task,
+           (x, rng.standard_normal(37, dtype=F), np.zeros(37, F)), 37, [2])
 
 
 def _pooling(rng):
@@ -87,6 +89,8 @@ def _pooling(rng):
     dy = rng.standard_normal(y.shape, dtype=F)
     yield (k.ave_pool_backward, k.ave_pool_backward_task,
            (dy, np.zeros_like(x), size, geo), 6, [1])
+    planes = rng.standard_normal((19, 49), dtype=F)     # (global AVE: 8 planes at a time)
+    yield k.plane_means, k.plane_means_task, (planes, np.zeros(19, F)), 19, [1]
     choice = np.zeros(y.shape, np.int16)      # (the taps the windows chose; 9: none)
     k.max_pool_forward(x, np.zeros_like(y), choice, geo, 9, 0, 6)
     yield (k.max_pool_backward, k.max_pool_backward_task,
@@ -328,6 +332,9 @@ layer { name: "prob" type: "Softmax" bottom: "grp" top: "prob" }
 layer { name: "bn2" type: "BatchNorm" bottom: "conv" top: "bn2" }
 layer { name: "sc2" type: "Scale" bottom: "bn2" top: "bn2" scale_param { bias_term: true } }
 layer { name: "relu2" type: "ReLU" bottom: "bn2" top: "bn2" }
+layer { name: "sum" type: "Eltwise" bottom: "ave" bottom: "grp" bottom: "ave" top: "sum" }
+layer { name: "gap" type: "Pooling" bottom: "wino" top: "gap"
+        pooling_param { pool: AVE global_pooling: true } }
 """
 
 
@@ -369,7 +376,7 @@ def _net_outputs(monkeypatch, on):
         net.forward()
         net.forward()
     return {k: net.blobs[k].data.copy() for k in ("dw", "conv", "max", "ave", "wino", "grp",
-                                                  "prob", "bn2")}, calls
+                                                  "prob", "bn2", "sum", "gap")}, calls
 
 
 def test_whole_nets_give_the_same_numbers_with_and_without_tasks(monkeypatch):
@@ -384,7 +391,7 @@ def test_whole_nets_give_the_same_numbers_with_and_without_tasks(monkeypatch):
     assert {"depthwise_forward_task", "affine_act_task", "im2col_task",
             "ave_pool_forward_task", "input_transform_task", "output_transform_task",
             "grouped_forward_task", "softmax_forward_task",
-            "bn_scale_global_forward_task"} <= set(calls)
+            "bn_scale_global_forward_task", "add_forward_task", "plane_means_task"} <= set(calls)
     assert {"max_pool_values_task", "max_pool_values_channels_last_task"} & set(calls)
     for name, a in with_tasks.items():
         np.testing.assert_array_equal(a, without[name], err_msg=name)
@@ -397,7 +404,7 @@ def test_cached_tasks_are_dropped_when_the_shared_helpers_change():
     k = jit.kernels("neuron")
     caches = jit._task_caches(k)
     assert {c._py_func.__name__ for c in caches} == {"affine_act_task", "affine_act_rows_task",
-                                                     "relu_forward_task"}
+                                                     "relu_forward_task", "add_forward_task"}
     gemm_pool.callback(k.affine_act_task)          # compiled (or loaded), in the index
     cache = next(c for c in caches if c._py_func is k.affine_act_task)
     assert cache._cache_file._load_index()

@@ -3,8 +3,11 @@ bottoms."""
 import numpy as np
 
 from ..proto import caffe_pb2
+from . import jit, parallel
 from .base import Layer
 from .neuron import Scratch
+from .parallel import MIN_PARALLEL_STREAM_ELEMENTS, prepare_blocks
+from .program import in_order
 from .registry import register
 
 F32 = np.float32
@@ -60,8 +63,17 @@ class EltwiseLayer(Layer):
         if self.op != _Op.SUM or any(c != 1 for c in self.coeffs) or \
                 any(b is top[0] for b in bottom):
             return None
-        xs = [b.cpu_data for b in bottom]
-        y = top[0].data
+        xs = [b.cpu_data.reshape(-1) for b in bottom]
+        y = top[0].data.reshape(-1)
+        k = jit.kernels("neuron")
+        if k is not None:
+            # the bottoms added in order, a pair at a time: y = x0 + x1, then y = x2 + y ...
+            return in_order(*[prepare_blocks(
+                y.size, 1, lambda a, b, slot, x=x, s=s: k.add_forward(x, s, y, a, b),
+                min_elements=MIN_PARALLEL_STREAM_ELEMENTS,
+                spin_elements=parallel.MIN_SPIN_STREAM_ELEMENTS,
+                native=(k.add_forward_task, (x, s, y)))
+                for x, s in [(xs[0], xs[1])] + [(x, y) for x in xs[2:]]])
         first, rest = xs[:2], xs[2:]
 
         def run():

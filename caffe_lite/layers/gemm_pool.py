@@ -286,8 +286,13 @@ def warm_up(libraries, families=()):
     k.run_program(jobs[:0], np.zeros((0, 2), np.int64), np.zeros((0, 4), np.int64),
                   np.zeros(1, np.int64), sgemm, sgemv, wide, 0, 1, 1)
     k.pass_edge(_NO_WORKERS, 0, _NO_SWITCHES, False)
-    k.run_pass(_NO_WORKERS, _NO_SWITCHES, jobs[:0], np.zeros((0, 2), np.int64),
-               np.zeros((0, 4), np.int64), np.zeros(1, np.int64), sgemm, sgemv, wide, 1, 1)
+    desc = np.zeros(k.PASS_WORDS, np.int64)
+    desc[k.PASS_SGEMM], desc[k.PASS_SGEMV], desc[k.PASS_WIDE] = sgemm, sgemv, wide
+    for at, array in ((k.PASS_EDGE, _NO_WORKERS), (k.PASS_SWITCHES, _NO_SWITCHES),
+                      (k.PASS_ROWS, jobs), (k.PASS_PHASES, jobs), (k.PASS_WORKERS, _NO_WORKERS),
+                      (k.PASS_SEQS, jobs)):
+        desc[at] = array.ctypes.data    # (no rows: nothing is read)
+    k.run_pass(desc, 1, 1)
 
 
 def _layout(x):

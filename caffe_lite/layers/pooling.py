@@ -209,13 +209,20 @@ class PoolingLayer(Layer):
 
     def prepare_cpu(self, bottom, top):
         if self._whole and self.pool == _P.AVE:
-            # one window over the whole plane: the sum of each plane, divided by its size
-            x, y = bottom[0].cpu_data, top[0].data
-            size = self._pool_size
+            # one window over the whole plane: the sum of each plane (in order, as Caffe adds
+            # the taps), divided by its size
+            n, c, h, w = bottom[0].shape
+            x2, y1 = bottom[0].cpu_data.reshape(n * c, h * w), top[0].data.reshape(n * c)
+            k = jit.kernels("pooling")
+            if k is not None:
+                return prepare_blocks(n * c, h * w,
+                                      lambda a, b, slot: k.plane_means(x2, y1, a, b),
+                                      native=(k.plane_means_task, (x2, y1)))
+            sums, size = np.empty_like(x2), np.float32(h * w)
 
             def run():
-                np.sum(x, axis=(2, 3), dtype=np.float32, keepdims=True, out=y)
-                np.divide(y, size, out=y)
+                np.cumsum(x2, axis=1, out=sums)     # (sequential, unlike np.sum)
+                np.divide(sums[:, -1], size, out=y1)
             return run
         if self._whole and self._values_only(top):
             # the maximum of each plane; fmax skips NaN, and the floor at -FLT_MAX is Caffe's

@@ -97,6 +97,7 @@ class Program:
         phases = [ph for r in runs for ph in gemm_pool.phases_of(r)]
         self.readies = [r.ready for r in runs if r.ready is not None]
         self.watch = watched(*self.readies)
+        self._desc = None       # (edge table, switches table, run_pass's description)
         self._passed = None     # (parallel.changes, the versions watched) when all were ready
         n_w = max([len(others) for _, others in phases] + [0])
         table = np.zeros((len(phases), 2 + 2 * n_w), np.int64)
@@ -160,10 +161,12 @@ class Program:
         if not busy.acquire(blocking=False):
             return False
         try:
+            edge = gemm_pool.edge()
+            desc = self._desc
+            if desc is None or desc[0] is not edge or desc[1] is not switches[1]:
+                desc = self._desc = (edge, switches[1], self._describe(edge, switches[1]))
             n = len(self.phases)
-            at = self.k.run_pass(gemm_pool.edge(), switches[1], self.rows, self.phases,
-                                 self.table, self.seqs, *self.blas, gemm_pool.CLAIM_POLLS,
-                                 gemm_pool.WAIT_POLLS)
+            at = self.k.run_pass(desc[2], gemm_pool.CLAIM_POLLS, gemm_pool.WAIT_POLLS)
             if at > n:
                 gemm_pool.poke(at - n - 1)  # (workers asleep: the usual pass wakes them)
                 return False
@@ -175,6 +178,22 @@ class Program:
         finally:
             busy.release()
         return True
+
+    def _describe(self, edge, switches):
+        """run_pass's description of this program (spin.py PASS_* words)."""
+        k = self.k
+        desc = np.zeros(k.PASS_WORDS, np.int64)
+        for at, rows_at, array in ((k.PASS_EDGE, k.PASS_EDGE_ROWS, edge),
+                                   (k.PASS_SWITCHES, k.PASS_SWITCHES_ROWS, switches),
+                                   (k.PASS_ROWS, k.PASS_ROWS_ROWS, self.rows),
+                                   (k.PASS_PHASES, k.PASS_PHASES_ROWS, self.phases),
+                                   (k.PASS_WORKERS, k.PASS_WORKERS_ROWS, self.table),
+                                   (k.PASS_SEQS, k.PASS_SEQS_WORDS, self.seqs)):
+            assert array.dtype == np.int64 and array.flags.c_contiguous
+            desc[at], desc[rows_at] = array.ctypes.data, array.shape[0]
+        desc[k.PASS_PHASES_COLUMNS] = self.phases.shape[1]
+        desc[k.PASS_SGEMM], desc[k.PASS_SGEMV], desc[k.PASS_WIDE] = self.blas
+        return desc
 
     def _go_on(self, at):
         """The phases from `at` on; a worker still at its rows is waited for."""

@@ -27,6 +27,24 @@ def relu_forward_task(args, r0, r1, slot):
 
 
 @njit(nogil=True, cache=True, boundscheck=False, fastmath=_ELEMENTWISE)
+def add_forward(a, b, y, i0, i1):
+    """y = a + b over [i0, i1) of flat arrays (Eltwise SUM, a pair of bottoms at a time; b
+    may be y)."""
+    xa, xb, out = a[i0:i1], b[i0:i1], y[i0:i1]
+    for i in range(out.shape[0]):
+        out[i] = xa[i] + xb[i]
+
+
+@task
+def add_forward_task(args, r0, r1, slot):
+    p = arguments(args)
+    a, i = f32_1(p, 0)
+    b, i = f32_1(p, i)
+    y, i = f32_1(p, i)
+    add_forward(readonly(a), b, y, r0, r1)
+
+
+@njit(nogil=True, cache=True, boundscheck=False, fastmath=_ELEMENTWISE)
 def relu_backward(dy, x, dx, in_place, i0, i1):
     """(dy * 0 where x <= 0 keeps numpy's -0 and NaN.)"""
     z = _F(0)

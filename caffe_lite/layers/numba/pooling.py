@@ -9,7 +9,7 @@ sum."""
 import numpy as np
 from numba import njit
 
-from ._native import arguments, f32_2, f32_3, f32_4, i16_3, i64_1, readonly, task
+from ._native import arguments, f32_1, f32_2, f32_3, f32_4, i16_3, i64_1, readonly, task
 from ._planes import _fill_split, _tap_bases
 
 
@@ -181,6 +181,39 @@ def ave_pool_forward(x, y, pool_size, g, r0, r1):
             ps = pool_size[oh]
             for ow in range(ow_n):
                 yr[ow] = sa[ow] / ps[ow]
+
+
+@njit(nogil=True, cache=True, boundscheck=False)
+def plane_means(x, y, r0, r1):
+    """y[r] = (sum of row r of x (R, H * W), in order) / (H * W) for r in [r0, r1): global AVE
+    pooling, whose one window Caffe adds up tap by tap.  Eight planes are summed side by side,
+    so that one plane's additions (in order) need not wait for each other."""
+    n = x.shape[1]
+    size = np.float32(n)
+    z = np.float32(0)
+    r = r0
+    while r + 8 <= r1:
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = z
+        x0, x1, x2, x3 = x[r], x[r + 1], x[r + 2], x[r + 3]
+        x4, x5, x6, x7 = x[r + 4], x[r + 5], x[r + 6], x[r + 7]
+        for i in range(n):
+            s0 += x0[i]
+            s1 += x1[i]
+            s2 += x2[i]
+            s3 += x3[i]
+            s4 += x4[i]
+            s5 += x5[i]
+            s6 += x6[i]
+            s7 += x7[i]
+        y[r], y[r + 1], y[r + 2], y[r + 3] = s0 / size, s1 / size, s2 / size, s3 / size
+        y[r + 4], y[r + 5], y[r + 6], y[r + 7] = s4 / size, s5 / size, s6 / size, s7 / size
+        r += 8
+    for q in range(r, r1):
+        s = z
+        xq = x[q]
+        for i in range(n):
+            s += xq[i]
+        y[q] = s / size
 
 
 @njit(nogil=True, cache=True, boundscheck=False)
@@ -427,6 +460,14 @@ def ave_pool_forward_task(args, r0, r1, slot):
     pool_size, i = f32_2(p, i)
     g, i = i64_1(p, i)
     ave_pool_forward(readonly(x), y, pool_size, g, r0, r1)
+
+
+@task
+def plane_means_task(args, r0, r1, slot):
+    p = arguments(args)
+    x, i = f32_2(p, 0)
+    y, i = f32_1(p, i)
+    plane_means(readonly(x), y, r0, r1)
 
 
 @task

@@ -341,14 +341,30 @@ def run_program(rows, phases, workers, seqs, sgemm, sgemv, wide, start, claim_po
     return phases.shape[0]
 
 
+# run_pass's description of a program (int64 words): the addresses and row counts of the
+# tables that run_program and pass_edge take, and the BLAS functions' addresses.  One array
+# instead of six with five numbers: the call's dispatch from Python costs half as much.
+(PASS_EDGE, PASS_EDGE_ROWS, PASS_SWITCHES, PASS_SWITCHES_ROWS, PASS_ROWS, PASS_ROWS_ROWS,
+ PASS_PHASES, PASS_PHASES_ROWS, PASS_PHASES_COLUMNS, PASS_WORKERS, PASS_WORKERS_ROWS,
+ PASS_SEQS, PASS_SEQS_WORDS, PASS_SGEMM, PASS_SGEMV, PASS_WIDE, PASS_WORDS) = range(17)
+
+
 @njit(nogil=True, cache=True)
-def run_pass(edge, switches, rows, phases, workers, seqs, sgemm, sgemv, wide, claim_polls,
-             wait_polls):
-    """A whole CPU pass that is one program: pass_edge's start (`edge`: the table of all
-    workers), run_program, pass_edge's end, in one call.  Returns run_program's answer; where
-    it is negative (a worker stuck) the pass is still open: the caller waits, goes on and
-    closes it.  Where a worker is asleep it does nothing (the edge closed again) and returns
-    the number of phases plus 1 plus the mask of the sleepers, for the caller to poke."""
+def run_pass(desc, claim_polls, wait_polls):
+    """A whole CPU pass that is one program, described by `desc` (PASS_* words): pass_edge's
+    start (its table: every worker's), run_program, pass_edge's end, in one call.  Returns
+    run_program's answer; where it is negative (a worker stuck) the pass is still open: the
+    caller waits, goes on and closes it.  Where a worker is asleep it does nothing (the edge
+    closed again) and returns the number of phases plus 1 plus the mask of the sleepers, for
+    the caller to poke."""
+    edge = carray(_i64_at(desc[PASS_EDGE]), (desc[PASS_EDGE_ROWS], 4))
+    switches = carray(_i64_at(desc[PASS_SWITCHES]), (desc[PASS_SWITCHES_ROWS], 3))
+    rows = carray(_i64_at(desc[PASS_ROWS]), (desc[PASS_ROWS_ROWS], 11))
+    phases = carray(_i64_at(desc[PASS_PHASES]),
+                    (desc[PASS_PHASES_ROWS], desc[PASS_PHASES_COLUMNS]))
+    workers = carray(_i64_at(desc[PASS_WORKERS]), (desc[PASS_WORKERS_ROWS], 4))
+    seqs = carray(_i64_at(desc[PASS_SEQS]), (desc[PASS_SEQS_WORDS],))
+    sgemm, sgemv, wide = desc[PASS_SGEMM], desc[PASS_SGEMV], desc[PASS_WIDE]
     asleep = pass_edge(edge, 1, switches, True)
     if asleep:
         pass_edge(edge, 0, switches, False)
