@@ -56,6 +56,7 @@ def _in_layer(exc, layer, doing):
     return exc
 
 
+_F32 = np.dtype(np.float32)
 _plans = None   # caffe_lite.plan, imported on first use (it imports the layers, which import this)
 
 
@@ -478,7 +479,7 @@ class Net:
             if b is None:
                 raise NameNotFoundError(f"forward(): '{name}' is not a blob of net "
                                         f"'{self.name}'; inputs are {self.inputs}")
-            if type(arr) is not np.ndarray or arr.dtype != np.float32:
+            if type(arr) is not np.ndarray or arr.dtype is not _F32:
                 arr = np.asarray(arr, dtype=np.float32)
             if arr.shape != b.shape:
                 b.reshape(arr.shape)

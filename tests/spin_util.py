@@ -1,4 +1,5 @@
 """Helpers of the spinning pool's tests (test_gemm_pool.py, test_native_tasks.py)."""
+import select
 import time
 
 from caffe_lite.layers import gemm_pool, parallel
@@ -21,7 +22,15 @@ def hold_until_blocked(w):
     read; the caller is inside a pass.  (hold only catches a spinning worker: until it
     blocks, again.)"""
     deadline = time.monotonic() + 20
-    while w.ctl[w.k.MODE] != 2:
-        assert time.monotonic() < deadline, "the worker never blocked"
-        gemm_pool.hold(True)
+    while True:
+        while w.ctl[w.k.MODE] != 2:
+            assert time.monotonic() < deadline, "the worker never blocked"
+            gemm_pool.hold(True)
+            time.sleep(0.001)
+        # a wake-up an earlier poke left in its pipe would let it go on once the hold ends:
+        # until it has read them all (going back to its read each time), it is not blocked
+        if not select.select([w.pipe_r], [], [], 0)[0]:
+            time.sleep(0.005)
+            if w.ctl[w.k.MODE] == 2 and not select.select([w.pipe_r], [], [], 0)[0]:
+                return
         time.sleep(0.001)

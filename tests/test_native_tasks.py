@@ -108,11 +108,11 @@ def _winograd(rng):
     n, c, o = 2, 3, 4
     x = rng.standard_normal((n, c, 9, 10), dtype=F)       # pad 1: 9 x 10 outputs, 3 x 3 tiles
     v = np.zeros((36, c, n * 9), F)
-    bufs = (np.zeros((36, 9), F), np.zeros((14, 14), F))
+    bufs = (np.zeros((4, 4 * 12 + 2), F), np.zeros((24, 12), F))
     yield k.input_transform, k.input_transform_task, (x, v, 1, 1, 3, 3) + bufs, n * c, [1]
     m = rng.standard_normal((36, o, n * 9), dtype=F)
     y = np.zeros((n, o, 9, 10), F)
-    outs = (np.zeros((24, 9), F), np.zeros((12, 12), F))
+    outs = (np.zeros((24, 18), F), np.zeros((4, 72), F))     # two images a pass
     yield k.output_transform, k.output_transform_task, (m, y, 3, 3) + outs, n * o, [1]
 
 

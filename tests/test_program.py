@@ -587,6 +587,7 @@ def test_a_whole_pass_whose_worker_is_asleep_wakes_it_and_runs_as_usual(tmp_path
                 break
     finally:
         w.ctl[w.k.SPIN], w.ctl[w.k.NAPS] = spin, naps
-    # declined having done nothing (the worker poked), then the program as a part of the pass
+    # declined having done nothing, then the usual pass (its edge wakes the worker, once) ran
+    # the program as a part of it
     assert calls[0] == ("run_pass", n + 1 + 1) and [c for c, _ in calls[1:]] == ["run_program"]
     _same_as_plain(tmp_path, net, plain)

@@ -189,12 +189,9 @@ def want(on, switches=None):
         if switches is not None:
             switches[0].pass_edge(_NO_WORKERS, 0, switches[1], starting)
         return
-    poke(_workers[0].k.pass_edge(table(), _wanted,
-                                 _NO_SWITCHES if switches is None else switches[1], starting))
-
-
-def poke(asleep):
-    """Wake the workers whose bits are set in `asleep` (pass_edge's mask)."""
+    asleep = _workers[0].k.pass_edge(table(), _wanted,
+                                     _NO_SWITCHES if switches is None else switches[1],
+                                     starting)
     if asleep:
         for i, w in enumerate(_workers):
             if asleep >> i & 1:

@@ -168,8 +168,7 @@ class Program:
             n = len(self.phases)
             at = self.k.run_pass(desc[2], gemm_pool.CLAIM_POLLS, gemm_pool.WAIT_POLLS)
             if at > n:
-                gemm_pool.poke(at - n - 1)  # (workers asleep: the usual pass wakes them)
-                return False
+                return False    # (workers asleep: the usual pass wakes them, once)
             if at < 0:
                 try:
                     self._go_on(-at)

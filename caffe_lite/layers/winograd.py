@@ -30,6 +30,9 @@ G = np.array([[1 / 4, 0, 0],
 # channels on 7x7 planes, 4 tiles: twice slower).
 MIN_CHANNEL_RATIO = 24
 MIN_TILES = 16
+# Tiles the output transform takes in one pass at most (images of one channel: its scratch
+# grows with them; 1024 tiles, 160 KiB)
+RUN_TILES = 1024
 
 
 def applies(geom, group, in_spatial):
@@ -71,10 +74,13 @@ class Winograd:
         th, tw = self.th, self.tw
         slots = num_threads()
         ph, pw = self.pad
-        in_bufs = [(np.empty((36, th * tw), _F), np.empty((th * 4 + 2, tw * 4 + 2), _F))
+        # scratch per slot (shapes: the kernels' docstrings); the output transform does up to
+        # `run_planes` images of a channel in one pass
+        in_bufs = [(np.empty((4, (th + 1) * tw * 4 + 2), _F), np.empty((24, (th + 1) * tw), _F))
                    for _ in range(slots)]
-        out_bufs = [(np.empty((24, th * tw), _F), np.empty((th * 4, tw * 4), _F))
-                    for _ in range(slots)]
+        run_planes = max(1, min(self.num, RUN_TILES // (th * tw)))
+        out_bufs = [(np.empty((24, run_planes * th * tw), _F),
+                     np.empty((4, 4 * run_planes * th * tw), _F)) for _ in range(slots)]
         v, m = self.v, self.m
         transform_in = prepare_blocks(
             self.num * self.conv_in, 36 * th * tw,

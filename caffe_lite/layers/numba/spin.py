@@ -355,8 +355,8 @@ def run_pass(desc, claim_polls, wait_polls):
     start (its table: every worker's), run_program, pass_edge's end, in one call.  Returns
     run_program's answer; where it is negative (a worker stuck) the pass is still open: the
     caller waits, goes on and closes it.  Where a worker is asleep it does nothing (the edge
-    closed again) and returns the number of phases plus 1 plus the mask of the sleepers, for
-    the caller to poke."""
+    closed again) and returns the number of phases plus 1 plus the mask of the sleepers (the
+    caller's usual pass wakes them)."""
     edge = carray(_i64_at(desc[PASS_EDGE]), (desc[PASS_EDGE_ROWS], 4))
     switches = carray(_i64_at(desc[PASS_SWITCHES]), (desc[PASS_SWITCHES_ROWS], 3))
     rows = carray(_i64_at(desc[PASS_ROWS]), (desc[PASS_ROWS_ROWS], 11))
