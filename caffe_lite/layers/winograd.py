@@ -22,13 +22,15 @@ G = np.array([[1 / 4, 0, 0],
               [1 / 24, 1 / 12, 1 / 6],
               [1 / 24, -1 / 12, 1 / 6],
               [0, 0, 1]], np.float64)
-# Where it pays (measured on one core, 2026-12-04, layers of MTCNN, SqueezeNet and GoogLeNet):
-# per tile the products save 108 multiply-adds for each (input, output) channel pair, about
-# 2 ns, while the two transforms cost about 50 ns per tile and channel; so the harmonic-like
-# mean C * O / (C + O) must reach about 24 (32 -> 64 channels: +12 %; 96 -> 128: 1.5x;
-# 16 -> 64: slower), and a product needs some columns (tiles) to run at BLAS speed (512 -> 512
-# channels on 7x7 planes, 4 tiles: twice slower).
-MIN_CHANNEL_RATIO = 24
+# Where it pays: per tile the products save 108 multiply-adds for each (input, output) channel
+# pair, about 2 ns, while the transforms cost about 14 ns per tile and input channel and 7 per
+# tile and output channel (one core, 2026-12-05, seventh session; 50 before the transforms ran
+# in float32 over all tiles at unit stride), so the harmonic-like mean C * O / (C + O) must
+# reach about 6: whole nets, in-process A/B against 24, P-Net b1 (10 -> 16 and 16 -> 32 on
+# 33x45 planes) 0.76, O-Net b1 (32 -> 64) 0.83-0.89, SqueezeNet b1 0.91, b8 (16 -> 64 on
+# 56x56) 0.91-0.93; the face detector 0.99.  A product needs some columns (tiles) to run at
+# BLAS speed (512 -> 512 channels on 7x7 planes, 4 tiles: twice slower).
+MIN_CHANNEL_RATIO = 6
 MIN_TILES = 16
 # Tiles the output transform takes in one pass at most (images of one channel: its scratch
 # grows with them; 1024 tiles, 160 KiB)
