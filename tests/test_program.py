@@ -591,3 +591,30 @@ def test_a_whole_pass_whose_worker_is_asleep_wakes_it_and_runs_as_usual(tmp_path
     # the program as a part of it
     assert calls[0] == ("run_pass", n + 1 + 1) and [c for c, _ in calls[1:]] == ["run_program"]
     _same_as_plain(tmp_path, net, plain)
+
+
+def test_a_pooling_at_batch_1_splits_over_its_planes(tmp_path, monkeypatch):
+    """Channels-last pooling splits over images: at batch 1 R-Net's 3x3 stride-2 pooling of 28
+    planes of 22x22 takes the flat form, split over the planes (its work counted with the
+    windows' taps), so that the worker has a share."""
+    monkeypatch.setenv("CAFFE_LITE_NUM_THREADS", "2")
+    spinning(2)
+    p = tmp_path / "pool.prototxt"
+    p.write_text("""
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 1 dim: 28 dim: 22 dim: 22 } } }
+layer { name: "pool" type: "Pooling" bottom: "data" top: "pool"
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+""")
+    net = caffe.Net(str(p), caffe.TEST)
+    x = np.random.default_rng(5).standard_normal((1, 28, 22, 22), dtype=F)
+    prog = _whole_program(net, x, monkeypatch)
+    assert (prog.phases[:, 3] > prog.phases[:, 2]).any(), "the worker has no planes"
+    net.forward(data=x)
+    expect = np.full((1, 28, 11, 11), -np.inf, F)
+    for i in range(3):
+        for j in range(3):
+            win = x[:, :, i:i + 21:2, j:j + 21:2]
+            expect[:, :, :win.shape[2], :win.shape[3]] = np.maximum(
+                expect[:, :, :win.shape[2], :win.shape[3]], win)
+    np.testing.assert_array_equal(net.blobs["pool"].data, expect)
