@@ -21,7 +21,8 @@ holds, per configuration (device mode, compiled kernels on or off, fusion on or 
     of their work as the spinning pool's job rows runs as one compiled call, bit for bit what
     the steps compute, without the interpreter between the kernels; a step that cannot (or
     whose `ready` check says not this time: a weight gone sparse, changed parameters) runs
-    as it is.
+    as it is.  A pass that is all one program (a deploy net of native layers) runs with its
+    edges in the same compiled call (Program.run_pass): no cpu_pass opened in Python.
 
 Validation therefore happens when shapes change, not per call, and buffers sized by reshape
 are reused.  On the CPU the pass runs inside parallel.cpu_pass: the thread count is read and
@@ -170,9 +171,9 @@ class Plan:
         read after the backward pass, Net._deferrable_losses), returns instead each step's
         loss in layer order, a net._Pending for those in `defer`."""
         whole = self._whole
-        if whole is not None and whole[0] == start and whole[1] == end and not defer and \
-                whole[2] == self.gen and _blob.shape_epoch == self.shaped_at and \
-                not _memory.on_gpu and whole[3].run_pass():
+        if whole is not None and whole[:3] == (start, end, self.gen) and WHOLE and \
+                not defer and _blob.shape_epoch == self.shaped_at and not _memory.on_gpu and \
+                whole[3].run_pass():
             return 0.0
         steps = self.forward_steps(start, end)
         parts = [] if defer else None
@@ -309,6 +310,9 @@ _SEEN = ()      # a range passed over once in its generation: no programs yet
 # False: every pass runs its steps one by one (for A/B comparisons: benchmarks/ab.py --set
 # caffe_lite.plan.PROGRAMS=0)
 PROGRAMS = True
+# False: a pass that is one program opens its edges in Python and runs the program as a part
+# (for A/B comparisons: --set caffe_lite.plan.WHOLE=0)
+WHOLE = True
 
 
 def _programs(steps):
