@@ -44,9 +44,12 @@ _SETTINGS = ("CAFFE_LITE_JIT", "CAFFE_LITE_FUSE", "CAFFE_LITE_NUM_THREADS", "CAF
              "CAFFE_LITE_SPARSE")
 
 
+_settings = env.raw_reader(_SETTINGS)
+
+
 def current_key():
     """The configuration a plan is valid for."""
-    return _mode.mode(), env.raw_values(_SETTINGS)
+    return _mode.mode(), _settings()
 
 
 class _Step:

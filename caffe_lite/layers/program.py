@@ -97,7 +97,8 @@ class Program:
         phases = [ph for r in runs for ph in gemm_pool.phases_of(r)]
         self.readies = [r.ready for r in runs if r.ready is not None]
         self.watch = watched(*self.readies)
-        self._desc = None       # (edge table, switches table, run_pass's description)
+        # (edge table, switches table, run_pass's description, number of phases)
+        self._desc = None
         self._passed = None     # (parallel.changes, the versions watched) when all were ready
         n_w = max([len(others) for _, others in phases] + [0])
         table = np.zeros((len(phases), 2 + 2 * n_w), np.int64)
@@ -161,11 +162,11 @@ class Program:
         if not busy.acquire(blocking=False):
             return False
         try:
-            edge = gemm_pool.edge()
-            desc = self._desc
+            edge, desc = gemm_pool.edge(), self._desc
             if desc is None or desc[0] is not edge or desc[1] is not switches[1]:
-                desc = self._desc = (edge, switches[1], self._describe(edge, switches[1]))
-            n = len(self.phases)
+                desc = self._desc = (edge, switches[1], self._describe(edge, switches[1]),
+                                     len(self.phases))
+            n = desc[3]
             at = self.k.run_pass(desc[2], gemm_pool.CLAIM_POLLS, gemm_pool.WAIT_POLLS)
             if at > n:
                 return False    # (workers asleep: the usual pass wakes them, once)

@@ -47,6 +47,14 @@ def flag(name, default=True):
     return known
 
 
+def raw_reader(names):
+    """A callable giving raw_values(names), the names encoded once."""
+    if _raw is None or _encode is None:
+        return lambda: raw_values(names)
+    keys, get = tuple(_encode(n) for n in names), _raw.get
+    return lambda: tuple(map(get, keys))
+
+
 def raw_values(names):
     """The values of the variables `names` (a tuple) as stored, None where unset: what a cache
     keyed on several settings compares (one dictionary lookup each, nothing decoded)."""
