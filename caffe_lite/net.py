@@ -426,7 +426,9 @@ class Net:
         hooks = self._hooks
         if hooks["before_forward"] or hooks["after_forward"]:
             return self._forward_hooked(start, end)
-        plan = self._plan()
+        plan = self._plan_
+        if plan is None or plan.key != (_plans or _import_plans()).current_key():
+            plan = self._plan()
         try:
             return plan.forward(start, end)
         except (CaffeLiteError, MemoryError) as exc:

@@ -97,7 +97,8 @@ class Program:
         phases = [ph for r in runs for ph in gemm_pool.phases_of(r)]
         self.readies = [r.ready for r in runs if r.ready is not None]
         self.watch = watched(*self.readies)
-        # (edge table, switches table, run_pass's description, number of phases)
+        # (gemm_pool's table of every worker, parallel's native switches, run_pass's
+        # description, number of phases)
         self._desc = None
         self._passed = None     # (parallel.changes, the versions watched) when all were ready
         n_w = max([len(others) for _, others in phases] + [0])
@@ -155,17 +156,20 @@ class Program:
         edges (parallel.cpu_pass: the workers' flags, BLAS at one thread) and the program in
         one compiled call.  False, having done nothing, where it cannot: the caller runs the
         pass as usual then."""
-        switches = parallel._native_switches()
-        if self.k is None or switches is None or parallel._pass_threads or not self._ready():
+        desc = self._desc
+        if desc is None or desc[0] is not gemm_pool._table or desc[1] is not parallel._native:
+            switches = parallel._native_switches()
+            if self.k is None or switches is None:
+                return False
+            edge = gemm_pool.edge()
+            desc = self._desc = (edge, parallel._native,
+                                 self._describe(edge, switches[1]), len(self.phases))
+        if parallel._pass_threads or not self._ready():
             return False    # (inside another pass, a Python layer's net: that pass's edges)
         busy = gemm_pool._busy
         if not busy.acquire(blocking=False):
             return False
         try:
-            edge, desc = gemm_pool.edge(), self._desc
-            if desc is None or desc[0] is not edge or desc[1] is not switches[1]:
-                desc = self._desc = (edge, switches[1], self._describe(edge, switches[1]),
-                                     len(self.phases))
             n = desc[3]
             at = self.k.run_pass(desc[2], gemm_pool.CLAIM_POLLS, gemm_pool.WAIT_POLLS)
             if at > n:
@@ -174,7 +178,7 @@ class Program:
                 try:
                     self._go_on(-at)
                 finally:
-                    gemm_pool.want(False, switches)
+                    gemm_pool.want(False, desc[1])
         finally:
             busy.release()
         return True
