@@ -50,9 +50,10 @@ layer { name: "prob" type: "Softmax" bottom: "ip3" top: "prob" }
 """
 
 
-def _net(tmp_path, batch=1, seed=0):
-    p = tmp_path / f"programs-{batch}.prototxt"
-    p.write_text(NET % batch)
+def _net(tmp_path, batch=1, seed=0, text=None):
+    """NET (or `text`) with random parameters, and an input for it."""
+    p = tmp_path / (f"programs-{batch}.prototxt" if text is None else "text.prototxt")
+    p.write_text(NET % batch if text is None else text)
     net = caffe.Net(str(p), caffe.TEST)
     rng = np.random.default_rng(seed)
     for name in net.params:
@@ -444,15 +445,8 @@ layer { name: "prob" type: "Softmax" bottom: "ip2" top: "prob" }
 """
 
 
-def _whole_net(tmp_path, seed=0):
-    p = tmp_path / "whole.prototxt"
-    p.write_text(WHOLE)
-    net = caffe.Net(str(p), caffe.TEST)
-    rng = np.random.default_rng(seed)
-    for name in net.params:
-        for b in net.params[name]:
-            b.data[...] = rng.standard_normal(b.shape) * 0.5
-    return net, rng.standard_normal(net.blobs["data"].shape, dtype=F)
+def _whole_net(tmp_path):
+    return _net(tmp_path, text=WHOLE)
 
 
 class _PassSpy:
