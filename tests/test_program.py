@@ -3,6 +3,7 @@ a deploy net's consecutive native steps run as one program, bit for bit what the
 one by one; the worker takes its pieces, or the caller does; a changed weight, sparse path or
 fused parameter is followed; other shapes, a busy pool and nets with a loss keep to the steps."""
 import contextlib
+import re
 import time
 import threading
 
@@ -398,6 +399,9 @@ DEPLOY = {  # benchmarks/deploy_nets.py's nets written out here, smaller where t
     "face_detector_slim": lambda d, b: d.face_detector_slim(b, 64, 80),
     "squeezenet_v1.1": lambda d, b: d.squeezenet_v11(b).replace("dim: 227 dim: 227",
                                                                "dim: 67 dim: 67"),
+    # (its Eltwise SUMs and global pooling native since the seventh session: one program)
+    "mobilenet_v2": lambda d, b: re.sub(r"dim: 224(\s+)dim: 224", r"dim: 64\1dim: 64",
+                                        d.mobilenet_v2(b)),
 }
 
 
